@@ -1,0 +1,158 @@
+"""Writing and reading audit events.
+
+:func:`record` never raises: the audit log must not take the SCP down. A
+failure to write is logged (with the UIDs, which is all an event holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import select
+
+from node.audit.db import session_scope
+from node.audit.models import AuditEvent
+
+LOGGER = logging.getLogger(__name__)
+
+
+class EventKind(StrEnum):
+    NODE_STARTED = "node.started"
+    NODE_STOPPED = "node.stopped"
+    ASSOCIATION_ACCEPTED = "association.accepted"
+    ASSOCIATION_REJECTED = "association.rejected"
+    ECHO = "echo"
+    INSTANCE_RECEIVED = "instance.received"
+    INSTANCE_REJECTED = "instance.rejected"
+    INSTANCE_DUPLICATE = "instance.duplicate"
+    INSTANCE_INELIGIBLE = "instance.ineligible"
+    SPOOL_SWEPT = "spool.swept"
+    JOB_QUEUED = "job.queued"
+    JOB_STARTED = "job.started"
+    JOB_SUCCEEDED = "job.succeeded"
+    JOB_FAILED = "job.failed"
+    JOB_RETRIED = "job.retried"
+    RESULT_CREATED = "result.created"
+    EXPORT_SENT = "export.sent"
+    EXPORT_FAILED = "export.failed"
+    EXPORT_DEAD = "export.dead"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    WARNING = "warning"
+    INFO = "info"
+
+
+def record(
+    kind: EventKind | str,
+    outcome: Outcome | str = Outcome.SUCCESS,
+    message: str = "",
+    *,
+    calling_ae: str | None = None,
+    peer: str | None = None,
+    study_instance_uid: str | None = None,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    duration_ms: float | None = None,
+    url: str | None = None,
+) -> bool:
+    """Append one event. Returns False (and logs) if it could not be written."""
+    event = AuditEvent(
+        kind=str(kind),
+        outcome=str(outcome),
+        message=message[:512],
+        calling_ae=calling_ae,
+        peer=peer,
+        study_instance_uid=study_instance_uid or None,
+        series_instance_uid=series_instance_uid or None,
+        sop_instance_uid=sop_instance_uid or None,
+        duration_ms=duration_ms,
+    )
+    try:
+        with session_scope(url) as session:
+            session.add(event)
+        return True
+    except Exception:
+        LOGGER.exception("could not write audit event %s for SOP instance %s", kind, sop_instance_uid)
+        return False
+
+
+def events(
+    *,
+    after_id: int = 0,
+    study_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    kind: str | None = None,
+    limit: int | None = None,
+    newest: bool = False,
+    url: str | None = None,
+) -> list[AuditEvent]:
+    """Events with id > ``after_id`` in id order (``newest``: the last ``limit`` of them)."""
+    query = select(AuditEvent).where(AuditEvent.id > after_id)
+    if study_instance_uid:
+        query = query.where(AuditEvent.study_instance_uid == study_instance_uid)
+    if sop_instance_uid:
+        query = query.where(AuditEvent.sop_instance_uid == sop_instance_uid)
+    if kind:
+        query = query.where(AuditEvent.kind.startswith(kind))
+    query = query.order_by(AuditEvent.id.desc() if newest else AuditEvent.id)
+    if limit:
+        query = query.limit(limit)
+    with session_scope(url) as session:
+        rows = list(session.scalars(query))
+    return rows[::-1] if newest else rows
+
+
+def format_event(event: AuditEvent) -> str:
+    """One line per event, like a log file."""
+    stamp = event.created_at.isoformat(timespec="milliseconds") if isinstance(
+        event.created_at, datetime
+    ) else str(event.created_at)
+    parts = [stamp, f"{event.kind:<22}", f"{event.outcome:<7}"]
+    if event.calling_ae:
+        parts.append(f"ae={event.calling_ae}")
+    if event.study_instance_uid:
+        parts.append(f"study={event.study_instance_uid}")
+    if event.sop_instance_uid:
+        parts.append(f"sop={event.sop_instance_uid}")
+    if event.duration_ms is not None:
+        parts.append(f"{event.duration_ms:.0f}ms")
+    if event.message:
+        parts.append(event.message)
+    return " ".join(parts)
+
+
+def tail(
+    *,
+    lines: int = 20,
+    follow: bool = False,
+    study_instance_uid: str | None = None,
+    poll_seconds: float = 1.0,
+    max_seconds: float | None = None,
+    url: str | None = None,
+) -> Iterator[str]:
+    """The last ``lines`` events, then (``follow``) new ones as they arrive, like ``tail -f``."""
+    last_id = 0
+    for event in events(
+        study_instance_uid=study_instance_uid, limit=lines, newest=True, url=url
+    ):
+        last_id = event.id
+        yield format_event(event)
+    if not follow:
+        return
+    if last_id == 0:
+        # Nothing matched yet: start from the newest id overall, not from the beginning.
+        newest = events(limit=1, newest=True, url=url)
+        last_id = newest[-1].id if newest else 0
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    while deadline is None or time.monotonic() < deadline:
+        for event in events(after_id=last_id, study_instance_uid=study_instance_uid, url=url):
+            last_id = event.id
+            yield format_event(event)
+        time.sleep(poll_seconds)

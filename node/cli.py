@@ -1,0 +1,195 @@
+"""``cxr-node``: the one entry point (see ARCHITECTURE.md, "Contracts")."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from node.logs import configure_logging
+from node.settings import Destination, configure, get_settings
+
+app = typer.Typer(
+    name="cxr-node",
+    help="Clinical AI node for chest X-rays.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="The audit database.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read the audit log.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+
+LOGGER = logging.getLogger("node.cli")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"cxr-node: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings_or_exit():  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        _fail(f"invalid settings: {errors}")
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML settings file", envvar="CXR_NODE_CONFIG")
+    ] = None,
+    home: Annotated[Path | None, typer.Option(help="Data folder (spool, SQLite, broker)")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the audit DB")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING")] = None,
+) -> None:
+    """Global options; every setting can also come from CXR_NODE_* variables."""
+    if config is not None and not config.is_file():
+        _fail(f"settings file {config} does not exist")
+    configure(config=config, home=home, database_url=database_url, log_level=log_level)
+    settings = _settings_or_exit()
+    configure_logging(settings.log_level)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="DICOM port (0: any free port)")] = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="Called AE title")] = None,
+    broker_url: Annotated[str | None, typer.Option(help="Celery broker (default: embedded)")] = None,
+    worker: Annotated[
+        bool | None, typer.Option("--worker/--no-worker", help="Run an embedded worker")
+    ] = None,
+) -> None:
+    """DICOM SCP + export, with an embedded worker unless told not to."""
+    from node.service import Node
+
+    configure(
+        host=host, port=port, ae_title=ae_title, broker_url=broker_url, embedded_worker=worker
+    )
+    settings = _settings_or_exit()
+    try:
+        Node(settings).run_forever()
+    except OSError as exc:
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 1,
+    queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated")] = None,
+    pool: Annotated[str, typer.Option(help="prefork, solo or threads")] = "prefork",
+) -> None:
+    """A Celery worker for the model queue (uses the GPU when present)."""
+    from workers.app import get_app, is_embedded_broker
+
+    settings = _settings_or_exit()
+    argv = [
+        "worker",
+        f"--loglevel={settings.log_level}",
+        f"--concurrency={concurrency}",
+        f"--queues={queues or settings.model_queue}",
+        f"--pool={pool}",
+        f"--hostname=cxr-node-worker-{settings.model_queue}@%h",
+    ]
+    if is_embedded_broker(settings):
+        argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+    get_app().worker_main(argv)
+
+
+@app.command()
+def send(
+    files: Annotated[list[Path], typer.Argument(help="DICOM files to send")],
+    to: Annotated[str, typer.Option("--to", help="AET@HOST:PORT")],
+    aet: Annotated[str, typer.Option("--aet", help="Our calling AE title")] = "CXRNODE-SCU",
+    timeout: Annotated[float, typer.Option(help="Seconds per network step")] = 30.0,
+) -> None:
+    """C-STORE files to a DICOM node; prints one status line per file."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from node.exceptions import SendError
+    from node.scu import send_datasets
+
+    try:
+        destination = Destination.parse(to)
+    except ValueError as exc:
+        _fail(str(exc))
+    datasets, sources, failed = [], [], 0
+    for path in files:
+        try:
+            datasets.append(dcmread(path))
+            sources.append(str(path))
+        except (InvalidDicomError, OSError, EOFError) as exc:
+            typer.echo(f"{path}: not sent: not a readable DICOM file ({exc})", err=True)
+            failed += 1
+    try:
+        results = send_datasets(datasets, destination, aet, timeout=timeout, sources=sources)
+    except SendError as exc:
+        _fail(str(exc), code=1)
+    for result in results:
+        status = "no response" if result.status is None else f"0x{result.status:04X}"
+        typer.echo(f"{result.source}: {result.sop_instance_uid} {status}")
+        failed += int(not result.ok)
+    if failed:
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the database migrations."""
+    from node.audit.db import upgrade
+
+    try:
+        upgrade(revision=revision)
+    except Exception as exc:
+        _fail(f"database upgrade failed: {type(exc).__name__}: {exc}", code=1)
+    typer.echo(f"database at revision {revision}")
+
+
+@audit_app.command("tail")
+def audit_tail(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0)] = 20,
+    study: Annotated[str | None, typer.Option("--study", help="Only this Study Instance UID")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between polls with -f")] = 1.0,
+) -> None:
+    """Print the latest audit events, like tail(1)."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from node.audit import tail
+
+    try:
+        for line in tail(lines=lines, follow=follow, study_instance_uid=study, poll_seconds=interval):
+            typer.echo(line)
+            sys.stdout.flush()
+    except (OperationalError, ProgrammingError) as exc:
+        _fail(f"cannot read the audit log ({exc.orig}); run 'cxr-node db upgrade' first", code=1)
+    except KeyboardInterrupt:
+        pass
+
+
+def _mount_model_commands() -> None:
+    """``train``, ``eval`` and ``analyze`` live with the models (imported lazily)."""
+    try:
+        from models.cli import eval_app, train_app
+    except ImportError:  # models package not built in this checkout
+        return
+    app.add_typer(train_app, name="train", help="Train a model on ../shared/data.")
+    app.add_typer(eval_app, name="eval", help="Evaluate a model on held-out data.")
+
+
+_mount_model_commands()
+
+
+if __name__ == "__main__":
+    app()

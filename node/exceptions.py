@@ -1,0 +1,27 @@
+"""Errors raised by the node. The network boundary (node.scp) maps them to DICOM statuses."""
+
+from __future__ import annotations
+
+
+class NodeError(Exception):
+    """Base class of the node's own errors."""
+
+
+class ConfigurationError(NodeError):
+    """Settings that cannot work (bad AE title, unreachable database, ...)."""
+
+
+class SpoolFullError(NodeError):
+    """The spool has less free space than ``min_free_bytes`` or the disk is full (0xA700)."""
+
+
+class InvalidInstanceError(NodeError):
+    """A received data set that cannot be understood (0xC210): names the attribute."""
+
+
+class QueueError(NodeError):
+    """The broker refused or could not be reached; the instance stays in the spool."""
+
+
+class SendError(NodeError):
+    """A C-STORE as SCU failed: association refused, aborted, or a failure status."""

@@ -1,0 +1,272 @@
+"""Ingest: what happens to one received data set, apart from the network.
+
+``Ingest.receive`` is the plain core behind the C-STORE handler (and behind
+the start-up sweep): parse the header, check it can be understood, store it
+atomically in the spool, record it, apply the routing rules and queue it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from node import audit, routing
+from node.audit import EventKind, Outcome
+from node.audit.db import session_scope
+from node.audit.models import Instance, InstanceState, utcnow
+from node.exceptions import InvalidInstanceError, QueueError
+from node.queue import enqueue_analysis
+from node.settings import Settings, get_settings
+from node.spool import Spool, is_valid_uid
+
+LOGGER = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+
+
+@dataclass(frozen=True)
+class ReceiveResult:
+    status: int
+    sop_instance_uid: str
+    path: Path | None
+    duplicate: bool = False
+    eligible: bool | None = None
+    queued: bool = False
+    reason: str | None = None
+
+
+def parse_header(data: bytes) -> Dataset:
+    """Decode a received data set (with its file meta) enough to route it.
+
+    Raises InvalidInstanceError naming what is wrong.
+    """
+    try:
+        ds = dcmread(BytesIO(data), force=True)
+        sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
+        sop_class_uid = str(ds.get("SOPClassUID", "") or "")
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        raise InvalidInstanceError(f"data set cannot be decoded: {exc}") from exc
+    if not is_valid_uid(sop_instance_uid):
+        raise InvalidInstanceError("SOP Instance UID (0008,0018) is missing or not a valid UID")
+    if not sop_class_uid:
+        raise InvalidInstanceError("SOP Class UID (0008,0016) is missing")
+    check_pixels(ds)
+    return ds
+
+
+def check_pixels(ds: Dataset) -> None:
+    """The Image Pixel module is there and its Pixel Data is as long as it says."""
+    if "PixelData" not in ds:
+        raise InvalidInstanceError("Pixel Data (7FE0,0010) is missing")
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits_allocated = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InvalidInstanceError(f"Image Pixel module incomplete or invalid: {exc}") from exc
+    if rows < 1 or columns < 1:
+        raise InvalidInstanceError(f"Rows/Columns (0028,0010/0011) are {rows}x{columns}")
+    if bits_allocated not in (1, 8, 16, 32):
+        raise InvalidInstanceError(f"Bits Allocated (0028,0100) is {bits_allocated}")
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and not ts.is_encapsulated:
+        expected = rows * columns * samples * frames * bits_allocated // 8
+        actual = len(ds.PixelData)
+        if actual < expected:
+            raise InvalidInstanceError(
+                f"Pixel Data (7FE0,0010) has {actual} bytes, Rows x Columns need {expected}"
+            )
+
+
+class Ingest:
+    """Stores, records, routes and queues received instances."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.spool = Spool(self.settings.spool_path, self.settings.min_free_bytes)
+
+    def receive(
+        self,
+        data: bytes,
+        *,
+        affected_sop_instance_uid: str = "",
+        affected_sop_class_uid: str = "",
+        calling_ae: str | None = None,
+        peer: str | None = None,
+        started: float | None = None,
+    ) -> ReceiveResult:
+        """Handle one C-STORE data set. Raises InvalidInstanceError / SpoolFullError / OSError."""
+        started = time.monotonic() if started is None else started
+        ds = parse_header(data)
+        sop_instance_uid = str(ds.SOPInstanceUID)
+        if affected_sop_instance_uid and affected_sop_instance_uid != sop_instance_uid:
+            raise InvalidInstanceError(
+                f"SOP Instance UID (0008,0018) {sop_instance_uid} differs from the request's "
+                f"Affected SOP Instance UID {affected_sop_instance_uid}"
+            )
+        if affected_sop_class_uid and affected_sop_class_uid != str(ds.SOPClassUID):
+            raise InvalidInstanceError(
+                f"SOP Class UID (0008,0016) {ds.SOPClassUID} differs from the request's "
+                f"Affected SOP Class UID {affected_sop_class_uid}"
+            )
+        uids = {
+            "study_instance_uid": str(ds.get("StudyInstanceUID", "") or "") or None,
+            "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or "") or None,
+            "sop_instance_uid": sop_instance_uid,
+        }
+        path, created = self.spool.store(sop_instance_uid, data)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        if not created:
+            audit.record(
+                EventKind.INSTANCE_DUPLICATE,
+                Outcome.WARNING,
+                "already received; kept the stored copy",
+                calling_ae=calling_ae,
+                peer=peer,
+                duration_ms=elapsed_ms,
+                **uids,
+            )
+            return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path, duplicate=True)
+        audit.record(
+            EventKind.INSTANCE_RECEIVED,
+            Outcome.SUCCESS,
+            f"{ds.get('Modality', '')} {len(data)} bytes",
+            calling_ae=calling_ae,
+            peer=peer,
+            duration_ms=elapsed_ms,
+            **uids,
+        )
+        return self.route(ds, path, calling_ae=calling_ae, new=True)
+
+    def route(
+        self, ds: Dataset, path: Path, *, calling_ae: str | None = None, new: bool = False
+    ) -> ReceiveResult:
+        """Apply the routing rules to a stored instance and queue it if eligible."""
+        sop_instance_uid = str(ds.SOPInstanceUID)
+        uids = {
+            "study_instance_uid": str(ds.get("StudyInstanceUID", "") or "") or None,
+            "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or "") or None,
+            "sop_instance_uid": sop_instance_uid,
+        }
+        decision = routing.decide(ds, self.settings.min_patient_age)
+        state = InstanceState.RECEIVED if decision.eligible else InstanceState.INELIGIBLE
+        self._save_instance(ds, path, state, decision.reason, calling_ae, new)
+        if not decision.eligible:
+            audit.record(
+                EventKind.INSTANCE_INELIGIBLE,
+                Outcome.INFO,
+                f"stored, not analysed: {decision.reason}",
+                calling_ae=calling_ae,
+                **uids,
+            )
+            return ReceiveResult(
+                STATUS_SUCCESS, sop_instance_uid, path, eligible=False, reason=decision.reason
+            )
+        queued = self.queue(sop_instance_uid, path, uids, calling_ae)
+        return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path, eligible=True, queued=queued)
+
+    def queue(
+        self, sop_instance_uid: str, path: Path, uids: dict[str, str | None], calling_ae: str | None
+    ) -> bool:
+        """Send the analysis task; on a broker failure the instance stays RECEIVED for the sweep."""
+        try:
+            task_id = enqueue_analysis(sop_instance_uid, path, self.settings)
+        except QueueError as exc:
+            LOGGER.warning("SOP instance %s stored but not queued: %s", sop_instance_uid, exc)
+            audit.record(
+                EventKind.JOB_QUEUED,
+                Outcome.FAILURE,
+                f"broker unavailable, will be re-queued by the sweep: {exc}"[:512],
+                calling_ae=calling_ae,
+                **uids,
+            )
+            return False
+        with session_scope() as session:
+            instance = session.get(Instance, sop_instance_uid)
+            if instance is not None and instance.state == InstanceState.RECEIVED:
+                instance.state = InstanceState.QUEUED
+        audit.record(
+            EventKind.JOB_QUEUED,
+            Outcome.SUCCESS,
+            f"task {task_id}",
+            calling_ae=calling_ae,
+            **uids,
+        )
+        return True
+
+    def _save_instance(
+        self,
+        ds: Dataset,
+        path: Path,
+        state: str,
+        reason: str | None,
+        calling_ae: str | None,
+        new: bool,
+    ) -> None:
+        sop_instance_uid = str(ds.SOPInstanceUID)
+        try:
+            with session_scope() as session:
+                instance = session.get(Instance, sop_instance_uid)
+                if instance is None:
+                    session.add(
+                        Instance(
+                            sop_instance_uid=sop_instance_uid,
+                            sop_class_uid=str(ds.SOPClassUID),
+                            study_instance_uid=str(ds.get("StudyInstanceUID", "") or "") or None,
+                            series_instance_uid=str(ds.get("SeriesInstanceUID", "") or "") or None,
+                            calling_ae=calling_ae,
+                            path=str(path),
+                            state=state,
+                            reason=reason,
+                        )
+                    )
+                else:
+                    instance.state = state
+                    instance.reason = reason
+                    instance.updated_at = utcnow()
+        except IntegrityError:
+            # Another association recorded the same instance a moment ago.
+            LOGGER.info("SOP instance %s already recorded", sop_instance_uid)
+
+    # Start-up sweep -------------------------------------------------------------------
+    def sweep(self) -> int:
+        """Queue every stored instance that was received but never queued.
+
+        Covers a crash between the spool write and the queue, a broker that was
+        down, and files whose database row was never written. Returns the count.
+        """
+        removed = self.spool.clean_tmp()
+        with session_scope() as session:
+            known = {
+                row.sop_instance_uid: row.state
+                for row in session.execute(select(Instance.sop_instance_uid, Instance.state))
+            }
+        queued = 0
+        for sop_instance_uid in self.spool.stored_uids():
+            state = known.get(sop_instance_uid)
+            if state not in (None, InstanceState.RECEIVED):
+                continue
+            path = self.spool.path_for(sop_instance_uid)
+            try:
+                ds = dcmread(path, stop_before_pixels=True, force=True)
+            except Exception as exc:
+                LOGGER.error("spool file for %s is unreadable: %s", sop_instance_uid, exc)
+                continue
+            result = self.route(ds, path, calling_ae=None, new=state is None)
+            queued += int(result.queued)
+        audit.record(
+            EventKind.SPOOL_SWEPT,
+            Outcome.SUCCESS,
+            f"re-queued {queued}; removed {removed} partial writes",
+        )
+        return queued

@@ -1,0 +1,89 @@
+"""Routing rules: is a stored instance an adult frontal chest X-ray we should analyse?
+
+Ineligible instances are still stored and audited with the reason. The reason
+strings hold no patient data (no ages, names or dates), only the rule.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from pydicom.dataset import Dataset
+
+ANALYSED_MODALITIES = {"CR", "DX"}
+# PS3.16 CID 4031 / PS3.3 C.7.3.1 defined terms that mean the chest.
+CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "PORTABLE CHEST"}
+FRONTAL_VIEWS = {"PA", "AP"}
+# PS3.3 C.8.11.5 View Position defined terms for laterals and obliques.
+LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD", "LAO", "RAO", "LPO", "RPO"}
+
+_AGE_RE = re.compile(r"^(\d{3})([DWMY])$")
+_DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 30.4375, "Y": 365.25}
+
+
+@dataclass(frozen=True)
+class Decision:
+    eligible: bool
+    reason: str | None = None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return str(value or "").strip().upper()
+
+
+def patient_age_years(ds: Dataset) -> float | None:
+    """Age at the study from PatientAge (AS, PS3.5 6.2), else birth date and study date."""
+    age = _text(ds, "PatientAge")
+    m = _AGE_RE.match(age)
+    if m:
+        return int(m.group(1)) * _DAYS_PER_UNIT[m.group(2)] / 365.25
+    birth = _parse_da(ds.get("PatientBirthDate"))
+    when = None
+    for keyword in ("StudyDate", "AcquisitionDate", "ContentDate", "SeriesDate"):
+        when = _parse_da(ds.get(keyword))
+        if when:
+            break
+    if birth and when and when >= birth:
+        return (when - birth).days / 365.25
+    return None
+
+
+def _parse_da(value: object) -> date | None:
+    text = str(value or "").strip()
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def _view_is_lateral(ds: Dataset) -> bool:
+    # View Code Sequence (PS3.3 C.8.11.5.1.1, CID 4010) when View Position is empty.
+    for item in ds.get("ViewCodeSequence", []) or []:
+        meaning = str(item.get("CodeMeaning", "")).lower()
+        if "lateral" in meaning or "oblique" in meaning:
+            return True
+    return False
+
+
+def decide(ds: Dataset, min_age: int = 18) -> Decision:
+    """Apply the routing rules to the header of a stored instance."""
+    modality = _text(ds, "Modality")
+    if modality not in ANALYSED_MODALITIES:
+        return Decision(False, f"modality {modality or '(empty)'} is not CR or DX")
+    body_part = _text(ds, "BodyPartExamined")
+    if body_part not in CHEST_BODY_PARTS:
+        return Decision(False, f"body part {body_part} is not the chest")
+    view = _text(ds, "ViewPosition")
+    if view in LATERAL_VIEWS or (not view and _view_is_lateral(ds)):
+        return Decision(False, f"view {view or 'lateral'} is not frontal (PA/AP)")
+    if view and view not in FRONTAL_VIEWS:
+        return Decision(False, f"view {view} is not frontal (PA/AP)")
+    age = patient_age_years(ds)
+    if age is not None and age < min_age:
+        return Decision(False, f"patient younger than {min_age} years")
+    return Decision(True)

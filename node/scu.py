@@ -1,0 +1,112 @@
+"""A small C-STORE SCU (PS3.4 B.2): ``cxr-node send`` and the export outbox use it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from node.exceptions import SendError
+from node.settings import Destination
+
+LOGGER = logging.getLogger(__name__)
+
+# PS3.7 Annex C: 0x0000 success, 0xB000/0xB007/0xB006 warnings.
+WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
+
+
+@dataclass(frozen=True)
+class SendResult:
+    sop_instance_uid: str
+    status: int | None  # None: no response (association aborted or timed out)
+    source: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and (self.status == 0 or self.status in WARNING_STATUSES)
+
+
+def _contexts(datasets: Iterable[Dataset]) -> list[tuple[str, list[str]]]:
+    """One requested context per SOP class, offering each data set's own syntax."""
+    wanted: dict[str, list[str]] = {}
+    for ds in datasets:
+        syntaxes = wanted.setdefault(str(ds.SOPClassUID), [])
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        for uid in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if uid not in syntaxes and (uid == ts or not ds.file_meta.TransferSyntaxUID.is_compressed):
+                syntaxes.append(uid)
+    if len(wanted) > MAX_CONTEXTS:
+        raise SendError(f"{len(wanted)} SOP classes in one association; at most {MAX_CONTEXTS}")
+    return list(wanted.items())
+
+
+def send_datasets(
+    datasets: Sequence[Dataset],
+    destination: Destination,
+    calling_ae: str = "CXRNODE",
+    *,
+    timeout: float = 30.0,
+    ssl_context: Any = None,
+    sources: Sequence[str] | None = None,
+) -> list[SendResult]:
+    """C-STORE each data set over one association.
+
+    Raises SendError if the association is rejected or cannot be made.
+    """
+    if not datasets:
+        return []
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    for sop_class, syntaxes in _contexts(datasets):
+        ae.add_requested_context(sop_class, syntaxes)
+    tls_args = (ssl_context, destination.host) if ssl_context is not None else None
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+    )
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "aborted or unreachable"
+        raise SendError(f"association with {destination} {reason}")
+    results: list[SendResult] = []
+    try:
+        for index, ds in enumerate(datasets):
+            source = sources[index] if sources else ""
+            sop_instance_uid = str(ds.SOPInstanceUID)
+            try:
+                status_ds = assoc.send_c_store(ds)
+            except (ValueError, RuntimeError) as exc:  # no accepted context for the data set
+                LOGGER.warning("cannot send %s to %s: %s", sop_instance_uid, destination, exc)
+                results.append(SendResult(sop_instance_uid, None, source))
+                continue
+            status = int(status_ds.Status) if "Status" in status_ds else None
+            results.append(SendResult(sop_instance_uid, status, source))
+            if not assoc.is_established:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    # Data sets never attempted because the association dropped.
+    sent = {r.sop_instance_uid for r in results}
+    for index, ds in enumerate(datasets):
+        if str(ds.SOPInstanceUID) not in sent:
+            results.append(
+                SendResult(str(ds.SOPInstanceUID), None, sources[index] if sources else "")
+            )
+    return results
+
+
+def send_files(
+    paths: Sequence[Path], destination: Destination, calling_ae: str = "CXRNODE", **kwargs: Any
+) -> list[SendResult]:
+    """Read DICOM files and C-STORE them (see :func:`send_datasets`)."""
+    datasets = [dcmread(path) for path in paths]
+    return send_datasets(
+        datasets, destination, calling_ae, sources=[str(p) for p in paths], **kwargs
+    )

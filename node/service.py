@@ -1,0 +1,98 @@
+"""The running node: database, spool sweep, SCP, embedded worker, periodic sweep.
+
+``cxr-node serve`` is a thin wrapper around :class:`Node`; tests start one in
+a thread-free way with ``Node.start()`` / ``Node.stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from types import FrameType
+
+from node import audit
+from node.audit import EventKind, Outcome
+from node.audit.db import upgrade
+from node.ingest import Ingest
+from node.scp import StorageSCP
+from node.settings import Settings, get_settings, settings_env
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Node:
+    """One node process: owns the SCP, the sweeper thread and the worker child."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.ingest = Ingest(self.settings)
+        self.scp = StorageSCP(self.settings, self.ingest)
+        self.worker: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        self.address: tuple[str, int] | None = None
+
+    def start(self) -> tuple[str, int]:
+        upgrade(self.settings.db_url)
+        audit.record(EventKind.NODE_STARTED, Outcome.INFO, f"AE {self.settings.ae_title}")
+        self.ingest.spool.ensure()
+        requeued = self.ingest.sweep()
+        if requeued:
+            LOGGER.info("start-up sweep re-queued %d instance(s)", requeued)
+        self.address = self.scp.start()
+        if self.settings.embedded_worker:
+            self.worker = self._start_worker()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="spool-sweeper", daemon=True)
+        self._sweeper.start()
+        return self.address
+
+    def _start_worker(self) -> subprocess.Popen[bytes]:
+        """A child ``cxr-node worker`` on the same broker, settings passed by environment."""
+        env = {**os.environ, **settings_env(self.settings)}
+        cmd = [
+            sys.executable, "-m", "node.cli", "worker",
+            "--concurrency", str(self.settings.worker_concurrency),
+        ]
+        LOGGER.info("starting embedded worker: %s", " ".join(cmd[1:]))
+        return subprocess.Popen(cmd, env=env)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_interval_seconds):
+            try:
+                self.ingest.sweep()
+            except Exception:
+                LOGGER.exception("periodic spool sweep failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.scp.stop()
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.terminate()  # Celery's warm shutdown: finish the current task
+            try:
+                self.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        audit.record(EventKind.NODE_STOPPED, Outcome.INFO, f"AE {self.settings.ae_title}")
+
+    def run_forever(self) -> None:
+        """Serve until SIGINT/SIGTERM."""
+
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            LOGGER.info("signal %d: shutting down", signum)
+            self._stop.set()
+
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                if self.worker is not None and self.worker.poll() is not None:
+                    LOGGER.error("embedded worker exited (%s); restarting", self.worker.returncode)
+                    self.worker = self._start_worker()
+        finally:
+            self.stop()

@@ -1,0 +1,253 @@
+"""The node's one settings object.
+
+Values come, lowest precedence first, from the defaults below, an optional TOML
+file (``CXR_NODE_CONFIG`` or ``--config``), environment variables prefixed
+``CXR_NODE_`` and finally command-line flags (passed as init kwargs by the CLI).
+Read it through :func:`get_settings`, never a module global, so tests and
+forked workers can override it (:func:`configure`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash
+# or control characters; leading/trailing spaces are not significant.
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("CXR_NODE_HOME", Path.cwd() / ".cxr-node"))
+
+
+def validate_ae_title(value: str) -> str:
+    """Return ``value`` stripped if it is a valid AE title, else raise ValueError."""
+    ae = value.strip()
+    if not ae or not _AE_RE.match(ae):
+        raise ValueError(f"invalid AE title {value!r}: 1-16 printable characters, no backslash")
+    return ae
+
+
+class Destination:
+    """A C-STORE destination written ``AET@host:port``."""
+
+    __slots__ = ("ae_title", "host", "port")
+
+    def __init__(self, ae_title: str, host: str, port: int) -> None:
+        self.ae_title = ae_title
+        self.host = host
+        self.port = port
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        m = re.fullmatch(r"\s*([^@]+)@(\[[^\]]+\]|[^:]+):(\d{1,5})\s*", text)
+        if not m:
+            raise ValueError(f"destination {text!r} is not of the form AET@host:port")
+        host = m.group(2).strip("[]")
+        port = int(m.group(3))
+        if not 0 < port < 65536:
+            raise ValueError(f"destination {text!r}: port out of range")
+        return cls(validate_ae_title(m.group(1)), host, port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"Destination({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Destination) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Configuration of one node (SCP, queue, audit database, export)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CXR_NODE_",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # Where the TOML file is; read by settings_customise_sources.
+    config: Path | None = None
+    environment: str = Field("development", description="'production' enables strict checks")
+
+    # DICOM SCP
+    ae_title: str = "CXRNODE"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+    allowed_calling_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allow_any_calling_aet: bool = Field(
+        False, description="permit an empty allow-list when environment is production"
+    )
+    max_associations: int = Field(16, ge=1)
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    max_pdu: int = 0  # 0: unlimited
+
+    # Storage
+    home: Path = Field(default_factory=_default_home)
+    spool_dir: Path | None = None
+    min_free_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="refuse stores (0xA700) below this much free space"
+    )
+
+    # Routing
+    min_patient_age: int = 18
+
+    # Audit database and queue
+    database_url: str | None = None
+    broker_url: str | None = None
+    result_backend: str | None = None
+    embedded_worker: bool = True
+    worker_concurrency: int = Field(1, ge=1)
+    sweep_interval_seconds: float = Field(60.0, gt=0)
+    model_queue: str = "models"
+
+    # Export
+    destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
+    export_max_attempts: int = Field(8, ge=1)
+    export_backoff_seconds: float = Field(5.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = _toml_path(init_settings)
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, v: str) -> str:
+        return validate_ae_title(v)
+
+    @field_validator("allowed_calling_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, v: Any) -> Any:
+        return _split_csv(v)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _check_aets(cls, v: list[str]) -> list[str]:
+        return [validate_ae_title(ae) for ae in v]
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _parse_destinations(cls, v: Any) -> Any:
+        items = _split_csv(v) or []
+        return [d if isinstance(d, Destination) else Destination.parse(str(d)) for d in items]
+
+    @model_validator(mode="after")
+    def _production_needs_allow_list(self) -> Settings:
+        if (
+            self.environment == "production"
+            and not self.allowed_calling_aets
+            and not self.allow_any_calling_aet
+        ):
+            raise ValueError(
+                "production settings need CXR_NODE_ALLOWED_CALLING_AETS "
+                "(or CXR_NODE_ALLOW_ANY_CALLING_AET=true to accept every modality)"
+            )
+        return self
+
+    # Derived locations -------------------------------------------------------------
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir if self.spool_dir is not None else self.home / "spool"
+
+    @property
+    def outputs_path(self) -> Path:
+        return self.home / "outputs"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'audit.sqlite'}"
+
+    @property
+    def broker(self) -> str:
+        """The Celery broker; with none configured, kombu's filesystem transport."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def embedded_broker_dir(self) -> Path:
+        return self.home / "broker"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``CXR_NODE_*`` variables, so a child process sees the same values."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None or name == "config":
+            continue
+        if isinstance(value, list):
+            text = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[f"CXR_NODE_{name.upper()}"] = text
+    return env
+
+
+def _toml_path(init_settings: PydanticBaseSettingsSource) -> Path | None:
+    value = init_settings().get("config") or os.environ.get("CXR_NODE_CONFIG")
+    return Path(value) if value else None
+
+
+_overrides: dict[str, Any] = {}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, built once from the environment and CLI overrides."""
+    return Settings(**_overrides)
+
+
+def configure(**overrides: Any) -> Settings:
+    """Set values that win over the environment (CLI flags, tests) and rebuild.
+
+    ``None`` values are ignored so a CLI can pass its options through unfiltered.
+    """
+    _overrides.update({k: v for k, v in overrides.items() if v is not None})
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def reset() -> None:
+    """Forget overrides and the cached settings (tests, after the environment changed)."""
+    _overrides.clear()
+    get_settings.cache_clear()

@@ -1,0 +1,118 @@
+"""Plain helpers for the tests: real DICOM files, data set builders, external tools."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+
+def pydicom_data_file(name: str) -> Path:
+    """A file of the pydicom-data package (real CR images), found without the network."""
+    dist = importlib.metadata.distribution("pydicom-data")
+    path = Path(str(dist.locate_file(f"data_store/data/{name}")))
+    if not path.is_file():
+        pytest.fail(f"pydicom-data file {name} missing at {path}")
+    return path
+
+
+def new_uid() -> str:
+    return f"2.25.{uuid.uuid4().int}"
+
+
+def with_new_uids(ds: Dataset) -> Dataset:
+    """Give a copy of a data set fresh study/series/instance UIDs (one test, one instance)."""
+    ds = ds.copy()
+    ds.StudyInstanceUID = new_uid()
+    ds.SeriesInstanceUID = new_uid()
+    ds.SOPInstanceUID = new_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def write(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_dx(source: Path, *, view: str = "PA", age: str | None = "045Y") -> Dataset:
+    """A DX For Presentation chest image built with pydicom from a real CR chest's pixels."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+
+    cr = dcmread(source)
+    pixels = cr.pixel_array[::4, ::4]
+    pixels = (pixels.max() - pixels).astype(np.uint16)  # MONOCHROME2
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = new_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = new_uid(), new_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Dx", "DX001", "", "O"
+    if age is not None:
+        ds.PatientAge = age
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260101", "120000", "A1", "1"
+    ds.ReferringPhysicianName = ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "DX", 1, 1
+    ds.Manufacturer = "CXR Node tests"
+    ds.BodyPartExamined, ds.ViewPosition = "CHEST", view
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.PatientOrientation = ["R", "F"] if view != "LL" else ["A", "F"]
+    ds.ImagerPixelSpacing = [0.4, 0.4]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign = "LOG", 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.LossyImageCompression = "00"
+    ds.BurnedInAnnotation = "NO"
+    ds.PixelData = (pixels & 0x0FFF).astype(np.uint16).tobytes()
+    return ds
+
+
+def dcmtk(tool: str) -> str:
+    """dcmtk's own binary (pynetdicom installs same-named apps earlier on PATH)."""
+    path = Path("/usr/bin") / tool
+    if not path.exists():
+        pytest.fail(f"{path} missing: apt-get install dcmtk")
+    return str(path)
+
+
+def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def queued_messages(settings) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Analysis tasks waiting in the broker (embedded filesystem queue or Redis list)."""
+    import base64
+
+    bodies: list[bytes] = []
+    if settings.broker.startswith("filesystem://"):
+        folder = settings.embedded_broker_dir / "queue"
+        for path in sorted(folder.glob(f"*.{settings.model_queue}.msg")):
+            bodies.append(path.read_bytes())
+    else:
+        import redis
+
+        client = redis.Redis.from_url(settings.broker)
+        bodies = list(client.lrange(settings.model_queue, 0, -1))
+        client.close()
+    messages = []
+    for raw in bodies:
+        envelope = json.loads(raw)
+        body = json.loads(base64.b64decode(envelope["body"]))
+        args, kwargs, _ = body
+        messages.append({"task": envelope["headers"]["task"], "kwargs": kwargs})
+    return messages

@@ -1,0 +1,229 @@
+"""The SCP on a real loopback port, driven by dcmtk (a real modality) and pynetdicom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from node.audit.log import events
+from node.settings import Destination, configure
+from node.scu import send_datasets
+from node.service import Node
+from tests.helpers import dcmtk, make_dx, queued_messages, run, with_new_uids, write
+
+
+def storescu(
+    port: int, *files: Path, aec: str = "CXRNODE", aet: str = "MODALITY", options: tuple = ()
+) -> tuple[int, str]:
+    cmd = [dcmtk("storescu"), *options, "-aet", aet, "-aec", aec, "127.0.0.1", str(port)]
+    result = run([*cmd, *map(str, files)])
+    return result.returncode, result.stdout + result.stderr
+
+
+def kinds(**filters: str) -> list[str]:
+    return [e.kind for e in events(**filters)]
+
+
+def test_echoscu(running_node: Node) -> None:
+    _, port = running_node.address
+    result = run([dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "CXRNODE", "127.0.0.1", str(port)])
+    assert result.returncode == 0, result.stderr
+    assert "echo" in kinds()
+    accepted = [e for e in events(kind="association.accepted")]
+    assert accepted and accepted[-1].calling_ae == "MODALITY"
+
+
+def test_storescu_cr_chest_is_spooled_audited_and_queued(running_node: Node, cr_chest: Path) -> None:
+    _, port = running_node.address
+    rc, out = storescu(port, cr_chest)
+    assert rc == 0, out
+    sop_instance_uid = str(dcmread(cr_chest, stop_before_pixels=True).SOPInstanceUID)
+    stored = running_node.ingest.spool.path_for(sop_instance_uid)
+    assert stored.is_file()
+    assert dcmread(stored).pixel_array.shape == (1955, 1841)  # the whole image arrived
+    assert kinds(sop_instance_uid=sop_instance_uid) == ["instance.received", "job.queued"]
+    messages = queued_messages(running_node.settings)
+    assert [m["kwargs"] for m in messages] == [
+        {"sop_instance_uid": sop_instance_uid, "path": str(stored)}
+    ]
+    assert messages[0]["task"] == "cxr_node.analyze_instance"
+
+
+def test_storescu_jpeg2000(running_node: Node, cr_chest_j2k: Path, tmp_path: Path) -> None:
+    _, port = running_node.address
+    ds = with_new_uids(dcmread(cr_chest_j2k))
+    # -xv: propose JPEG 2000 lossless, as a modality sending compressed images does
+    rc, out = storescu(port, write(ds, tmp_path / "j2k.dcm"), options=("-xv",))
+    assert rc == 0, out
+    stored = dcmread(running_node.ingest.spool.path_for(ds.SOPInstanceUID))
+    assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID  # kept as sent
+    assert stored.pixel_array.shape == (1955, 1841)  # and decodable
+    assert "job.queued" in kinds(sop_instance_uid=ds.SOPInstanceUID)
+
+
+def test_dx_for_presentation_via_pynetdicom(running_node: Node, cr_chest: Path) -> None:
+    host, port = running_node.address
+    ds = make_dx(cr_chest)
+    results = send_datasets([ds], Destination("CXRNODE", host, port), "MODALITY")
+    assert [r.status for r in results] == [0x0000]
+    assert "job.queued" in kinds(sop_instance_uid=ds.SOPInstanceUID)
+
+
+def test_rle_compressed_dx_is_accepted(running_node: Node, cr_chest: Path) -> None:
+    host, port = running_node.address
+    ds = make_dx(cr_chest)
+    ds.compress(RLELossless)
+    results = send_datasets([ds], Destination("CXRNODE", host, port), "MODALITY")
+    assert [r.status for r in results] == [0x0000]
+
+
+def test_ct_is_refused_at_negotiation(running_node: Node) -> None:
+    host, port = running_node.address
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title="CXRNODE")
+    try:
+        assert assoc.is_established
+        ct = [c for c in assoc.rejected_contexts if c.abstract_syntax == CTImageStorage]
+        assert ct, "CT Image Storage must be rejected"
+        assert all(c.abstract_syntax != CTImageStorage for c in assoc.accepted_contexts)
+    finally:
+        assoc.release()
+
+
+def test_storescu_ct_file_fails(running_node: Node, tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    _, port = running_node.address
+    rc, out = storescu(port, Path(get_testdata_file("CT_small.dcm")))
+    assert rc != 0
+    assert "presentation context" in out.lower()
+    assert list(running_node.ingest.spool.instances_dir.iterdir()) == []
+
+
+def test_unknown_calling_ae_is_rejected_and_audited(node_config, cr_chest: Path) -> None:
+    settings = configure(allowed_calling_aets=["MODALITY"])
+    node = Node(settings)
+    _, port = node.start()
+    try:
+        bad = run([dcmtk("echoscu"), "-aet", "INTRUDER", "-aec", "CXRNODE", "127.0.0.1", str(port)])
+        assert bad.returncode != 0
+        rejected = events(kind="association.rejected")
+        assert rejected and rejected[-1].calling_ae == "INTRUDER"
+        assert "not allowed" in rejected[-1].message
+        good = run([dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "CXRNODE", "127.0.0.1", str(port)])
+        assert good.returncode == 0, good.stderr
+    finally:
+        node.stop()
+
+
+def test_wrong_called_ae_is_rejected(running_node: Node) -> None:
+    _, port = running_node.address
+    result = run([dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "SOMEONE", "127.0.0.1", str(port)])
+    assert result.returncode != 0
+    assert "is not 'CXRNODE'" in events(kind="association.rejected")[-1].message
+
+
+def test_duplicate_is_audited_not_stored_twice(running_node: Node, cr_chest: Path) -> None:
+    _, port = running_node.address
+    assert storescu(port, cr_chest)[0] == 0
+    assert storescu(port, cr_chest)[0] == 0  # the modality gets success both times
+    uid = str(dcmread(cr_chest, stop_before_pixels=True).SOPInstanceUID)
+    assert kinds(sop_instance_uid=uid) == ["instance.received", "job.queued", "instance.duplicate"]
+    assert len(list(running_node.ingest.spool.instances_dir.iterdir())) == 1
+    assert len(queued_messages(running_node.settings)) == 1
+
+
+def test_lateral_view_is_stored_not_queued(running_node: Node, cr_chest: Path) -> None:
+    host, port = running_node.address
+    ds = make_dx(cr_chest, view="LL")
+    assert [r.status for r in send_datasets([ds], Destination("CXRNODE", host, port), "M")] == [0]
+    assert running_node.ingest.spool.contains(ds.SOPInstanceUID)
+    assert kinds(sop_instance_uid=ds.SOPInstanceUID) == ["instance.received", "instance.ineligible"]
+    assert "not frontal" in events(kind="instance.ineligible")[-1].message
+    assert queued_messages(running_node.settings) == []
+
+
+def test_child_is_stored_not_queued(running_node: Node, cr_chest: Path) -> None:
+    host, port = running_node.address
+    ds = make_dx(cr_chest, age="009Y")
+    assert [r.status for r in send_datasets([ds], Destination("CXRNODE", host, port), "M")] == [0]
+    assert "instance.ineligible" in kinds(sop_instance_uid=ds.SOPInstanceUID)
+    assert queued_messages(running_node.settings) == []
+
+
+def test_missing_pixel_data_is_c210_and_kept(running_node: Node, cr_chest: Path) -> None:
+    host, port = running_node.address
+    ds = make_dx(cr_chest)
+    del ds.PixelData
+    results = send_datasets([ds], Destination("CXRNODE", host, port), "MODALITY")
+    assert [r.status for r in results] == [0xC210]
+    rejected = events(kind="instance.rejected")[-1]
+    assert "Pixel Data (7FE0,0010) is missing" in rejected.message
+    assert len(list(running_node.ingest.spool.rejected_dir.iterdir())) == 1  # nothing lost
+    assert not running_node.ingest.spool.contains(ds.SOPInstanceUID)
+    echo = run([dcmtk("echoscu"), "-aec", "CXRNODE", "127.0.0.1", str(port)])
+    assert echo.returncode == 0
+
+
+def test_spool_below_reserve_is_a700(node_config, cr_chest: Path) -> None:
+    settings = configure(min_free_bytes=1 << 62)  # more than any disk: always "full"
+    node = Node(settings)
+    _, port = node.start()
+    try:
+        rc, out = storescu(port, cr_chest, options=("-v",))
+        assert "Refused: OutOfResources" in out, out
+        rejected = events(kind="instance.rejected")[-1]
+        assert rejected.message.startswith("status 0xA700")
+        assert list(node.ingest.spool.instances_dir.iterdir()) == []
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def inode_starved_spool(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A tmpfs with room for the spool's folders and no more files: a real ENOSPC
+    that free-space checks cannot see coming (needs root and mount, as on CI)."""
+    import subprocess
+
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=4", "tmpfs", str(mount_point)],
+        capture_output=True, check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_disk_full_is_a700_then_recovers(
+    node_config, cr_chest: Path, inode_starved_spool: Path
+) -> None:
+    import subprocess
+
+    settings = configure(spool_dir=inode_starved_spool, min_free_bytes=0)
+    node = Node(settings)
+    host, port = node.start()
+    destination = Destination("CXRNODE", host, port)
+    try:
+        ds = make_dx(cr_chest)
+        assert [r.status for r in send_datasets([ds], destination, "MODALITY")] == [0xA700]
+        assert "No space left on device" in events(kind="instance.rejected")[-1].message
+        assert run([dcmtk("echoscu"), "-aec", "CXRNODE", "127.0.0.1", str(port)]).returncode == 0
+        # Space returns: the modality's retry of the same instance succeeds.
+        subprocess.run(
+            ["mount", "-o", "remount,nr_inodes=1000", str(inode_starved_spool)], check=True
+        )
+        assert [r.status for r in send_datasets([ds], destination, "MODALITY")] == [0x0000]
+        assert node.ingest.spool.contains(ds.SOPInstanceUID)
+        assert list(node.ingest.spool.tmp_dir.iterdir()) == []  # no partial file left
+    finally:
+        node.stop()

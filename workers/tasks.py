@@ -1,0 +1,23 @@
+"""Thin Celery tasks: take identifiers, call plain functions, retry only on named errors."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from node.queue import ANALYZE_TASK
+
+LOGGER = logging.getLogger(__name__)
+
+
+@shared_task(name=ANALYZE_TASK, bind=True, max_retries=5)
+def analyze_instance(self, sop_instance_uid: str, path: str) -> None:  # type: ignore[no-untyped-def]
+    """Analyse one stored instance and export the results (workers.pipeline)."""
+    from workers.exceptions import TemporaryError
+    from workers.pipeline import process_instance
+
+    try:
+        process_instance(sop_instance_uid, path, attempt=self.request.retries + 1)
+    except TemporaryError as exc:
+        raise self.retry(exc=exc, countdown=min(60, 5 * 2**self.request.retries)) from exc
