@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from node.logs import configure_logging
-from node.settings import Destination, configure, get_settings
+from node.settings import Destination, configure
 
 app = typer.Typer(
     name="cxr-node",
@@ -31,11 +31,12 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _settings_or_exit():  # type: ignore[no-untyped-def]
+def _settings_or_exit(**overrides: object):  # type: ignore[no-untyped-def]
+    """The settings with CLI ``overrides`` applied; a clear message if they are invalid."""
     from pydantic import ValidationError
 
     try:
-        return get_settings()
+        return configure(**overrides)
     except ValidationError as exc:
         errors = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
@@ -55,8 +56,9 @@ def main(
     """Global options; every setting can also come from CXR_NODE_* variables."""
     if config is not None and not config.is_file():
         _fail(f"settings file {config} does not exist")
-    configure(config=config, home=home, database_url=database_url, log_level=log_level)
-    settings = _settings_or_exit()
+    settings = _settings_or_exit(
+        config=config, home=home, database_url=database_url, log_level=log_level
+    )
     configure_logging(settings.log_level)
 
 
@@ -65,7 +67,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="DICOM port (0: any free port)")] = None,
     ae_title: Annotated[str | None, typer.Option("--ae-title", help="Called AE title")] = None,
-    broker_url: Annotated[str | None, typer.Option(help="Celery broker (default: embedded)")] = None,
+    broker_url: Annotated[
+        str | None, typer.Option(help="Celery broker (default: embedded)")
+    ] = None,
     worker: Annotated[
         bool | None, typer.Option("--worker/--no-worker", help="Run an embedded worker")
     ] = None,
@@ -73,10 +77,9 @@ def serve(
     """DICOM SCP + export, with an embedded worker unless told not to."""
     from node.service import Node
 
-    configure(
+    settings = _settings_or_exit(
         host=host, port=port, ae_title=ae_title, broker_url=broker_url, embedded_worker=worker
     )
-    settings = _settings_or_exit()
     try:
         Node(settings).run_forever()
     except OSError as exc:
@@ -158,9 +161,13 @@ def db_upgrade(revision: str = "head") -> None:
 
 @audit_app.command("tail")
 def audit_tail(
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events")
+    ] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", min=0)] = 20,
-    study: Annotated[str | None, typer.Option("--study", help="Only this Study Instance UID")] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Only this Study Instance UID")
+    ] = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls with -f")] = 1.0,
 ) -> None:
     """Print the latest audit events, like tail(1)."""
@@ -169,7 +176,9 @@ def audit_tail(
     from node.audit import tail
 
     try:
-        for line in tail(lines=lines, follow=follow, study_instance_uid=study, poll_seconds=interval):
+        for line in tail(
+            lines=lines, follow=follow, study_instance_uid=study, poll_seconds=interval
+        ):
             typer.echo(line)
             sys.stdout.flush()
     except (OperationalError, ProgrammingError) as exc:

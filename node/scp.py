@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
-from pydicom.uid import AllTransferSyntaxes, UID
+from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ComputedRadiographyImageStorage,
@@ -226,7 +226,10 @@ class StorageSCP:
         except Exception as exc:  # never let pynetdicom see an exception
             LOGGER.exception("unexpected failure storing SOP instance %s", affected_uid)
             return self._refuse(
-                info, STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}", data,
+                info,
+                STATUS_PROCESSING_FAILURE,
+                f"internal error: {type(exc).__name__}",
+                data,
                 affected_uid,
             )
         return result.status
@@ -251,5 +254,3 @@ class StorageSCP:
             sop_instance_uid=sop_instance_uid or None,
         )
         return status
-
-

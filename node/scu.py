@@ -41,7 +41,9 @@ def _contexts(datasets: Iterable[Dataset]) -> list[tuple[str, list[str]]]:
         syntaxes = wanted.setdefault(str(ds.SOPClassUID), [])
         ts = str(ds.file_meta.TransferSyntaxUID)
         for uid in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if uid not in syntaxes and (uid == ts or not ds.file_meta.TransferSyntaxUID.is_compressed):
+            if uid not in syntaxes and (
+                uid == ts or not ds.file_meta.TransferSyntaxUID.is_compressed
+            ):
                 syntaxes.append(uid)
     if len(wanted) > MAX_CONTEXTS:
         raise SendError(f"{len(wanted)} SOP classes in one association; at most {MAX_CONTEXTS}")

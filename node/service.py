@@ -54,8 +54,12 @@ class Node:
         """A child ``cxr-node worker`` on the same broker, settings passed by environment."""
         env = {**os.environ, **settings_env(self.settings)}
         cmd = [
-            sys.executable, "-m", "node.cli", "worker",
-            "--concurrency", str(self.settings.worker_concurrency),
+            sys.executable,
+            "-m",
+            "node.cli",
+            "worker",
+            "--concurrency",
+            str(self.settings.worker_concurrency),
         ]
         LOGGER.info("starting embedded worker: %s", " ".join(cmd[1:]))
         return subprocess.Popen(cmd, env=env)

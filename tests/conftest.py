@@ -117,5 +117,3 @@ def shared_data() -> Path:
     if not (SHARED / "data").is_dir():
         pytest.skip("../shared/data is not beside the checkout")
     return SHARED / "data"
-
-

@@ -85,5 +85,8 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), revision)
-    LOGGER.info("database at %s upgraded to %s", make_url(url or get_settings().db_url)
-                .render_as_string(hide_password=True), revision)
+    LOGGER.info(
+        "database at %s upgraded to %s",
+        make_url(url or get_settings().db_url).render_as_string(hide_password=True),
+        revision,
+    )

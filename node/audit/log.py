@@ -79,7 +79,9 @@ def record(
             session.add(event)
         return True
     except Exception:
-        LOGGER.exception("could not write audit event %s for SOP instance %s", kind, sop_instance_uid)
+        LOGGER.exception(
+            "could not write audit event %s for SOP instance %s", kind, sop_instance_uid
+        )
         return False
 
 
@@ -102,7 +104,7 @@ def events(
     if kind:
         query = query.where(AuditEvent.kind.startswith(kind))
     query = query.order_by(AuditEvent.id.desc() if newest else AuditEvent.id)
-    if limit:
+    if limit is not None:
         query = query.limit(limit)
     with session_scope(url) as session:
         rows = list(session.scalars(query))
@@ -111,9 +113,11 @@ def events(
 
 def format_event(event: AuditEvent) -> str:
     """One line per event, like a log file."""
-    stamp = event.created_at.isoformat(timespec="milliseconds") if isinstance(
-        event.created_at, datetime
-    ) else str(event.created_at)
+    stamp = (
+        event.created_at.isoformat(timespec="milliseconds")
+        if isinstance(event.created_at, datetime)
+        else str(event.created_at)
+    )
     parts = [stamp, f"{event.kind:<22}", f"{event.outcome:<7}"]
     if event.calling_ae:
         parts.append(f"ae={event.calling_ae}")
@@ -139,9 +143,7 @@ def tail(
 ) -> Iterator[str]:
     """The last ``lines`` events, then (``follow``) new ones as they arrive, like ``tail -f``."""
     last_id = 0
-    for event in events(
-        study_instance_uid=study_instance_uid, limit=lines, newest=True, url=url
-    ):
+    for event in events(study_instance_uid=study_instance_uid, limit=lines, newest=True, url=url):
         last_id = event.id
         yield format_event(event)
     if not follow:

@@ -11,9 +11,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.audit.log import events
-from node.settings import Destination, configure
 from node.scu import send_datasets
 from node.service import Node
+from node.settings import Destination, configure
 from tests.helpers import dcmtk, make_dx, queued_messages, run, with_new_uids, write
 
 
@@ -38,7 +38,9 @@ def test_echoscu(running_node: Node) -> None:
     assert accepted and accepted[-1].calling_ae == "MODALITY"
 
 
-def test_storescu_cr_chest_is_spooled_audited_and_queued(running_node: Node, cr_chest: Path) -> None:
+def test_storescu_cr_chest_is_spooled_audited_and_queued(
+    running_node: Node, cr_chest: Path
+) -> None:
     _, port = running_node.address
     rc, out = storescu(port, cr_chest)
     assert rc == 0, out
@@ -117,7 +119,9 @@ def test_unknown_calling_ae_is_rejected_and_audited(node_config, cr_chest: Path)
         rejected = events(kind="association.rejected")
         assert rejected and rejected[-1].calling_ae == "INTRUDER"
         assert "not allowed" in rejected[-1].message
-        good = run([dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "CXRNODE", "127.0.0.1", str(port)])
+        good = run(
+            [dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "CXRNODE", "127.0.0.1", str(port)]
+        )
         assert good.returncode == 0, good.stderr
     finally:
         node.stop()
@@ -196,7 +200,8 @@ def inode_starved_spool(tmp_path: Path):  # type: ignore[no-untyped-def]
     mount_point.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=4", "tmpfs", str(mount_point)],
-        capture_output=True, check=False,
+        capture_output=True,
+        check=False,
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")

@@ -1,0 +1,103 @@
+"""The audit log on SQLite and on the running PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError
+
+from node.audit import EventKind, Outcome, record, tail
+from node.audit.db import get_engine, upgrade
+from node.audit.log import events
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, node_config, tmp_path):  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_migrations_create_the_schema(db_url: str) -> None:
+    upgrade(db_url)
+    tables = set(inspect(get_engine(db_url)).get_table_names())
+    assert {"audit_events", "instances", "alembic_version"} <= tables
+    upgrade(db_url)  # idempotent
+
+
+def test_events_round_trip_with_aware_timestamps(db_url: str) -> None:
+    upgrade(db_url)
+    before = datetime.now(UTC)
+    assert record(
+        EventKind.INSTANCE_RECEIVED,
+        Outcome.SUCCESS,
+        "CR 1000 bytes",
+        calling_ae="MODALITY",
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        sop_instance_uid="1.2.3.4.5",
+        duration_ms=12.5,
+        url=db_url,
+    )
+    record(EventKind.JOB_QUEUED, study_instance_uid="9.9", sop_instance_uid="9.9.9", url=db_url)
+    rows = events(url=db_url)
+    assert [r.kind for r in rows] == ["instance.received", "job.queued"]
+    first = rows[0]
+    assert first.created_at.tzinfo is not None
+    assert (
+        before - timedelta(seconds=5)
+        <= first.created_at
+        <= datetime.now(UTC) + timedelta(seconds=5)
+    )
+    assert (first.calling_ae, first.sop_instance_uid, first.duration_ms) == (
+        "MODALITY",
+        "1.2.3.4.5",
+        12.5,
+    )
+    assert [r.kind for r in events(study_instance_uid="9.9", url=db_url)] == ["job.queued"]
+
+
+def test_tail_prints_last_lines_and_filters_by_study(db_url: str) -> None:
+    upgrade(db_url)
+    for i in range(30):
+        record(
+            EventKind.ECHO,
+            calling_ae=f"AE{i}",
+            study_instance_uid="1.1" if i % 2 else "2.2",
+            url=db_url,
+        )
+    lines = list(tail(lines=5, url=db_url))
+    assert len(lines) == 5 and "ae=AE29" in lines[-1] and "ae=AE25" in lines[0]
+    assert all(
+        "study=2.2" in line for line in tail(lines=100, study_instance_uid="2.2", url=db_url)
+    )
+
+
+def test_tail_follow_yields_new_events(db_url: str) -> None:
+    import threading
+
+    upgrade(db_url)
+    record(EventKind.NODE_STARTED, url=db_url)
+    follower = tail(lines=1, follow=True, poll_seconds=0.05, max_seconds=10, url=db_url)
+    assert "node.started" in next(follower)
+    threading.Timer(0.2, lambda: record(EventKind.ECHO, calling_ae="LATER", url=db_url)).start()
+    assert "ae=LATER" in next(follower)
+
+
+def test_audit_rows_cannot_be_updated_or_deleted(db_url: str) -> None:
+    upgrade(db_url)
+    record(EventKind.ECHO, calling_ae="MODALITY", url=db_url)
+    engine = get_engine(db_url)
+    for statement in ("UPDATE audit_events SET message = 'changed'", "DELETE FROM audit_events"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            with engine.begin() as conn:
+                conn.execute(text(statement))
+    assert [e.message for e in events(url=db_url)] == [""]
+
+
+def test_record_never_raises_when_the_database_is_gone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'missing-dir' / 'x' / 'audit.sqlite'}"
+    # No migrations applied: the table does not exist. record() logs and says False.
+    assert record(EventKind.ECHO, url=url) is False

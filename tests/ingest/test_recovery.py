@@ -1,0 +1,90 @@
+"""Restart recovery: whatever the spool holds but the queue never got is queued on start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom import dcmread
+
+from node.audit.db import session_scope, upgrade
+from node.audit.log import events
+from node.audit.models import Instance, InstanceState
+from node.ingest import Ingest
+from node.service import Node
+from tests.helpers import make_dx, queued_messages, with_new_uids, write
+
+
+def test_unqueued_spool_files_are_queued_on_start(node_config, cr_chest: Path) -> None:
+    upgrade()
+    spool = Ingest(node_config).spool
+    spool.ensure()
+    # 1. A crash after the spool write, before the database row: a file and no row.
+    orphan = with_new_uids(dcmread(cr_chest))
+    write(orphan, spool.path_for(orphan.SOPInstanceUID))
+    # 2. The broker was down: a row in state "received" that was never queued.
+    unqueued = make_dx(cr_chest)
+    path = write(unqueued, spool.path_for(unqueued.SOPInstanceUID))
+    with session_scope() as session:
+        session.add(
+            Instance(
+                sop_instance_uid=unqueued.SOPInstanceUID,
+                sop_class_uid=unqueued.SOPClassUID,
+                path=str(path),
+                state=InstanceState.RECEIVED,
+            )
+        )
+    # 3. Already queued, and an ineligible lateral: neither is queued again.
+    done = make_dx(cr_chest)
+    done_path = write(done, spool.path_for(done.SOPInstanceUID))
+    lateral = make_dx(cr_chest, view="LL")
+    write(lateral, spool.path_for(lateral.SOPInstanceUID))
+    with session_scope() as session:
+        session.add(
+            Instance(
+                sop_instance_uid=done.SOPInstanceUID,
+                sop_class_uid=done.SOPClassUID,
+                path=str(done_path),
+                state=InstanceState.QUEUED,
+            )
+        )
+    # 4. A partial write left in tmp/ by the crash.
+    (spool.tmp_dir / "abc.part").write_bytes(b"partial")
+
+    node = Node(node_config)
+    node.start()
+    try:
+        queued = {m["kwargs"]["sop_instance_uid"] for m in queued_messages(node_config)}
+        assert queued == {orphan.SOPInstanceUID, unqueued.SOPInstanceUID}
+        with session_scope() as session:
+            assert session.get(Instance, orphan.SOPInstanceUID).state == InstanceState.QUEUED
+            assert session.get(Instance, lateral.SOPInstanceUID).state == InstanceState.INELIGIBLE
+        assert list(spool.tmp_dir.iterdir()) == []
+        swept = events(kind="spool.swept")
+        assert swept and "re-queued 2" in swept[-1].message
+    finally:
+        node.stop()
+    # A second start finds nothing left to queue.
+    node = Node(node_config)
+    node.start()
+    node.stop()
+    assert len(queued_messages(node_config)) == 2
+
+
+def test_broker_down_keeps_instance_for_the_sweep(node_config, cr_chest: Path) -> None:
+    from node.scu import send_datasets
+    from node.settings import Destination, configure
+
+    # Nothing listens on port 1: the broker is "down".
+    settings = configure(broker_url="redis://127.0.0.1:1/0")
+    node = Node(settings)
+    host, port = node.start()
+    try:
+        ds = make_dx(cr_chest)
+        statuses = [r.status for r in send_datasets([ds], Destination("CXRNODE", host, port), "M")]
+        assert statuses == [0x0000]  # stored safely: the modality is told success
+        failed = [e for e in events(kind="job.queued") if e.sop_instance_uid == ds.SOPInstanceUID]
+        assert failed and failed[-1].outcome == "failure"
+        with session_scope() as session:
+            assert session.get(Instance, ds.SOPInstanceUID).state == InstanceState.RECEIVED
+    finally:
+        node.stop()
