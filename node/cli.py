@@ -22,6 +22,8 @@ db_app = typer.Typer(help="The audit database.", no_args_is_help=True)
 audit_app = typer.Typer(help="Read the audit log.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+export_app = typer.Typer(help="The export outbox.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 LOGGER = logging.getLogger("node.cli")
 
@@ -56,9 +58,7 @@ def main(
     """Global options; every setting can also come from CXR_NODE_* variables."""
     if config is not None and not config.is_file():
         _fail(f"settings file {config} does not exist")
-    settings = _settings_or_exit(
-        config=config, home=home, database_url=database_url, log_level=log_level
-    )
+    settings = _settings_or_exit(config=config, home=home, database_url=database_url, log_level=log_level)
     configure_logging(settings.log_level)
 
 
@@ -67,9 +67,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="DICOM port (0: any free port)")] = None,
     ae_title: Annotated[str | None, typer.Option("--ae-title", help="Called AE title")] = None,
-    broker_url: Annotated[
-        str | None, typer.Option(help="Celery broker (default: embedded)")
-    ] = None,
+    broker_url: Annotated[str | None, typer.Option(help="Celery broker (default: embedded)")] = None,
     worker: Annotated[
         bool | None, typer.Option("--worker/--no-worker", help="Run an embedded worker")
     ] = None,
@@ -147,6 +145,45 @@ def send(
         raise typer.Exit(1)
 
 
+@app.command()
+def analyze(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per input line")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write SR/SC/SEG files here")] = None,
+    heatmap: Annotated[str, typer.Option(help="gradcam, saliency or occlusion")] = "gradcam",
+) -> None:
+    """Run the whole pipeline on files, without a network or broker."""
+    import json
+
+    from tqdm import tqdm
+
+    from workers.pipeline import analyze_path
+
+    settings = _settings_or_exit()
+    failed = 0
+    bar = tqdm(paths, desc="analyze", unit="image", disable=len(paths) < 2, file=sys.stderr)
+    for path in bar:
+        analysis = analyze_path(path, out, heatmap=heatmap, min_age=settings.min_patient_age)
+        failed += analysis.error is not None
+        record = analysis.as_json()
+        if as_json:
+            typer.echo(json.dumps(record))
+        elif analysis.error:
+            typer.echo(f"{path}: error: {analysis.error}", err=True)
+        elif not analysis.eligible:
+            typer.echo(f"{path}: not analysed: {analysis.reason}")
+        else:
+            sev = record["severity"]
+            typer.echo(
+                f"{path}: {record['predicted_class']} "
+                f"({record['classification'][record['predicted_class']]:.2f}); "
+                f"extent {sev['geographic_extent']:.1f}/8, opacity {sev['opacity']:.1f}/6; "
+                f"{analysis.seconds:.1f}s"
+            )
+    if failed:
+        raise typer.Exit(1)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply the database migrations."""
@@ -161,13 +198,9 @@ def db_upgrade(revision: str = "head") -> None:
 
 @audit_app.command("tail")
 def audit_tail(
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new events")
-    ] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", min=0)] = 20,
-    study: Annotated[
-        str | None, typer.Option("--study", help="Only this Study Instance UID")
-    ] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Only this Study Instance UID")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls with -f")] = 1.0,
 ) -> None:
     """Print the latest audit events, like tail(1)."""
@@ -176,15 +209,39 @@ def audit_tail(
     from node.audit import tail
 
     try:
-        for line in tail(
-            lines=lines, follow=follow, study_instance_uid=study, poll_seconds=interval
-        ):
+        for line in tail(lines=lines, follow=follow, study_instance_uid=study, poll_seconds=interval):
             typer.echo(line)
             sys.stdout.flush()
     except (OperationalError, ProgrammingError) as exc:
         _fail(f"cannot read the audit log ({exc.orig}); run 'cxr-node db upgrade' first", code=1)
     except KeyboardInterrupt:
         pass
+
+
+@export_app.command("list")
+def export_list(
+    state: Annotated[str | None, typer.Option(help="pending, sending, sent or dead")] = None,
+) -> None:
+    """Show the outbox rows."""
+    from node.export import outbox_rows
+
+    for row in outbox_rows(state):
+        error = f" {row.last_error}" if row.last_error else ""
+        typer.echo(
+            f"{row.id:>6} {row.state:<8} {row.kind:<4} {row.destination} tries={row.attempts} "
+            f"sop={row.sop_instance_uid}{error}"
+        )
+
+
+@export_app.command("retry")
+def export_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="Outbox row ids (default: all dead)")] = None,
+) -> None:
+    """Give dead exports a fresh set of attempts (the running node delivers them)."""
+    from node.export import retry_dead
+
+    count = retry_dead(ids or (), all_dead=not ids)
+    typer.echo(f"{count} export(s) queued for delivery")
 
 
 def _mount_model_commands() -> None:

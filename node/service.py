@@ -17,6 +17,7 @@ from types import FrameType
 from node import audit
 from node.audit import EventKind, Outcome
 from node.audit.db import upgrade
+from node.export import Exporter
 from node.ingest import Ingest
 from node.scp import StorageSCP
 from node.settings import Settings, get_settings, settings_env
@@ -32,6 +33,7 @@ class Node:
         self.ingest = Ingest(self.settings)
         self.scp = StorageSCP(self.settings, self.ingest)
         self.worker: subprocess.Popen[bytes] | None = None
+        self.exporter = Exporter(self.settings)
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
@@ -44,6 +46,7 @@ class Node:
         if requeued:
             LOGGER.info("start-up sweep re-queued %d instance(s)", requeued)
         self.address = self.scp.start()
+        self.exporter.start()
         if self.settings.embedded_worker:
             self.worker = self._start_worker()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="spool-sweeper", daemon=True)
@@ -74,6 +77,7 @@ class Node:
     def stop(self) -> None:
         self._stop.set()
         self.scp.stop()
+        self.exporter.stop()
         if self.worker is not None and self.worker.poll() is None:
             self.worker.terminate()  # Celery's warm shutdown: finish the current task
             try:

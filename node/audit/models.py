@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -86,3 +86,33 @@ class InstanceState:
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+class OutboxState:
+    """Values of :attr:`OutboxItem.state`."""
+
+    PENDING = "pending"
+    SENDING = "sending"  # claimed by one process; reclaimed if it dies
+    SENT = "sent"
+    DEAD = "dead"  # gave up after export_max_attempts; `cxr-node export retry`
+
+
+class OutboxItem(Base):
+    """One output instance to deliver to one destination (the export outbox)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "destination", name="uq_outbox_sop_dest"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    source_sop_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    destination: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), index=True, default=OutboxState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    last_error: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

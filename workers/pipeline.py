@@ -1,0 +1,287 @@
+"""The analysis pipeline as plain functions: Celery tasks and ``cxr-node analyze`` call them.
+
+decode -> eligibility -> models (segmentation, classification, severity, heatmap)
+-> DICOM SR + SC (+ SEG) -> outbox -> audit rows, each with its duration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy.exc import OperationalError
+
+from models.result import AnalysisResult
+from node import audit, routing
+from node.audit import EventKind, Outcome
+from node.audit.db import session_scope
+from node.audit.models import Instance, InstanceState, utcnow
+from node.export import OutputFile, add_to_outbox, deliver_due
+from node.settings import Settings, get_settings
+from workers.exceptions import PermanentError, TemporaryError
+
+LOGGER = logging.getLogger(__name__)
+
+ALGORITHM_NAME = "CXR Node"
+
+
+def algorithm_version(model_ids: dict[str, str]) -> str:
+    """One short version naming the package and the exact set of models (LO, <= 64 chars)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("cxr-node")
+    except PackageNotFoundError:
+        package = "0"
+    digest = hashlib.sha256(";".join(f"{k}={v}" for k, v in sorted(model_ids.items())).encode()).hexdigest()[
+        :8
+    ]
+    return f"{package}+{digest}"
+
+
+@dataclass
+class Analysis:
+    """One input's analysis, as ``analyze --json`` reports it."""
+
+    input: str
+    sop_instance_uid: str | None
+    eligible: bool
+    reason: str | None = None
+    result: AnalysisResult | None = None
+    outputs: list[OutputFile] = field(default_factory=list)
+    extra_outputs: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The ARCHITECTURE.md contract (plus ``error`` when the input failed)."""
+        r = self.result
+        out: dict[str, Any] = {
+            "input": self.input,
+            "sop_instance_uid": self.sop_instance_uid,
+            "eligible": self.eligible,
+            "reason": self.reason,
+            "classification": None,
+            "severity": None,
+            "lungs": None,
+            "models": None,
+            "outputs": [str(o.path) for o in self.outputs] + [str(p) for p in self.extra_outputs],
+            "seconds": round(self.seconds, 3),
+        }
+        if r is not None:
+            out["classification"] = {k: round(v, 4) for k, v in r.classification.items()}
+            out["predicted_class"] = r.predicted_class
+            out["severity"] = r.severity.as_json()
+            out["lungs"] = r.lungs_json()
+            out["models"] = dict(r.models)
+            out["heatmap"] = r.heatmap_method
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def analyze_image(source: Dataset | Path | str, heatmap: str = "gradcam") -> AnalysisResult:
+    """Run every model on one image (a DICOM data set or a PNG/JPEG path)."""
+    from models.exceptions import ImageError
+    from models.inference import get_analyzer
+    from models.preprocessing import load_image
+
+    try:
+        loaded = load_image(source)
+    except ImageError as exc:
+        raise PermanentError(str(exc)) from exc
+    return get_analyzer().analyze(loaded, heatmap=heatmap)
+
+
+def write_outputs(ds: Dataset, result: AnalysisResult, out_dir: Path) -> list[OutputFile]:
+    """Build the SR, SC (and SEG) for ``ds`` and write them atomically under ``out_dir``."""
+    from node.dicom.outputs import build_outputs
+
+    version = algorithm_version(result.models)
+    built = build_outputs(ds, result, ALGORITHM_NAME, version)
+    study_dir = out_dir / str(ds.StudyInstanceUID)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for kind, output in built.items():
+        path = study_dir / f"{kind}-{output.SOPInstanceUID}.dcm"
+        fd, tmp = tempfile.mkstemp(dir=study_dir, suffix=".part")
+        os.close(fd)
+        output.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+        files.append(
+            OutputFile(
+                kind=kind,
+                path=path,
+                sop_instance_uid=str(output.SOPInstanceUID),
+                study_instance_uid=str(ds.StudyInstanceUID),
+                source_sop_instance_uid=str(ds.SOPInstanceUID),
+            )
+        )
+    return files
+
+
+def analyze_path(
+    path: Path, out_dir: Path | None = None, heatmap: str = "gradcam", min_age: int = 18
+) -> Analysis:
+    """``cxr-node analyze`` for one file: no network, no broker, no database."""
+    started = time.monotonic()
+    analysis = Analysis(input=str(path), sop_instance_uid=None, eligible=False)
+    try:
+        ds: Dataset | None = dcmread(path)
+    except (InvalidDicomError, EOFError, ValueError, TypeError):
+        ds = None  # not DICOM: a PNG or JPEG
+    except OSError as exc:
+        analysis.error = f"cannot read {path}: {exc.strerror or exc}"
+        return analysis
+    try:
+        if ds is not None:
+            analysis.sop_instance_uid = str(ds.get("SOPInstanceUID", "")) or None
+            decision = routing.decide(ds, min_age)
+            analysis.eligible, analysis.reason = decision.eligible, decision.reason
+            if not decision.eligible:
+                return analysis
+        analysis.eligible = True
+        analysis.result = analyze_image(ds if ds is not None else path, heatmap)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if ds is not None:
+                analysis.outputs = write_outputs(ds, analysis.result, out_dir)
+            else:
+                analysis.extra_outputs = [_heatmap_png(analysis.result, out_dir / f"{path.stem}-heatmap.png")]
+    except PermanentError as exc:
+        analysis.error = str(exc)
+    finally:
+        analysis.seconds = time.monotonic() - started
+    return analysis
+
+
+def _heatmap_png(result: AnalysisResult, path: Path) -> Path:
+    """For PNG/JPEG inputs: the blended heatmap as a PNG (no DICOM context to report into)."""
+    import numpy as np
+    from matplotlib import colormaps
+    from PIL import Image
+
+    gray = np.repeat(result.image[..., None].astype(np.float32), 3, axis=2)
+    colour = colormaps["jet"](result.heatmap)[..., :3] * 255.0
+    alpha = 0.4 * result.heatmap[..., None]
+    Image.fromarray(np.uint8(gray * (1 - alpha) + colour * alpha)).save(path)
+    return path
+
+
+# The worker's side ---------------------------------------------------------------------
+
+
+def _set_state(sop_instance_uid: str, state: str, reason: str | None = None) -> None:
+    with session_scope() as session:
+        instance = session.get(Instance, sop_instance_uid)
+        if instance is not None:
+            instance.state, instance.reason, instance.updated_at = state, reason, utcnow()
+
+
+def process_instance(
+    sop_instance_uid: str, path: str, attempt: int = 1, settings: Settings | None = None
+) -> Analysis | None:
+    """Analyse one spooled instance, write its results and hand them to the outbox.
+
+    Idempotent: output UIDs derive from the input and the models, and the
+    outbox keeps one row per output and destination, so a redelivered task
+    re-writes the same files and sends nothing twice.
+
+    Raises TemporaryError (worth a retry); every other failure is audited and
+    the instance marked failed.
+    """
+    settings = settings or get_settings()
+    started = time.monotonic()
+    try:
+        ds = dcmread(path)
+    except FileNotFoundError:
+        _fail(sop_instance_uid, None, f"spool file {path} is missing", started)
+        return None
+    except Exception as exc:
+        _fail(sop_instance_uid, None, f"spool file unreadable: {exc}", started)
+        return None
+    uids = {
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "")) or None,
+        "sop_instance_uid": sop_instance_uid,
+    }
+    try:
+        _set_state(sop_instance_uid, InstanceState.RUNNING)
+        audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}", **uids)
+        decision = routing.decide(ds, settings.min_patient_age)
+        if not decision.eligible:  # routing changed since it was queued
+            _set_state(sop_instance_uid, InstanceState.INELIGIBLE, decision.reason)
+            audit.record(EventKind.INSTANCE_INELIGIBLE, Outcome.INFO, str(decision.reason), **uids)
+            return None
+        t = time.monotonic()
+        result = analyze_image(ds)
+        model_ms = (time.monotonic() - t) * 1000
+        outputs = write_outputs(ds, result, settings.outputs_path)
+        for output in outputs:
+            audit.record(
+                EventKind.RESULT_CREATED,
+                Outcome.SUCCESS,
+                f"{output.kind} {output.sop_instance_uid} ({result.predicted_class})",
+                study_instance_uid=uids["study_instance_uid"],
+                sop_instance_uid=sop_instance_uid,
+                duration_ms=model_ms,
+            )
+        add_to_outbox(outputs, settings)
+        _set_state(sop_instance_uid, InstanceState.DONE)
+        elapsed = time.monotonic() - started
+        audit.record(
+            EventKind.JOB_SUCCEEDED,
+            Outcome.SUCCESS,
+            f"{result.predicted_class} p={result.classification[result.predicted_class]:.2f}; "
+            f"extent {result.severity.geographic_extent:.1f}/8 opacity {result.severity.opacity:.1f}/6",
+            duration_ms=elapsed * 1000,
+            **uids,
+        )
+    except OperationalError as exc:  # database locked or briefly away
+        audit.record(EventKind.JOB_RETRIED, Outcome.WARNING, f"database: {exc.orig}", **uids)
+        raise TemporaryError(str(exc.orig)) from exc
+    except PermanentError as exc:
+        _fail(sop_instance_uid, uids["study_instance_uid"], str(exc), started)
+        return None
+    except Exception as exc:
+        LOGGER.exception("analysis of SOP instance %s failed", sop_instance_uid)
+        _fail(sop_instance_uid, uids["study_instance_uid"], f"{type(exc).__name__}: {exc}", started)
+        return None
+    # Deliver now rather than at the exporter's next tick; failures stay in the outbox.
+    if settings.destinations:
+        try:
+            deliver_due(settings, source_sop_instance_uid=sop_instance_uid)
+        except Exception:
+            LOGGER.exception("immediate export of %s failed; the outbox will retry", sop_instance_uid)
+    return Analysis(
+        input=path,
+        sop_instance_uid=sop_instance_uid,
+        eligible=True,
+        result=result,
+        outputs=outputs,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _fail(sop_instance_uid: str, study_instance_uid: str | None, message: str, started: float) -> None:
+    LOGGER.error("job for SOP instance %s failed: %s", sop_instance_uid, message)
+    try:
+        _set_state(sop_instance_uid, InstanceState.FAILED, message[:256])
+    except OperationalError:
+        LOGGER.exception("could not mark %s failed", sop_instance_uid)
+    audit.record(
+        EventKind.JOB_FAILED,
+        Outcome.FAILURE,
+        message,
+        study_instance_uid=study_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        duration_ms=(time.monotonic() - started) * 1000,
+    )
