@@ -1,0 +1,68 @@
+"""Coded concepts used by the outputs, in one place.
+
+Standard codes come from pydicom's code dictionary (DCM, SCT, UCUM, PS3.16).
+Concepts that have no standard code (the Cohen et al. 2020 severity scores and
+the "other disease" class) use the private coding scheme ``99CXRNODE``
+(PS3.16 8.2: designators beginning with "99" are private), declared in the
+Coding Scheme Identification Sequence of every SR (PS3.3 C.12.1.1.3).
+"""
+
+from __future__ import annotations
+
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr import CodedConcept
+from pydicom.sr.codedict import codes
+
+PRIVATE_SCHEME = "99CXRNODE"
+PRIVATE_SCHEME_NAME = "CXR Node private concepts"
+MANUFACTURER = "CXR Node"
+
+
+def private_scheme_item() -> CodingSchemeIdentificationItem:
+    """Item of the Coding Scheme Identification Sequence for ``99CXRNODE``."""
+    return CodingSchemeIdentificationItem(
+        designator=PRIVATE_SCHEME,
+        name=PRIVATE_SCHEME_NAME,
+        responsible_organization=MANUFACTURER,
+    )
+
+
+def _private(value: str, meaning: str) -> CodedConcept:
+    return CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning)
+
+
+# Classes of models.result.CLASSES (Basu et al.): SNOMED CT where a code exists.
+CLASS_CONCEPTS: dict[str, CodedConcept] = {
+    "normal": CodedConcept.from_code(codes.SCT.Normal),  # 17621005
+    "other_disease": _private("OTHERDISEASE", "Other lung disease, not pneumonia"),
+    "pneumonia": CodedConcept(value="233604007", scheme_designator="SCT", meaning="Pneumonia"),
+    "covid19": CodedConcept(value="840539006", scheme_designator="SCT", meaning="COVID-19"),
+}
+
+# Short display names for the burned-in legend.
+CLASS_LABELS: dict[str, str] = {
+    "normal": "Normal",
+    "other_disease": "Other disease",
+    "pneumonia": "Pneumonia",
+    "covid19": "COVID-19",
+}
+
+# Cohen et al. 2020 severity scores (no standard code exists).
+GEOGRAPHIC_EXTENT = _private("GEOEXTENT", "Geographic extent score")
+OPACITY = _private("OPACITY", "Opacity score")
+
+PROBABILITY = CodedConcept.from_code(codes.DCM.Probability)  # 122157
+FINDING = CodedConcept.from_code(codes.DCM.Finding)  # 121071
+AREA = CodedConcept.from_code(codes.SCT.Area)  # 42798000
+LUNG = CodedConcept.from_code(codes.SCT.Lung)  # 39607008
+RIGHT = CodedConcept.from_code(codes.SCT.Right)  # 24028007
+LEFT = CodedConcept.from_code(codes.SCT.Left)  # 7771000
+RIGHT_LUNG = CodedConcept(value="3341006", scheme_designator="SCT", meaning="Right lung")
+LEFT_LUNG = CodedConcept(value="44029006", scheme_designator="SCT", meaning="Left lung")
+ABNORMAL_OPACITY = CodedConcept.from_code(codes.DCM.AbnormalOpacity)  # 112033
+CHEST_XRAY = CodedConcept(value="399208008", scheme_designator="SCT", meaning="Plain X-ray of chest")
+
+# UCUM units (PS3.16 CID 7181 and UCUM).
+UNIT_ONE = CodedConcept.from_code(codes.UCUM.NoUnits)  # "1"
+UNIT_SCORE = CodedConcept(value="{score}", scheme_designator="UCUM", meaning="score")
+UNIT_CM2 = CodedConcept(value="cm2", scheme_designator="UCUM", meaning="square centimeter")

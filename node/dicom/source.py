@@ -1,0 +1,124 @@
+"""What the outputs take from the source image: checks, header, references.
+
+The source is a single-frame CR or DX image (PS3.3 A.2, A.26). Only its
+header is used here; the pixels the outputs show come from the
+``AnalysisResult`` (``result.image``), so a JPEG 2000 source is never decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from highdicom import ContributingEquipment
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID
+
+from models.result import AnalysisResult
+from node.dicom.codes import MANUFACTURER
+from node.dicom.exceptions import ResultMismatchError, SourceDatasetError
+
+logger = logging.getLogger(__name__)
+
+# Projection X-ray storage classes the node accepts (PS3.4 B.5).
+PROJECTION_SOP_CLASSES: frozenset[str] = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.1",  # CR Image Storage
+        "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+    }
+)
+
+# Patient and General Study attributes that are Type 2 in every output IOD
+# (PS3.3 C.7.1.1, C.7.2.1); present, possibly empty, in the outputs.
+TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def check_source(source: Dataset, result: AnalysisResult | None = None) -> None:
+    """Raise if the source cannot be referenced or does not match the result."""
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not source.get(keyword):
+            raise SourceDatasetError(f"source dataset has no {keyword}")
+    if source.SOPClassUID not in PROJECTION_SOP_CLASSES:
+        raise SourceDatasetError(
+            f"SOPClassUID {source.SOPClassUID} is not a CR or DX image storage class"
+        )
+    if int(source.get("NumberOfFrames", 1) or 1) != 1:
+        raise SourceDatasetError("NumberOfFrames: only single-frame sources are supported")
+    if result is None:
+        return
+    shape = (int(source.Rows), int(source.Columns))
+    for name in ("right_lung", "left_lung", "heatmap", "image"):
+        array = getattr(result, name)
+        if np.shape(array)[:2] != shape:
+            raise ResultMismatchError(
+                f"result.{name} has shape {np.shape(array)}, "
+                f"source Rows x Columns is {shape[0]} x {shape[1]}"
+            )
+
+
+def evidence_header(source: Dataset) -> Dataset:
+    """Copy of the source header (no Pixel Data) usable as highdicom evidence.
+
+    Type 2 patient and study attributes missing from the source are added
+    empty, since highdicom's SR constructor reads them unconditionally.
+    """
+    ds = Dataset()
+    for elem in source:
+        if elem.tag.group == 0x7FE0 or elem.tag.group >= 0x6000 and elem.tag.group <= 0x60FF:
+            continue  # Pixel Data and overlays are not needed and may be large.
+        ds.add(elem)
+    if hasattr(source, "file_meta"):
+        ds.file_meta = source.file_meta
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    return ds
+
+
+def source_reference(source: Dataset) -> Dataset:
+    """Item of a Source Image Sequence / Referenced Image Sequence (PS3.3 C.7.6.1.1.2)."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = UID(source.SOPClassUID)
+    item.ReferencedSOPInstanceUID = UID(source.SOPInstanceUID)
+    return item
+
+
+def algorithm_equipment(algorithm_name: str, algorithm_version: str) -> ContributingEquipment:
+    """Contributing Equipment item naming the algorithm (PS3.3 C.12.1.1.5)."""
+    return ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=algorithm_name,
+        software_versions=algorithm_version,
+        contribution_description=f"{algorithm_name} {algorithm_version}: AI analysis of chest X-ray",
+    )
+
+
+# Single-letter biped orientations highdicom accepts (PS3.3 C.7.6.1.1.1).
+_BIPED = frozenset("APRLHF")
+
+
+def patient_orientation(source: Dataset) -> tuple[str, str]:
+    """Patient Orientation of the source, or the radiological default.
+
+    The models assume radiological display (patient's right on the image's
+    left, head up), i.e. ``L\\F``; that is what a frontal CR or DX shows
+    when Patient Orientation is absent (it is Type 2C in the CR module).
+    """
+    value = source.get("PatientOrientation")
+    if value and len(value) == 2 and all(str(v) in _BIPED for v in value):
+        return str(value[0]), str(value[1])
+    logger.debug("source %s has no usable PatientOrientation; using L\\F", source.SOPInstanceUID)
+    return "L", "F"

@@ -1,0 +1,270 @@
+"""Comprehensive SR with a TID 1500 Measurement Report of one analysis.
+
+Content tree (PS3.16 TID 1500), one TID 1501 measurement group each for:
+
+- the predicted class (qualitative evaluation ``Finding`` = class concept);
+- each of the four classes (finding type = class concept, ``Probability``
+  in UCUM ``1``);
+- severity of both lungs (geographic extent 0-8, opacity 0-6, lung area);
+- the right and the left lung (extent 0-4, opacity 0-3, lung area), told
+  apart by their finding site.
+
+Every group carries a tracking identifier and UID (so viewers such as OHIF
+list it), the algorithm identification (TID 4019) and the source image
+(``Source image for measurement group``). The observer is a device
+(TID 1004) naming the algorithm. ``VerificationFlag`` is UNVERIFIED.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodedConcept,
+    ComprehensiveSR,
+    DeviceObserverIdentifyingAttributes,
+    FindingSite,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    QualitativeEvaluation,
+    SourceImageForMeasurementGroup,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from models.result import CLASSES, AnalysisResult
+from node.dicom import codes as cxr_codes
+from node.dicom.exceptions import ResultMismatchError
+from node.dicom.source import algorithm_equipment, check_source, evidence_header
+from node.dicom.uids import derive_device_uid, derive_series_uid, derive_uid, series_number
+
+logger = logging.getLogger(__name__)
+
+KIND = "sr"
+SERIES_DESCRIPTION = "CXR Node AI measurement report"
+
+# Tracking identifiers of the measurement groups (TID 1501 row 2); stable
+# across versions so viewers and tests can find a group by name.
+TRACKING_CLASSIFICATION = "classification"
+TRACKING_SEVERITY = "severity both lungs"
+TRACKING_RIGHT = "severity right lung"
+TRACKING_LEFT = "severity left lung"
+
+
+def tracking_class(name: str) -> str:
+    """Tracking identifier of the group holding the probability of one class."""
+    return f"probability {name}"
+
+
+def _num(name: CodedConcept, value: float, unit: CodedConcept) -> Measurement:
+    return Measurement(name=name, value=float(value), unit=unit)
+
+
+def _group(
+    source: Dataset,
+    algorithm_version: str,
+    identifier: str,
+    algorithm_id: AlgorithmIdentification,
+    **kwargs: object,
+) -> MeasurementsAndQualitativeEvaluations:
+    tracking_uid = derive_uid(source.SOPInstanceUID, f"{KIND}:{identifier}", algorithm_version)
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=identifier),
+        algorithm_id=algorithm_id,
+        source_images=[
+            SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+            )
+        ],
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _check_result(result: AnalysisResult) -> None:
+    missing = [name for name in CLASSES if name not in result.classification]
+    if missing:
+        raise ResultMismatchError(f"result.classification lacks {missing}")
+    for name, value in result.classification.items():
+        if not 0.0 <= float(value) <= 1.0:
+            raise ResultMismatchError(f"result.classification[{name!r}] = {value} is not in [0, 1]")
+
+
+def build_measurement_groups(
+    source: Dataset,
+    result: AnalysisResult,
+    algorithm_id: AlgorithmIdentification,
+    algorithm_version: str,
+) -> list[MeasurementsAndQualitativeEvaluations]:
+    """TID 1501 measurement groups of one result, in report order."""
+    groups = [
+        _group(
+            source,
+            algorithm_version,
+            TRACKING_CLASSIFICATION,
+            algorithm_id,
+            qualitative_evaluations=[
+                QualitativeEvaluation(
+                    name=cxr_codes.FINDING,
+                    value=cxr_codes.CLASS_CONCEPTS[result.predicted_class],
+                )
+            ],
+        )
+    ]
+    for name in CLASSES:
+        groups.append(
+            _group(
+                source,
+                algorithm_version,
+                tracking_class(name),
+                algorithm_id,
+                finding_type=cxr_codes.CLASS_CONCEPTS[name],
+                measurements=[
+                    _num(cxr_codes.PROBABILITY, result.classification[name], cxr_codes.UNIT_ONE)
+                ],
+            )
+        )
+
+    severity = result.severity
+    right_area = result.lung_area_cm2(result.right_lung)
+    left_area = result.lung_area_cm2(result.left_lung)
+    both = [
+        _num(cxr_codes.GEOGRAPHIC_EXTENT, severity.geographic_extent, cxr_codes.UNIT_SCORE),
+        _num(cxr_codes.OPACITY, severity.opacity, cxr_codes.UNIT_SCORE),
+    ]
+    if right_area is not None and left_area is not None:
+        both.append(_num(cxr_codes.AREA, right_area + left_area, cxr_codes.UNIT_CM2))
+    groups.append(
+        _group(
+            source,
+            algorithm_version,
+            TRACKING_SEVERITY,
+            algorithm_id,
+            finding_type=cxr_codes.ABNORMAL_OPACITY,
+            finding_sites=[FindingSite(cxr_codes.LUNG)],
+            measurements=both,
+        )
+    )
+    for identifier, lung, laterality, area in (
+        (TRACKING_RIGHT, severity.right, cxr_codes.RIGHT, right_area),
+        (TRACKING_LEFT, severity.left, cxr_codes.LEFT, left_area),
+    ):
+        measurements = [
+            _num(cxr_codes.GEOGRAPHIC_EXTENT, lung.extent, cxr_codes.UNIT_SCORE),
+            _num(cxr_codes.OPACITY, lung.opacity, cxr_codes.UNIT_SCORE),
+        ]
+        if area is not None:
+            measurements.append(_num(cxr_codes.AREA, area, cxr_codes.UNIT_CM2))
+        groups.append(
+            _group(
+                source,
+                algorithm_version,
+                identifier,
+                algorithm_id,
+                finding_type=cxr_codes.ABNORMAL_OPACITY,
+                finding_sites=[FindingSite(cxr_codes.LUNG, laterality=laterality)],
+                measurements=measurements,
+            )
+        )
+    return groups
+
+
+def _has_library_descriptors(header: Dataset) -> bool:
+    """Whether highdicom can describe the source in the Image Library (TID 1603).
+
+    TID 1603 needs Patient Orientation and Imager Pixel Spacing, which CR
+    images often lack; the source stays referenced by every measurement
+    group and by the Current Requested Procedure Evidence Sequence.
+    """
+    orientation = header.get("PatientOrientation")
+    spacing = header.get("ImagerPixelSpacing")
+    return bool(
+        orientation
+        and len(orientation) == 2
+        and spacing
+        and len(spacing) == 2
+        and all(float(v) > 0 for v in spacing)
+    )
+
+
+def build_sr(
+    source: Dataset,
+    result: AnalysisResult,
+    algorithm_name: str,
+    algorithm_version: str,
+) -> ComprehensiveSR:
+    """Build the Comprehensive SR (TID 1500) of one analysis.
+
+    Parameters
+    ----------
+    source
+        The analysed CR or DX image (header only is used).
+    result
+        What the models said about it.
+    algorithm_name, algorithm_version
+        From the model registry; named in TID 4019 and the device observer.
+
+    Returns
+    -------
+    highdicom.sr.ComprehensiveSR
+        In the source's study, in its own series; UIDs derived from the
+        source SOP Instance UID, ``"sr"`` and ``algorithm_version``.
+    """
+    check_source(source)
+    _check_result(result)
+    header = evidence_header(source)
+
+    algorithm_id = AlgorithmIdentification(
+        name=algorithm_name, version=algorithm_version, manufacturer=cxr_codes.MANUFACTURER
+    )
+    observer = ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=derive_device_uid(algorithm_name, algorithm_version),
+            name=algorithm_name,
+            manufacturer_name=cxr_codes.MANUFACTURER,
+            model_name=algorithm_version,
+        ),
+    )
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=observer),
+        procedure_reported=cxr_codes.CHEST_XRAY,
+        imaging_measurements=build_measurement_groups(
+            header, result, algorithm_id, algorithm_version
+        ),
+        referenced_images=[header] if _has_library_descriptors(header) else None,
+    )
+    sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)
+    sr = ComprehensiveSR(
+        evidence=[header],
+        content=report[0],
+        series_instance_uid=derive_series_uid(source.StudyInstanceUID, KIND, algorithm_version),
+        series_number=series_number(KIND),
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=cxr_codes.MANUFACTURER,
+        manufacturer_model_name=algorithm_name,
+        software_versions=algorithm_version,
+        series_description=SERIES_DESCRIPTION,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,  # VerificationFlag UNVERIFIED (PS3.3 C.17.2.1)
+        contributing_equipment=[algorithm_equipment(algorithm_name, algorithm_version)],
+        coding_schemes=[cxr_codes.private_scheme_item()],
+    )
+    logger.info(
+        "built SR %s for source %s (%s %s)",
+        sop_instance_uid,
+        source.SOPInstanceUID,
+        algorithm_name,
+        algorithm_version,
+    )
+    return sr
+
+
+__all__ = ["build_sr", "build_measurement_groups", "tracking_class"]
