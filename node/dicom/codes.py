@@ -52,7 +52,7 @@ GEOGRAPHIC_EXTENT = _private("GEOEXTENT", "Geographic extent score")
 OPACITY = _private("OPACITY", "Opacity score")
 
 PROBABILITY = CodedConcept.from_code(codes.DCM.Probability)  # 122157
-FINDING = CodedConcept.from_code(codes.DCM.Finding)  # 121071
+CLASSIFICATION = CodedConcept.from_code(codes.SCT.Classification)  # 278201002
 AREA = CodedConcept.from_code(codes.SCT.Area)  # 42798000
 LUNG = CodedConcept.from_code(codes.SCT.Lung)  # 39607008
 RIGHT = CodedConcept.from_code(codes.SCT.Right)  # 24028007

@@ -2,7 +2,7 @@
 
 Content tree (PS3.16 TID 1500), one TID 1501 measurement group each for:
 
-- the predicted class (qualitative evaluation ``Finding`` = class concept);
+- the predicted class (qualitative evaluation ``Classification`` = class concept);
 - each of the four classes (finding type = class concept, ``Probability``
   in UCUM ``1``);
 - severity of both lungs (geographic extent 0-8, opacity 0-6, lung area);
@@ -110,7 +110,7 @@ def build_measurement_groups(
             algorithm_id,
             qualitative_evaluations=[
                 QualitativeEvaluation(
-                    name=cxr_codes.FINDING,
+                    name=cxr_codes.CLASSIFICATION,
                     value=cxr_codes.CLASS_CONCEPTS[result.predicted_class],
                 )
             ],

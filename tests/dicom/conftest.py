@@ -1,156 +1,34 @@
-"""Sources and fabricated results for the DICOM output tests.
-
-Sources are real CR chest images from the pydicom-data package (MONOCHROME1,
-uncompressed and JPEG 2000) and a small DX image built here. The results are
-synthetic but plausible (two elliptic lungs, a heatmap blob in one lung):
-these tests check the DICOM builders, not the models.
-"""
+"""Fixtures for the DICOM output tests (see fakes.py for how data is made)."""
 
 from __future__ import annotations
 
-import datetime
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
-from models.result import AnalysisResult, LungSeverity, Severity
-
-ALGORITHM_NAME = "cxr-node-test"
-ALGORITHM_VERSION = "1.2.3"
-DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-
-
-def _data_store() -> Path | None:
-    try:
-        import data_store  # pydicom-data package
-    except ImportError:
-        return None
-    return Path(data_store.__file__).parent / "data"
-
-
-def _read_cr(name: str) -> Dataset:
-    store = _data_store()
-    if store is None or not (store / name).exists():
-        pytest.skip(f"pydicom-data file {name} is not installed")
-    ds = pydicom.dcmread(store / name)
-    # The sample's Pixel Spacing is 0\0, which dciodvfy rejects; real CR has it.
-    ds.PixelSpacing = [0.16, 0.16]
-    return ds
-
-
-def make_dx(rows: int = 320, columns: int = 288) -> Dataset:
-    """A small DX For Presentation chest image (PS3.3 A.26) built with pydicom."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
-    ds.Modality = "DX"
-    ds.PatientName = "Test^Dx"
-    ds.PatientID = "DX-0001"
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "M"
-    ds.StudyDate = "20260102"
-    ds.StudyTime = "101500"
-    ds.ContentDate = "20260102"
-    ds.ContentTime = "101600"
-    ds.AccessionNumber = "ACC-DX-1"
-    ds.StudyID = "S1"
-    ds.ReferringPhysicianName = ""
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.Manufacturer = "Test"
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
-    ds.PatientOrientation = ["L", "F"]
-    ds.Laterality = ""
-    ds.BurnedInAnnotation = "NO"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.DetectorType = "DIRECT"
-    ds.ImagerPixelSpacing = [0.5, 0.5]
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.AnatomicRegionSequence = [Dataset()]
-    ds.AnatomicRegionSequence[0].CodeValue = "43799004"
-    ds.AnatomicRegionSequence[0].CodingSchemeDesignator = "SCT"
-    ds.AnatomicRegionSequence[0].CodeMeaning = "Thorax"
-    ds.ViewCodeSequence = [Dataset()]
-    ds.ViewCodeSequence[0].CodeValue = "399348003"
-    ds.ViewCodeSequence[0].CodingSchemeDesignator = "SCT"
-    ds.ViewCodeSequence[0].CodeMeaning = "postero-anterior"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept = 0
-    ds.RescaleSlope = 1
-    ds.RescaleType = "US"
-    ds.WindowCenter = 2048
-    ds.WindowWidth = 4096
-    ds.LossyImageCompression = "00"
-    ds.PixelIntensityRelationship = "LIN"
-    ds.PixelIntensityRelationshipSign = 1
-    ds.PresentationLUTShape = "IDENTITY"
-    ds.QualityControlImage = "NO"
-    ds.PatientPosition = ""
-    ramp = np.linspace(0, 4095, rows * columns, dtype=np.float64).reshape(rows, columns)
-    ds.PixelData = ramp.astype(np.uint16).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
-
-
-def make_result(source: Dataset, covid: float = 0.91, spacing: bool = True) -> AnalysisResult:
-    """A plausible result at the source's Rows x Columns."""
-    rows, columns = int(source.Rows), int(source.Columns)
-    yy, xx = np.mgrid[0:rows, 0:columns]
-    cy, ry, rx = rows * 0.5, rows * 0.3, columns * 0.16
-    # Radiological convention: the patient's right lung is on the image's left.
-    right_lung = ((yy - cy) / ry) ** 2 + ((xx - columns * 0.3) / rx) ** 2 <= 1.0
-    left_lung = ((yy - cy) / ry) ** 2 + ((xx - columns * 0.7) / rx) ** 2 <= 1.0
-    blob = np.exp(-(((yy - rows * 0.6) / (rows * 0.1)) ** 2 + ((xx - columns * 0.3) / (columns * 0.08)) ** 2))
-    heatmap = (blob / blob.max()).astype(np.float32)
-    image = (np.linspace(40, 200, columns)[None, :] * np.ones((rows, 1))).astype(np.uint8)
-    rest = (1.0 - covid) / 3.0
-    return AnalysisResult(
-        classification={"normal": rest, "other_disease": rest, "pneumonia": rest, "covid19": covid},
-        severity=Severity(
-            geographic_extent=5.25,
-            opacity=3.5,
-            right=LungSeverity(extent=3.0, opacity=2.0),
-            left=LungSeverity(extent=2.25, opacity=1.5),
-        ),
-        right_lung=right_lung,
-        left_lung=left_lung,
-        heatmap=heatmap,
-        image=image,
-        models={"segmentation": "unet@0.1", "classification": "densenet@1.2.3"},
-        pixel_spacing_mm=(0.16, 0.16) if spacing else None,
-    )
+from models.result import AnalysisResult
+from node.dicom.outputs import build_outputs
+from tests.dicom.fakes import (
+    ALGORITHM_NAME,
+    ALGORITHM_VERSION,
+    DCIODVFY,
+    dciodvfy_errors,
+    make_dx,
+    make_result,
+    read_cr,
+)
 
 
 @pytest.fixture(scope="session")
 def cr_source() -> Dataset:
-    return _read_cr("RG1_UNCI.dcm")
+    return read_cr("RG1_UNCI.dcm")
 
 
 @pytest.fixture(scope="session")
 def cr_j2k_source() -> Dataset:
-    return _read_cr("RG1_J2KR.dcm")
+    return read_cr("RG1_J2KR.dcm")
 
 
 @pytest.fixture(scope="session")
@@ -163,13 +41,15 @@ def any_source(request: pytest.FixtureRequest) -> Dataset:
     return request.getfixturevalue(f"{request.param}_source")
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    """Lines of dciodvfy's report that begin with 'Error'."""
-    proc = subprocess.run(
-        [DCIODVFY, str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
+@pytest.fixture(scope="session")
+def result(any_source: Dataset) -> AnalysisResult:
+    return make_result(any_source)
+
+
+@pytest.fixture(scope="session")
+def outputs(any_source: Dataset, result: AnalysisResult) -> dict[str, Dataset]:
+    """SR, SC and SEG of each source, built once per session."""
+    return build_outputs(any_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)
 
 
 @pytest.fixture
@@ -184,5 +64,3 @@ def validate(tmp_path: Path) -> Callable[[Dataset, str], list[str]]:
 
     return _validate
 
-
-__all__ = ["ALGORITHM_NAME", "ALGORITHM_VERSION", "make_dx", "make_result", "datetime"]

@@ -1,0 +1,126 @@
+"""What all outputs share: validity, round trip, study, series and UIDs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from pydicom.dataset import Dataset
+
+from models.result import AnalysisResult
+from node.dicom.outputs import build_outputs
+from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, roundtrip
+
+KINDS = ("sr", "sc", "seg")
+
+# Patient and General Study attributes that every output must carry unchanged.
+STUDY_KEYWORDS = (
+    "StudyInstanceUID",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+)
+
+
+def test_all_kinds_built(outputs: dict[str, Dataset]) -> None:
+    assert sorted(outputs) == sorted(KINDS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dciodvfy_reports_no_errors(
+    outputs: dict[str, Dataset], kind: str, validate: Callable[[Dataset, str], list[str]]
+) -> None:
+    assert validate(outputs[kind], kind) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_roundtrip_through_pydicom(outputs: dict[str, Dataset], kind: str) -> None:
+    ds = outputs[kind]
+    back = roundtrip(ds)
+    assert back.SOPInstanceUID == ds.SOPInstanceUID
+    assert back.SOPClassUID == ds.SOPClassUID
+    assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    if "PixelData" in ds:
+        assert (back.pixel_array == ds.pixel_array).all()
+    else:
+        assert len(back.ContentSequence) == len(ds.ContentSequence)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_study_level_attributes_copied(
+    any_source: Dataset, outputs: dict[str, Dataset], kind: str
+) -> None:
+    back = roundtrip(outputs[kind])
+    for keyword in STUDY_KEYWORDS:
+        assert str(back.get(keyword, "")) == str(any_source.get(keyword, "")), keyword
+    assert back.StudyInstanceUID == any_source.StudyInstanceUID
+
+
+def test_each_kind_in_its_own_new_series(any_source: Dataset, outputs: dict[str, Dataset]) -> None:
+    series = {kind: ds.SeriesInstanceUID for kind, ds in outputs.items()}
+    assert len(set(series.values())) == len(KINDS)
+    assert any_source.SeriesInstanceUID not in series.values()
+    assert len({ds.SeriesNumber for ds in outputs.values()}) == len(KINDS)
+    instances = {ds.SOPInstanceUID for ds in outputs.values()}
+    assert len(instances) == len(KINDS)
+    assert any_source.SOPInstanceUID not in instances
+
+
+def test_rebuild_gives_same_uids(
+    any_source: Dataset, result: AnalysisResult, outputs: dict[str, Dataset]
+) -> None:
+    again = build_outputs(any_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)
+    for kind in KINDS:
+        assert again[kind].SOPInstanceUID == outputs[kind].SOPInstanceUID, kind
+        assert again[kind].SeriesInstanceUID == outputs[kind].SeriesInstanceUID, kind
+
+
+def test_new_model_version_gives_new_uids(dx_source: Dataset) -> None:
+    from tests.dicom.fakes import make_result
+
+    result = make_result(dx_source)
+    old = build_outputs(dx_source, result, ALGORITHM_NAME, "1.0.0")
+    new = build_outputs(dx_source, result, ALGORITHM_NAME, "1.0.1")
+    for kind in KINDS:
+        assert old[kind].SOPInstanceUID != new[kind].SOPInstanceUID, kind
+        assert old[kind].SeriesInstanceUID != new[kind].SeriesInstanceUID, kind
+
+
+def test_include_seg_false(dx_source: Dataset) -> None:
+    from tests.dicom.fakes import make_result
+
+    built = build_outputs(
+        dx_source, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION, include_seg=False
+    )
+    assert sorted(built) == ["sc", "sr"]
+
+
+def test_contributing_equipment_names_algorithm(outputs: dict[str, Dataset]) -> None:
+    for kind, ds in outputs.items():
+        items = [
+            item
+            for item in ds.ContributingEquipmentSequence
+            if item.get("ManufacturerModelName") == ALGORITHM_NAME
+        ]
+        assert len(items) == 1, kind
+        assert items[0].Manufacturer == "CXR Node"
+        assert items[0].SoftwareVersions == ALGORITHM_VERSION
+        assert items[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+
+
+def test_validator_sees_errors(
+    dx_source: Dataset, validate: Callable[[Dataset, str], list[str]]
+) -> None:
+    # Guards the check above: a broken SR must be reported.
+    from tests.dicom.fakes import make_result
+
+    sr = build_outputs(
+        dx_source, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION, include_seg=False
+    )["sr"]
+    del sr.VerificationFlag
+    assert any("VerificationFlag" in line or "Verification Flag" in line for line in validate(sr, "broken"))
