@@ -1,0 +1,162 @@
+"""TID 1500 Comprehensive SR: content read back by walking the tree."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+
+from models.result import CLASSES, AnalysisResult
+from node.dicom.exceptions import ResultMismatchError, SourceDatasetError
+from node.dicom.sr import (
+    TRACKING_CLASSIFICATION,
+    TRACKING_LEFT,
+    TRACKING_RIGHT,
+    TRACKING_SEVERITY,
+    build_sr,
+    tracking_class,
+)
+from node.dicom.uids import derive_device_uid
+from tests.dicom.fakes import (
+    ALGORITHM_NAME,
+    ALGORITHM_VERSION,
+    concept,
+    content_items,
+    make_result,
+    measurement_groups,
+    numeric,
+    roundtrip,
+)
+
+CLASS_CODES = {
+    "normal": ("SCT", "17621005"),
+    "other_disease": ("99CXRNODE", "OTHERDISEASE"),
+    "pneumonia": ("SCT", "233604007"),
+    "covid19": ("SCT", "840539006"),
+}
+GEO = ("99CXRNODE", "GEOEXTENT")
+OPACITY = ("99CXRNODE", "OPACITY")
+AREA = ("SCT", "42798000")
+PROBABILITY = ("DCM", "122157")
+
+
+@pytest.fixture(scope="module")
+def sr(outputs: dict[str, Dataset]) -> Dataset:
+    return roundtrip(outputs["sr"])
+
+
+def test_header(sr: Dataset) -> None:
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert sr.Modality == "SR"
+    assert sr.VerificationFlag == "UNVERIFIED"
+    assert sr.CompletionFlag == "COMPLETE"
+    # TID 1500 root: Imaging Measurement Report.
+    assert (sr.ConceptNameCodeSequence[0].CodeValue, sr.ContentTemplateSequence[0].TemplateIdentifier) == (
+        "126000",
+        "1500",
+    )
+    schemes = [item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence]
+    assert "99CXRNODE" in schemes
+
+
+def test_source_image_referenced(any_source: Dataset, sr: Dataset) -> None:
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == any_source.StudyInstanceUID
+    referenced = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == any_source.SOPInstanceUID
+    for identifier, group in measurement_groups(sr).items():
+        images = [item for item in group.ContentSequence if item.ValueType == "IMAGE"]
+        assert len(images) == 1, identifier
+        ref = images[0].ReferencedSOPSequence[0]
+        assert ref.ReferencedSOPInstanceUID == any_source.SOPInstanceUID, identifier
+        assert ref.ReferencedSOPClassUID == any_source.SOPClassUID, identifier
+
+
+def test_every_group_has_tracking_uid_and_algorithm(sr: Dataset) -> None:
+    groups = measurement_groups(sr)
+    expected = {TRACKING_CLASSIFICATION, TRACKING_SEVERITY, TRACKING_RIGHT, TRACKING_LEFT}
+    expected |= {tracking_class(name) for name in CLASSES}
+    assert set(groups) == expected
+    uids = set()
+    for identifier, group in groups.items():
+        children = {concept(item): item for item in group.ContentSequence}
+        uids.add(children[("DCM", "112040")].UID)  # Tracking Unique Identifier
+        # TID 4019 Algorithm Identification.
+        assert children[("DCM", "111001")].TextValue == ALGORITHM_NAME, identifier
+        assert children[("DCM", "111003")].TextValue == ALGORITHM_VERSION, identifier
+    assert len(uids) == len(groups)
+
+
+def test_device_observer_names_algorithm(sr: Dataset) -> None:
+    items = {concept(item): item for item in content_items(sr) if item.ValueType in ("TEXT", "UIDREF")}
+    assert items[("DCM", "121012")].UID == derive_device_uid(ALGORITHM_NAME, ALGORITHM_VERSION)
+    assert items[("DCM", "121013")].TextValue == ALGORITHM_NAME  # Device Observer Name
+    assert items[("DCM", "121014")].TextValue == "CXR Node"  # Device Observer Manufacturer
+
+
+def test_class_probabilities(sr: Dataset, result: AnalysisResult) -> None:
+    groups = measurement_groups(sr)
+    for name in CLASSES:
+        group = groups[tracking_class(name)]
+        value, unit = numeric(group, *PROBABILITY)
+        assert value == pytest.approx(result.classification[name], abs=1e-6), name
+        assert unit == "1"
+        finding = [item for item in group.ContentSequence if concept(item) == ("DCM", "121071")]
+        code = finding[0].ConceptCodeSequence[0]
+        assert (code.CodingSchemeDesignator, code.CodeValue) == CLASS_CODES[name]
+
+
+def test_predicted_class(sr: Dataset, result: AnalysisResult) -> None:
+    group = measurement_groups(sr)[TRACKING_CLASSIFICATION]
+    [evaluation] = [item for item in group.ContentSequence if concept(item) == ("SCT", "278201002")]
+    code = evaluation.ConceptCodeSequence[0]
+    assert result.predicted_class == "covid19"
+    assert (code.CodingSchemeDesignator, code.CodeValue) == ("SCT", "840539006")
+
+
+def test_severity_scores_and_areas(sr: Dataset, result: AnalysisResult) -> None:
+    groups = measurement_groups(sr)
+    severity = result.severity
+    right_area = result.lung_area_cm2(result.right_lung)
+    left_area = result.lung_area_cm2(result.left_lung)
+    assert right_area is not None and left_area is not None
+    expected = {
+        TRACKING_SEVERITY: (severity.geographic_extent, severity.opacity, right_area + left_area),
+        TRACKING_RIGHT: (severity.right.extent, severity.right.opacity, right_area),
+        TRACKING_LEFT: (severity.left.extent, severity.left.opacity, left_area),
+    }
+    for identifier, (extent, opacity, area) in expected.items():
+        group = groups[identifier]
+        assert numeric(group, *GEO) == (pytest.approx(extent), "{score}"), identifier
+        assert numeric(group, *OPACITY) == (pytest.approx(opacity), "{score}"), identifier
+        assert numeric(group, *AREA) == (pytest.approx(area, rel=1e-6), "cm2"), identifier
+
+
+def test_per_lung_finding_site_laterality(sr: Dataset) -> None:
+    groups = measurement_groups(sr)
+    for identifier, laterality in ((TRACKING_RIGHT, "24028007"), (TRACKING_LEFT, "7771000")):
+        [site] = [item for item in groups[identifier].ContentSequence if concept(item) == ("SCT", "363698007")]
+        assert site.ConceptCodeSequence[0].CodeValue == "39607008"  # Lung
+        [modifier] = [item for item in site.ContentSequence if concept(item) == ("SCT", "272741003")]
+        assert modifier.ConceptCodeSequence[0].CodeValue == laterality, identifier
+
+
+def test_no_area_without_pixel_spacing(dx_source: Dataset) -> None:
+    sr = build_sr(dx_source, make_result(dx_source, spacing=False), ALGORITHM_NAME, ALGORITHM_VERSION)
+    group = measurement_groups(sr)[TRACKING_RIGHT]
+    assert not [item for item in group.ContentSequence if concept(item) == AREA]
+    assert numeric(group, *GEO)[0] == pytest.approx(3.0)
+
+
+def test_missing_class_is_an_error(dx_source: Dataset) -> None:
+    result = make_result(dx_source)
+    del result.classification["pneumonia"]
+    with pytest.raises(ResultMismatchError, match="pneumonia"):
+        build_sr(dx_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)
+
+
+def test_non_projection_source_is_an_error(dx_source: Dataset) -> None:
+    ct = Dataset()
+    ct.update(dx_source)
+    ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    with pytest.raises(SourceDatasetError, match="SOPClassUID"):
+        build_sr(ct, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION)
