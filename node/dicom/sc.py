@@ -40,6 +40,8 @@ SERIES_DESCRIPTION = "CXR Node AI heatmap (not for primary diagnosis)"
 COLORMAP = "jet"
 MAX_ALPHA = 0.55  # opacity of the colour where the heatmap is 1
 OUTLINE_RGB = (0, 255, 0)
+MIN_FONT = 8  # pixels; below this the default font is unreadable
+LEGEND_MAX_WIDTH = 0.6  # fraction of the columns the legend may cover
 
 
 def _colormap(values: np.ndarray) -> np.ndarray:
@@ -97,10 +99,15 @@ def legend_lines(result: AnalysisResult, algorithm_name: str, algorithm_version:
 def draw_legend(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     """Burn the legend into the top-left corner on a dark box, with a colour bar."""
     rows, columns = rgb.shape[:2]
-    size = max(10, round(min(rows, columns) / 55))
-    font = ImageFont.load_default(size=size)
     canvas = Image.fromarray(rgb)
     draw = ImageDraw.Draw(canvas)
+    size = max(MIN_FONT, round(min(rows, columns) / 55))
+    font = ImageFont.load_default(size=size)
+    widest = max(draw.textlength(line, font=font) for line in lines)
+    if widest > LEGEND_MAX_WIDTH * columns and size > MIN_FONT:
+        # Small images: shrink the text so the legend keeps clear of the lungs.
+        size = max(MIN_FONT, int(size * LEGEND_MAX_WIDTH * columns / widest))
+        font = ImageFont.load_default(size=size)
     margin = max(2, size // 3)
     line_height = round(size * 1.25)
     text_width = max(draw.textlength(line, font=font) for line in lines)
