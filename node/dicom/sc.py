@@ -185,7 +185,7 @@ def build_sc(
         instance_number=1,
         manufacturer=MANUFACTURER,
         patient_orientation=patient_orientation(source),
-        pixel_spacing=result.pixel_spacing_mm,
+        pixel_spacing=result.pixel_spacing_mm,  # type: ignore[arg-type]  # highdicom hints int
         laterality=laterality if laterality in ("L", "R") else None,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[algorithm_equipment(algorithm_name, algorithm_version)],
@@ -202,10 +202,9 @@ def build_sc(
     if "Laterality" not in sc and "BodyPartExamined" not in sc:
         # General Series Module (PS3.3 C.7.3.1): Laterality is Type 2C for paired
         # body parts; without Body Part Examined a validator cannot tell, so empty.
-        sc.Laterality = None
+        sc.Laterality = ""
     sc.DerivationDescription = (
-        f"{result.heatmap_method} heatmap, lung outlines and legend by "
-        f"{algorithm_name} {algorithm_version}"
+        f"{result.heatmap_method} heatmap, lung outlines and legend by {algorithm_name} {algorithm_version}"
     )
     reference = source_reference(source)
     reference.PurposeOfReferenceCodeSequence = [_purpose_item()]

@@ -16,8 +16,8 @@ from highdicom import AlgorithmIdentificationSequence, PixelMeasuresSequence
 from highdicom.color import CIELabColor
 from highdicom.seg import (
     SegmentAlgorithmTypeValues,
-    SegmentationTypeValues,
     Segmentation,
+    SegmentationTypeValues,
     SegmentDescription,
 )
 from pydicom.dataset import Dataset

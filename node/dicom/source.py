@@ -51,9 +51,7 @@ def check_source(source: Dataset, result: AnalysisResult | None = None) -> None:
         if not source.get(keyword):
             raise SourceDatasetError(f"source dataset has no {keyword}")
     if source.SOPClassUID not in PROJECTION_SOP_CLASSES:
-        raise SourceDatasetError(
-            f"SOPClassUID {source.SOPClassUID} is not a CR or DX image storage class"
-        )
+        raise SourceDatasetError(f"SOPClassUID {source.SOPClassUID} is not a CR or DX image storage class")
     if int(source.get("NumberOfFrames", 1) or 1) != 1:
         raise SourceDatasetError("NumberOfFrames: only single-frame sources are supported")
     if result is None:
@@ -63,8 +61,7 @@ def check_source(source: Dataset, result: AnalysisResult | None = None) -> None:
         array = getattr(result, name)
         if np.shape(array)[:2] != shape:
             raise ResultMismatchError(
-                f"result.{name} has shape {np.shape(array)}, "
-                f"source Rows x Columns is {shape[0]} x {shape[1]}"
+                f"result.{name} has shape {np.shape(array)}, source Rows x Columns is {shape[0]} x {shape[1]}"
             )
 
 

@@ -124,9 +124,7 @@ def build_measurement_groups(
                 tracking_class(name),
                 algorithm_id,
                 finding_type=cxr_codes.CLASS_CONCEPTS[name],
-                measurements=[
-                    _num(cxr_codes.PROBABILITY, result.classification[name], cxr_codes.UNIT_ONE)
-                ],
+                measurements=[_num(cxr_codes.PROBABILITY, result.classification[name], cxr_codes.UNIT_ONE)],
             )
         )
 
@@ -234,9 +232,7 @@ def build_sr(
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=cxr_codes.CHEST_XRAY,
-        imaging_measurements=build_measurement_groups(
-            header, result, algorithm_id, algorithm_version
-        ),
+        imaging_measurements=build_measurement_groups(header, result, algorithm_id, algorithm_version),
         referenced_images=[header] if _has_library_descriptors(header) else None,
     )
     sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)

@@ -63,4 +63,3 @@ def validate(tmp_path: Path) -> Callable[[Dataset, str], list[str]]:
         return dciodvfy_errors(path)
 
     return _validate
-

@@ -144,13 +144,9 @@ def make_result(source: Dataset, covid: float = 0.91, spacing: bool = True) -> A
 
 def dciodvfy_errors(path: Path) -> list[str]:
     """Lines of dciodvfy's report that begin with 'Error'."""
-    proc = subprocess.run(
-        [DCIODVFY, str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
+    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120, check=False)
     lines = (proc.stdout + proc.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]
-
-
 
 
 def content_items(ds: Dataset) -> list[Dataset]:

@@ -52,9 +52,7 @@ def test_roundtrip_through_pydicom(outputs: dict[str, Dataset], kind: str) -> No
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_study_level_attributes_copied(
-    any_source: Dataset, outputs: dict[str, Dataset], kind: str
-) -> None:
+def test_study_level_attributes_copied(any_source: Dataset, outputs: dict[str, Dataset], kind: str) -> None:
     back = roundtrip(outputs[kind])
     for keyword in STUDY_KEYWORDS:
         assert str(back.get(keyword, "")) == str(any_source.get(keyword, "")), keyword
@@ -113,9 +111,7 @@ def test_contributing_equipment_names_algorithm(outputs: dict[str, Dataset]) -> 
         assert items[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
 
 
-def test_validator_sees_errors(
-    dx_source: Dataset, validate: Callable[[Dataset, str], list[str]]
-) -> None:
+def test_validator_sees_errors(dx_source: Dataset, validate: Callable[[Dataset, str], list[str]]) -> None:
     # Guards the check above: a broken SR must be reported.
     from tests.dicom.fakes import make_result
 

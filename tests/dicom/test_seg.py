@@ -50,9 +50,7 @@ def test_frames_equal_masks_and_reference_source(
     assert np.array_equal(by_segment[2], result.left_lung)
 
 
-def test_projection_image_has_orientation_not_frame_of_reference(
-    any_source: Dataset, seg: Dataset
-) -> None:
+def test_projection_image_has_orientation_not_frame_of_reference(any_source: Dataset, seg: Dataset) -> None:
     assert "FrameOfReferenceUID" not in seg
     assert list(seg.PatientOrientation) == list(any_source.get("PatientOrientation") or ["L", "F"])
 

@@ -134,7 +134,9 @@ def test_severity_scores_and_areas(sr: Dataset, result: AnalysisResult) -> None:
 def test_per_lung_finding_site_laterality(sr: Dataset) -> None:
     groups = measurement_groups(sr)
     for identifier, laterality in ((TRACKING_RIGHT, "24028007"), (TRACKING_LEFT, "7771000")):
-        [site] = [item for item in groups[identifier].ContentSequence if concept(item) == ("SCT", "363698007")]
+        [site] = [
+            item for item in groups[identifier].ContentSequence if concept(item) == ("SCT", "363698007")
+        ]
         assert site.ConceptCodeSequence[0].CodeValue == "39607008"  # Lung
         [modifier] = [item for item in site.ContentSequence if concept(item) == ("SCT", "272741003")]
         assert modifier.ConceptCodeSequence[0].CodeValue == laterality, identifier
