@@ -77,6 +77,12 @@ def draw_outlines(rgb: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     return rgb
 
 
+def _product(algorithm_name: str) -> str:
+    if algorithm_name.startswith(MANUFACTURER):
+        return algorithm_name
+    return f"{MANUFACTURER} {algorithm_name}"
+
+
 def legend_lines(result: AnalysisResult, algorithm_name: str, algorithm_version: str) -> list[str]:
     """Text of the burned-in legend: algorithm, class, probabilities, severity."""
     predicted = result.predicted_class
@@ -86,7 +92,7 @@ def legend_lines(result: AnalysisResult, algorithm_name: str, algorithm_version:
     )
     return [
         "AI RESULT - NOT VERIFIED",
-        f"{MANUFACTURER} {algorithm_name} {algorithm_version}",
+        f"{_product(algorithm_name)} {algorithm_version}",
         f"Class: {CLASS_LABELS[predicted]} (p = {result.classification[predicted]:.2f})",
         probabilities,
         f"Severity: extent {severity.geographic_extent:.1f}/8  opacity {severity.opacity:.1f}/6",

@@ -217,8 +217,13 @@ def build_sr(
     _check_result(result)
     header = evidence_header(source)
 
+    # TID 4019: the models behind the version, one "role=name@version" parameter each.
+    parameters = [f"{role}={model}" for role, model in sorted(result.models.items())]
     algorithm_id = AlgorithmIdentification(
-        name=algorithm_name, version=algorithm_version, manufacturer=cxr_codes.MANUFACTURER
+        name=algorithm_name,
+        version=algorithm_version,
+        parameters=parameters or None,
+        manufacturer=cxr_codes.MANUFACTURER,
     )
     observer = ObserverContext(
         observer_type=codes.cid270.Device,

@@ -120,3 +120,21 @@ def test_validator_sees_errors(dx_source: Dataset, validate: Callable[[Dataset, 
     )["sr"]
     del sr.VerificationFlag
     assert any("VerificationFlag" in line or "Verification Flag" in line for line in validate(sr, "broken"))
+
+
+def test_minimal_source_gives_valid_outputs(validate: Callable[[Dataset, str], list[str]]) -> None:
+    # Type 2 attributes empty or absent, no orientation, no body part: the
+    # outputs must still be valid and keep what there is.
+    from tests.dicom.fakes import make_dx, make_result
+
+    source = make_dx(rows=128, columns=96)
+    for keyword in ("PatientOrientation", "BodyPartExamined", "AccessionNumber", "StudyID"):
+        del source[keyword]
+    source.PatientBirthDate = ""
+    source.PatientSex = ""
+    built = build_outputs(source, make_result(source), ALGORITHM_NAME, ALGORITHM_VERSION)
+    assert sorted(built) == sorted(KINDS)
+    for kind, ds in built.items():
+        assert validate(ds, f"minimal-{kind}") == [], kind
+        assert ds.PatientID == source.PatientID
+        assert ds.StudyInstanceUID == source.StudyInstanceUID

@@ -162,3 +162,9 @@ def test_non_projection_source_is_an_error(dx_source: Dataset) -> None:
     ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
     with pytest.raises(SourceDatasetError, match="SOPClassUID"):
         build_sr(ct, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION)
+
+
+def test_models_listed_as_algorithm_parameters(sr: Dataset, result: AnalysisResult) -> None:
+    group = measurement_groups(sr)[TRACKING_CLASSIFICATION]
+    parameters = [item.TextValue for item in group.ContentSequence if concept(item) == ("DCM", "111002")]
+    assert parameters == [f"{role}={model}" for role, model in sorted(result.models.items())]
