@@ -1,0 +1,211 @@
+"""Image loading and the preprocessing shared by training and inference.
+
+DICOM pixels go through the Modality LUT and VOI LUT (PS3.3 C.11.1, C.11.2),
+MONOCHROME1 is inverted so that bright means dense, black borders and burned-in
+text margins are cropped (Keidar et al.), CLAHE is optional, the image is
+resized keeping its aspect ratio and padded to a square, and intensities are
+scaled to [-1024, 1024] (Cohen et al.). PNG and JPEG take the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from models.exceptions import ImageError
+
+logger = logging.getLogger(__name__)
+
+INTENSITY_RANGE = 1024.0
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image in display orientation (bright = dense)."""
+
+    pixels: np.ndarray  # float32 (rows, cols)
+    pixel_spacing_mm: tuple[float, float] | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a preprocessed square image maps back onto the input image."""
+
+    shape: tuple[int, int]  # input (rows, cols)
+    crop: tuple[int, int, int, int]  # r0, r1, c0, c1 in input pixels
+    resized: tuple[int, int]  # (rows, cols) after resize, before padding
+    offset: tuple[int, int]  # (top, left) padding
+    size: int
+
+    def to_square(self, arr: np.ndarray, nearest: bool = False) -> np.ndarray:
+        """Map an input-resolution array (image or mask) onto the model square."""
+        r0, r1, c0, c1 = self.crop
+        sub = np.asarray(arr, dtype=np.float32)[r0:r1, c0:c1]
+        res = _resize(sub, self.resized, nearest=nearest)
+        out = np.zeros((self.size, self.size), dtype=np.float32)
+        top, left = self.offset
+        out[top : top + self.resized[0], left : left + self.resized[1]] = res
+        return out
+
+    def to_input(self, arr: np.ndarray, nearest: bool = False) -> np.ndarray:
+        """Map a model-square array (any square size) back to input resolution."""
+        arr = np.asarray(arr, dtype=np.float32)
+        if arr.shape[0] != self.size:
+            arr = _resize(arr, (self.size, self.size), nearest=nearest)
+        top, left = self.offset
+        sub = arr[top : top + self.resized[0], left : left + self.resized[1]]
+        r0, r1, c0, c1 = self.crop
+        out = np.zeros(self.shape, dtype=np.float32)
+        out[r0:r1, c0:c1] = _resize(sub, (r1 - r0, c1 - c0), nearest=nearest)
+        return out
+
+
+def _resize(arr: np.ndarray, shape: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    if arr.shape == tuple(shape):
+        return arr.astype(np.float32, copy=False)
+    img = Image.fromarray(arr.astype(np.float32), mode="F")
+    method = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    if not nearest and (shape[0] < arr.shape[0] / 2 or shape[1] < arr.shape[1] / 2):
+        method = Image.Resampling.BOX  # area averaging when shrinking a lot
+    return np.asarray(img.resize((shape[1], shape[0]), method), dtype=np.float32)
+
+
+def _spacing(ds: Any) -> tuple[float, float] | None:
+    # PixelSpacing (PS3.3 C.7.6.2.1) wins; ImagerPixelSpacing (C.8.11.4) at the detector otherwise.
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2:
+            row, col = float(value[0]), float(value[1])
+            if row > 0 and col > 0:
+                return (row, col)
+    return None
+
+
+def _from_dataset(ds: Any, source: str) -> LoadedImage:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for undecodable pixel data
+        raise ImageError(f"cannot decode pixel data of {source}: {exc}") from exc
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]
+    if arr.ndim == 3:  # colour (SamplesPerPixel 3): luminance
+        arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    else:
+        arr = apply_modality_lut(arr, ds)
+        arr = apply_voi_lut(arr, ds, index=0)
+    arr = np.asarray(arr, dtype=np.float32)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        arr = float(arr.max()) + float(arr.min()) - arr
+    if arr.ndim != 2 or min(arr.shape) < 8:
+        raise ImageError(f"{source}: expected a 2-D image, got shape {arr.shape}")
+    return LoadedImage(pixels=arr, pixel_spacing_mm=_spacing(ds), source=source)
+
+
+def load_image(path_or_dataset: Any) -> LoadedImage:
+    """Read a DICOM dataset or file, PNG or JPEG into display orientation.
+
+    Parameters
+    ----------
+    path_or_dataset
+        A ``pydicom.Dataset`` or a path to a DICOM, PNG or JPEG file.
+
+    Raises
+    ------
+    ImageError
+        If the input cannot be read or decoded.
+    """
+    import pydicom
+
+    if isinstance(path_or_dataset, pydicom.Dataset):
+        source = str(getattr(path_or_dataset, "filename", None) or "<dataset>")
+        return _from_dataset(path_or_dataset, source)
+    path = Path(path_or_dataset)
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    with path.open("rb") as fh:
+        head = fh.read(132)
+    if head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom"):
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as exc:
+            raise ImageError(f"cannot read DICOM file {path}: {exc}") from exc
+        return _from_dataset(ds, str(path))
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I", "F"):
+                arr = np.asarray(img, dtype=np.float32)
+            else:
+                arr = np.asarray(img.convert("L"), dtype=np.float32)
+    except Exception as exc:
+        raise ImageError(f"cannot read image file {path}: {exc}") from exc
+    if arr.ndim != 2 or min(arr.shape) < 8:
+        raise ImageError(f"{path}: expected a 2-D image, got shape {arr.shape}")
+    return LoadedImage(pixels=arr, pixel_spacing_mm=None, source=str(path))
+
+
+def normalize(pixels: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] between the 0.5th and 99.5th percentiles."""
+    sample = pixels[:: max(1, pixels.shape[0] // 256), :: max(1, pixels.shape[1] // 256)]
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    if hi - lo < 1e-6:
+        lo, hi = float(pixels.min()), float(pixels.max()) + 1e-6
+    return np.clip((pixels - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _border(profile_mean: np.ndarray, profile_std: np.ndarray, limit: int) -> tuple[int, int]:
+    """First and last index that is not a uniform/black border line."""
+    content = (profile_std > 0.04) & (profile_mean > 0.04)
+    n = len(content)
+    start = 0
+    while start < limit and not content[start]:
+        start += 1
+    end = n
+    while n - end < limit and not content[end - 1]:
+        end -= 1
+    return start, end
+
+
+def crop_box(norm: np.ndarray, max_fraction: float = 0.2) -> tuple[int, int, int, int]:
+    """Crop box removing black borders and uniform burned-in text margins (Keidar et al.)."""
+    rows, cols = norm.shape
+    r0, r1 = _border(norm.mean(axis=1), norm.std(axis=1), int(rows * max_fraction))
+    c0, c1 = _border(norm.mean(axis=0), norm.std(axis=0), int(cols * max_fraction))
+    if r1 - r0 < rows // 2 or c1 - c0 < cols // 2:
+        return 0, rows, 0, cols
+    return r0, r1, c0, c1
+
+
+def preprocess(
+    pixels: np.ndarray, size: int, clahe: bool = False
+) -> tuple[np.ndarray, Geometry]:
+    """Crop, resize (aspect kept), pad to ``size`` x ``size``, scale to [-1024, 1024].
+
+    Returns the float32 square and the :class:`Geometry` to map outputs back.
+    """
+    norm = normalize(np.asarray(pixels, dtype=np.float32))
+    r0, r1, c0, c1 = crop_box(norm)
+    h, w = r1 - r0, c1 - c0
+    scale = size / max(h, w)
+    resized = (max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale))))
+    offset = ((size - resized[0]) // 2, (size - resized[1]) // 2)
+    geom = Geometry(norm.shape, (r0, r1, c0, c1), resized, offset, size)
+    square = geom.to_square(norm)
+    if clahe:
+        from skimage.exposure import equalize_adapthist
+
+        square = equalize_adapthist(np.clip(square, 0, 1), clip_limit=0.01).astype(np.float32)
+    return (square * 2.0 - 1.0) * INTENSITY_RANGE, geom
+
+
+def display_uint8(pixels: np.ndarray) -> np.ndarray:
+    """The uint8 display image that heatmaps and masks refer to."""
+    return np.round(normalize(pixels) * 255.0).astype(np.uint8)

@@ -1,0 +1,138 @@
+"""Model registry: ``registry.json`` lists each shipped model with its weights file,
+SHA-256, version, input size, labels, thresholds, training command, data and metrics.
+
+Weights are loaded lazily with ``torch.load(weights_only=True)`` after the
+SHA-256 check; only state_dicts (and JSON for the ridge) are shipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from models.exceptions import RegistryError, WeightsChecksumError, WeightsMissingError
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REGISTRY_PATH = PACKAGE_DIR / "registry.json"
+WEIGHTS_DIR = PACKAGE_DIR / "weights"
+ROLES = ("segmentation", "classification", "opacity", "severity")
+# role -> (task json written by training, key inside it or None)
+TASK_FILES = {
+    "segmentation": ("lung-unet.json", None),
+    "classification": ("cxr-resnet4.json", None),
+    "opacity": ("severity.json", "opacity"),
+    "severity": ("severity.json", "severity"),
+}
+TRAIN_COMMANDS = {
+    "segmentation": "cxr-node train segmentation --data ../shared/data --out models/weights --epochs 16 --seed 0",
+    "classification": "cxr-node train classification --data ../shared/data --out models/weights --epochs 10 --seed 0",
+    "opacity": "cxr-node train severity --data ../shared/data --out models/weights --epochs 40 --seed 0",
+    "severity": "cxr-node train severity --data ../shared/data --out models/weights --epochs 40 --seed 0",
+}
+
+
+def load_registry(path: Path | None = None) -> dict[str, Any]:
+    """The parsed registry (``{"models": {role: entry}}``)."""
+    path = Path(path or REGISTRY_PATH)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise RegistryError(f"model registry not found: {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"model registry {path} is not valid JSON: {exc}") from exc
+
+
+def entry(role: str, registry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The registry entry of ``role`` (segmentation, classification, opacity, severity)."""
+    reg = registry if registry is not None else load_registry()
+    try:
+        return reg["models"][role]
+    except KeyError as exc:
+        raise RegistryError(f"no model registered for role {role!r} in {REGISTRY_PATH}") from exc
+
+
+def model_id(role: str, registry: dict[str, Any] | None = None) -> str:
+    e = entry(role, registry)
+    return f"{e['name']}@{e['version']}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verified_path(role: str, weights_dir: Path | None = None, registry: dict[str, Any] | None = None) -> Path:
+    """Path of ``role``'s weights file after checking it exists and matches its SHA-256."""
+    e = entry(role, registry)
+    path = Path(weights_dir or WEIGHTS_DIR) / e["file"]
+    if not path.is_file():
+        raise WeightsMissingError(path, f"{e['name']}@{e['version']}")
+    actual = sha256_file(path)
+    if actual != e["sha256"]:
+        raise WeightsChecksumError(path, e["sha256"], actual)
+    return path
+
+
+def build_model(role: str, device: str = "cpu", weights_dir: Path | None = None,
+                registry: dict[str, Any] | None = None) -> Any:
+    """Instantiate ``role``'s network from its registry ``arch`` and load verified weights."""
+    import torch
+
+    from models.classification import SmallResNet
+    from models.segmentation import UNet
+
+    e = entry(role, registry)
+    path = verified_path(role, weights_dir, registry)
+    arch = dict(e["arch"])
+    cls = arch.pop("class")
+    if cls == "UNet":
+        model = UNet(arch["in_channels"], arch["out_channels"], arch["base"], arch.get("depth", 4))
+    elif cls == "SmallResNet":
+        model = SmallResNet(arch["in_channels"], len(e["labels"]), tuple(arch["widths"]))
+    else:
+        raise RegistryError(f"role {role!r}: unknown architecture {cls!r}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # a file with the right hash but wrong content is a registry error
+        raise RegistryError(f"cannot load weights {path} for {role!r}: {exc}") from exc
+    logger.info("loaded %s@%s on %s", e["name"], e["version"], device)
+    return model.to(device).eval()
+
+
+def load_ridge(weights_dir: Path | None = None, registry: dict[str, Any] | None = None) -> Any:
+    """The severity ridge (JSON coefficients) after its SHA-256 check."""
+    from models.severity import RidgeModel
+
+    path = verified_path("severity", weights_dir, registry)
+    return RidgeModel.from_json(json.loads(path.read_text()))
+
+
+def write_registry(weights_dir: Path, path: Path | None = None) -> dict[str, Any]:
+    """Compose ``registry.json`` from the task JSON files that training wrote in ``weights_dir``."""
+    path = Path(path or REGISTRY_PATH)
+    reg: dict[str, Any] = {"models": {}}
+    if path.is_file():
+        reg = load_registry(path)
+    for role, (fname, key) in TASK_FILES.items():
+        f = Path(weights_dir) / fname
+        if not f.is_file():
+            continue
+        info = json.loads(f.read_text())
+        info = info[key] if key else info
+        info.setdefault("training", {})["command"] = TRAIN_COMMANDS[role]
+        # Sanity: the recorded hash must match the file we ship.
+        actual = sha256_file(Path(weights_dir) / info["file"])
+        if actual != info["sha256"]:
+            raise WeightsChecksumError(Path(weights_dir) / info["file"], info["sha256"], actual)
+        reg["models"][role] = info
+    path.write_text(json.dumps(reg, indent=2) + "\n")
+    return reg
