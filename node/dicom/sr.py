@@ -7,7 +7,9 @@ Content tree (PS3.16 TID 1500), one TID 1501 measurement group each for:
   in UCUM ``1``);
 - severity of both lungs (geographic extent 0-8, opacity 0-6, lung area);
 - the right and the left lung (extent 0-4, opacity 0-3, lung area), told
-  apart by their finding site.
+  apart by their finding site; where the lung mask is not empty these are
+  planar ROI groups (TID 1410) whose region is the lung outline, so a viewer
+  draws them on the image.
 
 Every group carries a tracking identifier and UID (so viewers such as OHIF
 list it), the algorithm identification (TID 4019) and the source image
@@ -19,23 +21,29 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from highdicom.sr import (
     AlgorithmIdentification,
     CodedConcept,
     ComprehensiveSR,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
+    GraphicTypeValues,
+    ImageRegion,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     SourceImageForMeasurementGroup,
+    SourceImageForRegion,
     TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from skimage.measure import approximate_polygon, find_contours
 
 from models.result import CLASSES, AnalysisResult
 from node.dicom import codes as cxr_codes
@@ -54,6 +62,9 @@ TRACKING_CLASSIFICATION = "classification"
 TRACKING_SEVERITY = "severity both lungs"
 TRACKING_RIGHT = "severity right lung"
 TRACKING_LEFT = "severity left lung"
+
+# Douglas-Peucker tolerance of the lung outlines, in pixels.
+OUTLINE_TOLERANCE_PX = 1.0
 
 
 def tracking_class(name: str) -> str:
@@ -148,9 +159,9 @@ def build_measurement_groups(
             measurements=both,
         )
     )
-    for identifier, lung, laterality, area in (
-        (TRACKING_RIGHT, severity.right, cxr_codes.RIGHT, right_area),
-        (TRACKING_LEFT, severity.left, cxr_codes.LEFT, left_area),
+    for identifier, lung, laterality, area, mask in (
+        (TRACKING_RIGHT, severity.right, cxr_codes.RIGHT, right_area, result.right_lung),
+        (TRACKING_LEFT, severity.left, cxr_codes.LEFT, left_area, result.left_lung),
     ):
         measurements = [
             _num(cxr_codes.GEOGRAPHIC_EXTENT, lung.extent, cxr_codes.UNIT_SCORE),
@@ -158,18 +169,65 @@ def build_measurement_groups(
         ]
         if area is not None:
             measurements.append(_num(cxr_codes.AREA, area, cxr_codes.UNIT_CM2))
+        finding_sites = [FindingSite(cxr_codes.LUNG, laterality=laterality)]
+        region = lung_region(source, mask)
+        if region is None:
+            groups.append(
+                _group(
+                    source,
+                    algorithm_version,
+                    identifier,
+                    algorithm_id,
+                    finding_type=cxr_codes.ABNORMAL_OPACITY,
+                    finding_sites=finding_sites,
+                    measurements=measurements,
+                )
+            )
+            continue
+        # TID 1410: the lung outline as the ROI, so viewers draw the group.
+        tracking_uid = derive_uid(source.SOPInstanceUID, f"{KIND}:{identifier}", algorithm_version)
         groups.append(
-            _group(
-                source,
-                algorithm_version,
-                identifier,
-                algorithm_id,
+            PlanarROIMeasurementsAndQualitativeEvaluations(  # type: ignore[arg-type]
+                tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=identifier),
+                referenced_region=region,
                 finding_type=cxr_codes.ABNORMAL_OPACITY,
-                finding_sites=[FindingSite(cxr_codes.LUNG, laterality=laterality)],
+                algorithm_id=algorithm_id,
+                finding_sites=finding_sites,
                 measurements=measurements,
             )
         )
     return groups
+
+
+def lung_region(source: Dataset, mask: np.ndarray) -> ImageRegion | None:
+    """Outline of the largest part of a lung mask as a closed POLYLINE.
+
+    SCOORD coordinates are (column, row) with (0, 0) at the top left corner
+    of the top left pixel (PS3.3 C.18.6.1.1), so pixel centres are at +0.5.
+    None when the mask is empty.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return None
+    padded = np.pad(mask, 1).astype(np.float32)  # closes contours at the border
+    contours = find_contours(padded, 0.5)
+    contour = max(contours, key=len) - 1.0
+    contour = approximate_polygon(contour, tolerance=OUTLINE_TOLERANCE_PX)
+    if len(contour) < 4:
+        return None
+    rows, columns = mask.shape
+    xy = np.stack(
+        [np.clip(contour[:, 1] + 0.5, 0, columns), np.clip(contour[:, 0] + 0.5, 0, rows)], axis=1
+    ).astype(np.float32)
+    xy[-1] = xy[0]  # closed polyline
+    return ImageRegion(
+        graphic_type=GraphicTypeValues.POLYLINE,
+        graphic_data=xy,
+        source_image=SourceImageForRegion(
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+        ),
+    )
 
 
 def _has_library_descriptors(header: Dataset) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
@@ -64,7 +65,8 @@ def test_source_image_referenced(any_source: Dataset, sr: Dataset) -> None:
     referenced = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert referenced.ReferencedSOPInstanceUID == any_source.SOPInstanceUID
     for identifier, group in measurement_groups(sr).items():
-        images = [item for item in group.ContentSequence if item.ValueType == "IMAGE"]
+        # Directly (TID 1501) or under the region's SCOORD (TID 1410).
+        images = [item for item in content_items(group) if item.ValueType == "IMAGE"]
         assert len(images) == 1, identifier
         ref = images[0].ReferencedSOPSequence[0]
         assert ref.ReferencedSOPInstanceUID == any_source.SOPInstanceUID, identifier
@@ -168,3 +170,22 @@ def test_models_listed_as_algorithm_parameters(sr: Dataset, result: AnalysisResu
     group = measurement_groups(sr)[TRACKING_CLASSIFICATION]
     parameters = [item.TextValue for item in group.ContentSequence if concept(item) == ("DCM", "111002")]
     assert parameters == [f"{role}={model}" for role, model in sorted(result.models.items())]
+
+
+def test_lung_groups_outline_the_lungs(sr: Dataset, result: AnalysisResult) -> None:
+    groups = measurement_groups(sr)
+    for identifier, mask in ((TRACKING_RIGHT, result.right_lung), (TRACKING_LEFT, result.left_lung)):
+        [scoord] = [item for item in groups[identifier].ContentSequence if item.ValueType == "SCOORD"]
+        assert concept(scoord) == ("DCM", "111030")  # Image Region
+        assert scoord.GraphicType == "POLYLINE"
+        xy = np.asarray(scoord.GraphicData, dtype=float).reshape(-1, 2)
+        assert (xy[0] == xy[-1]).all(), "closed outline expected"
+        rows, columns = mask.shape
+        assert xy[:, 0].min() >= 0 and xy[:, 0].max() <= columns
+        assert xy[:, 1].min() >= 0 and xy[:, 1].max() <= rows
+        # Shoelace area of the outline is the mask's area, give or take the border.
+        x, y = xy[:, 0], xy[:, 1]
+        area = abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2
+        assert area == pytest.approx(mask.sum(), rel=0.03), identifier
+        # Its centroid is on the right side of the image for that lung.
+        assert (x.mean() < columns / 2) == (identifier == TRACKING_RIGHT)
