@@ -28,6 +28,7 @@ from node.audit.models import OutboxItem, OutboxState, utcnow
 from node.exceptions import SendError
 from node.scu import send_datasets
 from node.settings import Destination, Settings, get_settings
+from node.tls import client_context
 
 LOGGER = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def _deliver(destination: Destination, items: list[OutboxItem], settings: Settin
             settings.ae_title,
             timeout=settings.network_timeout,
             sources=[str(i.id) for i in readable],
+            ssl_context=client_context(settings),
         )
     except (SendError, OSError) as exc:
         elapsed = (time.monotonic() - started) * 1000

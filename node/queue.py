@@ -22,9 +22,7 @@ def analysis_payload(sop_instance_uid: str, path: Path | str) -> dict[str, str]:
     return {"sop_instance_uid": sop_instance_uid, "path": str(path)}
 
 
-def enqueue_analysis(
-    sop_instance_uid: str, path: Path | str, settings: Settings | None = None
-) -> str:
+def enqueue_analysis(sop_instance_uid: str, path: Path | str, settings: Settings | None = None) -> str:
     """Send the analysis task for one stored instance; returns the task id.
 
     Raises QueueError when the broker cannot take it.

@@ -19,6 +19,10 @@ FRONTAL_VIEWS = {"PA", "AP"}
 # PS3.3 C.8.11.5 View Position defined terms for laterals and obliques.
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD", "LAO", "RAO", "LPO", "RPO"}
 
+GRAYSCALE = {"MONOCHROME1", "MONOCHROME2"}
+# Portable chest X-rays are 1-4k pixels a side; below this there is nothing to analyse.
+MIN_SIDE = 128
+
 _AGE_RE = re.compile(r"^(\d{3})([DWMY])$")
 _DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 30.4375, "Y": 365.25}
 
@@ -83,6 +87,15 @@ def decide(ds: Dataset, min_age: int = 18) -> Decision:
         return Decision(False, f"view {view or 'lateral'} is not frontal (PA/AP)")
     if view and view not in FRONTAL_VIEWS:
         return Decision(False, f"view {view} is not frontal (PA/AP)")
+    photometric = _text(ds, "PhotometricInterpretation")
+    if photometric and photometric not in GRAYSCALE:
+        return Decision(False, f"photometric interpretation {photometric} is not grayscale")
+    try:
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError):
+        rows = columns = 0
+    if rows and columns and min(rows, columns) < MIN_SIDE:
+        return Decision(False, f"image {rows}x{columns} is smaller than {MIN_SIDE} pixels a side")
     age = patient_age_years(ds)
     if age is not None and age < min_age:
         return Decision(False, f"patient younger than {min_age} years")

@@ -113,9 +113,7 @@ class StorageSCP:
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
         if not s.allowed_calling_aets:
-            LOGGER.warning(
-                "CXR_NODE_ALLOWED_CALLING_AETS is empty: any calling AE title is accepted"
-            )
+            LOGGER.warning("CXR_NODE_ALLOWED_CALLING_AETS is empty: any calling AE title is accepted")
         return ae
 
     @property
@@ -128,9 +126,12 @@ class StorageSCP:
             (evt.EVT_ABORTED, self.handle_aborted),
         ]
 
-    def start(self, ssl_context: Any = None) -> tuple[str, int]:
+    def start(self) -> tuple[str, int]:
         """Bind and serve in background threads; returns the bound (host, port)."""
+        from node.tls import server_context
+
         self.ingest.spool.ensure()
+        ssl_context = server_context(self.settings)
         self.server = self.ae.start_server(
             (self.settings.host, self.settings.port),
             block=False,
@@ -138,7 +139,13 @@ class StorageSCP:
             ssl_context=ssl_context,
         )
         host, port = self.server.server_address[:2]
-        LOGGER.info("%s listening on %s:%s", self.settings.ae_title, host, port)
+        LOGGER.info(
+            "%s listening on %s:%s%s",
+            self.settings.ae_title,
+            host,
+            port,
+            " (TLS)" if ssl_context is not None else "",
+        )
         return str(host), int(port)
 
     def stop(self) -> None:
@@ -182,9 +189,9 @@ class StorageSCP:
     def handle_aborted(self, event: evt.Event) -> None:
         info = _assoc_info(event)
         audit.record(
-            EventKind.ASSOCIATION_REJECTED,
+            EventKind.ASSOCIATION_ABORTED,
             Outcome.WARNING,
-            "association aborted by the peer; partial data sets were not stored",
+            "association aborted; a data set in transfer was not stored",
             calling_ae=info.calling_ae,
             peer=info.peer,
         )

@@ -41,9 +41,7 @@ def _contexts(datasets: Iterable[Dataset]) -> list[tuple[str, list[str]]]:
         syntaxes = wanted.setdefault(str(ds.SOPClassUID), [])
         ts = str(ds.file_meta.TransferSyntaxUID)
         for uid in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if uid not in syntaxes and (
-                uid == ts or not ds.file_meta.TransferSyntaxUID.is_compressed
-            ):
+            if uid not in syntaxes and (uid == ts or not ds.file_meta.TransferSyntaxUID.is_compressed):
                 syntaxes.append(uid)
     if len(wanted) > MAX_CONTEXTS:
         raise SendError(f"{len(wanted)} SOP classes in one association; at most {MAX_CONTEXTS}")
@@ -70,9 +68,7 @@ def send_datasets(
     for sop_class, syntaxes in _contexts(datasets):
         ae.add_requested_context(sop_class, syntaxes)
     tls_args = (ssl_context, destination.host) if ssl_context is not None else None
-    assoc = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
-    )
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted or unreachable"
         raise SendError(f"association with {destination} {reason}")
@@ -98,9 +94,7 @@ def send_datasets(
     sent = {r.sop_instance_uid for r in results}
     for index, ds in enumerate(datasets):
         if str(ds.SOPInstanceUID) not in sent:
-            results.append(
-                SendResult(str(ds.SOPInstanceUID), None, sources[index] if sources else "")
-            )
+            results.append(SendResult(str(ds.SOPInstanceUID), None, sources[index] if sources else ""))
     return results
 
 
@@ -109,6 +103,4 @@ def send_files(
 ) -> list[SendResult]:
     """Read DICOM files and C-STORE them (see :func:`send_datasets`)."""
     datasets = [dcmread(path) for path in paths]
-    return send_datasets(
-        datasets, destination, calling_ae, sources=[str(p) for p in paths], **kwargs
-    )
+    return send_datasets(datasets, destination, calling_ae, sources=[str(p) for p in paths], **kwargs)

@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     network_timeout: float = 60.0
     max_pdu: int = 0  # 0: unlimited
 
+    # DICOM TLS (PS3.15 Annex B.1, the Basic TLS Secure Transport Connection profile)
+    tls_cert_file: Path | None = Field(None, description="PEM certificate: the SCP listens with TLS")
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: peers must present a certificate it signed"
+    )
+    export_tls: bool = Field(False, description="use TLS (and our certificate) towards destinations")
+
     # Storage
     home: Path = Field(default_factory=_default_home)
     spool_dir: Path | None = None
@@ -182,6 +190,20 @@ class Settings(BaseSettings):
                 "(or CXR_NODE_ALLOW_ANY_CALLING_AET=true to accept every modality)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("CXR_NODE_TLS_CERT_FILE and CXR_NODE_TLS_KEY_FILE go together")
+        for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name.upper()}: {path} is not a file")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
 
     # Derived locations -------------------------------------------------------------
     @property

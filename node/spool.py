@@ -64,9 +64,7 @@ class Spool:
         """Raise SpoolFullError if writing ``needed`` bytes would go below the reserve."""
         free = shutil.disk_usage(self.root).free
         if free - needed < self.min_free_bytes:
-            raise SpoolFullError(
-                f"spool {self.root} has {free} bytes free, reserve is {self.min_free_bytes}"
-            )
+            raise SpoolFullError(f"spool {self.root} has {free} bytes free, reserve is {self.min_free_bytes}")
 
     def store(self, sop_instance_uid: str, data: bytes) -> tuple[Path, bool]:
         """Write ``data`` as the instance's file. Returns (path, created).

@@ -96,8 +96,10 @@ class Orthanc:
         return json.loads(body) if body[:1] in (b"{", b"[") else body
 
     def post(self, path: str, data: bytes | dict | str) -> Any:
-        payload = data if isinstance(data, bytes) else (
-            data.encode() if isinstance(data, str) else json.dumps(data).encode()
+        payload = (
+            data
+            if isinstance(data, bytes)
+            else (data.encode() if isinstance(data, str) else json.dumps(data).encode())
         )
         request = urllib.request.Request(self.url + path, data=payload, method="POST")
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -113,12 +115,14 @@ class Orthanc:
         for instance in self.get(f"/studies/{studies[0]}/instances"):
             tags = instance["MainDicomTags"]
             series = self.get(f"/instances/{instance['ID']}/series")
-            out.append({
-                "id": instance["ID"],
-                "sop_instance_uid": tags.get("SOPInstanceUID"),
-                "modality": series["MainDicomTags"].get("Modality"),
-                "series_instance_uid": series["MainDicomTags"].get("SeriesInstanceUID"),
-            })
+            out.append(
+                {
+                    "id": instance["ID"],
+                    "sop_instance_uid": tags.get("SOPInstanceUID"),
+                    "modality": series["MainDicomTags"].get("Modality"),
+                    "series_instance_uid": series["MainDicomTags"].get("SeriesInstanceUID"),
+                }
+            )
         return out
 
     def file(self, orthanc_id: str) -> bytes:

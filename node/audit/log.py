@@ -25,6 +25,7 @@ class EventKind(StrEnum):
     NODE_STOPPED = "node.stopped"
     ASSOCIATION_ACCEPTED = "association.accepted"
     ASSOCIATION_REJECTED = "association.rejected"
+    ASSOCIATION_ABORTED = "association.aborted"
     ECHO = "echo"
     INSTANCE_RECEIVED = "instance.received"
     INSTANCE_REJECTED = "instance.rejected"
@@ -79,9 +80,7 @@ def record(
             session.add(event)
         return True
     except Exception:
-        LOGGER.exception(
-            "could not write audit event %s for SOP instance %s", kind, sop_instance_uid
-        )
+        LOGGER.exception("could not write audit event %s for SOP instance %s", kind, sop_instance_uid)
         return False
 
 

@@ -43,9 +43,7 @@ def test_delivers_to_orthanc_once(node_config, orthanc: Orthanc, tmp_path: Path,
 
 
 def test_orthanc_down_then_back(node_config, orthanc: Orthanc, tmp_path: Path, cr_chest: Path) -> None:
-    settings = configure(
-        destinations=[f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"], export_backoff_seconds=0.2
-    )
+    settings = configure(destinations=[f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"], export_backoff_seconds=0.2)
     upgrade()
     orthanc.stop()
     output = output_file(tmp_path, cr_chest)
@@ -65,9 +63,7 @@ def test_orthanc_down_then_back(node_config, orthanc: Orthanc, tmp_path: Path, c
     ]
 
 
-def test_dead_letter_and_retry_command(
-    node_config, orthanc: Orthanc, tmp_path: Path, cr_chest: Path
-) -> None:
+def test_dead_letter_and_retry_command(node_config, orthanc: Orthanc, tmp_path: Path, cr_chest: Path) -> None:
     settings = configure(
         destinations=[f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"],
         export_backoff_seconds=0.05,
