@@ -25,12 +25,12 @@ from models.result import CLASSES, AnalysisResult
 from node.dicom.codes import CLASS_LABELS, MANUFACTURER
 from node.dicom.source import (
     algorithm_equipment,
+    check_result,
     check_source,
     evidence_header,
     patient_orientation,
     source_reference,
 )
-from node.dicom.sr import _check_result
 from node.dicom.uids import derive_series_uid, derive_uid, series_number
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def build_sc(
         source SOP Instance UID, ``"sc"`` and ``algorithm_version``.
     """
     check_source(source, result)
-    _check_result(result)
+    check_result(result)
     header = evidence_header(source)
     pixels = render(result, algorithm_name, algorithm_version)
     laterality = str(source.get("Laterality") or "")

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
-from models.result import AnalysisResult
+from models.result import CLASSES, AnalysisResult
 from node.dicom.codes import MANUFACTURER
 from node.dicom.exceptions import ResultMismatchError, SourceDatasetError
 
@@ -63,6 +63,16 @@ def check_source(source: Dataset, result: AnalysisResult | None = None) -> None:
             raise ResultMismatchError(
                 f"result.{name} has shape {np.shape(array)}, source Rows x Columns is {shape[0]} x {shape[1]}"
             )
+
+
+def check_result(result: AnalysisResult) -> None:
+    """Raise if the classification lacks a class or a probability is not in [0, 1]."""
+    missing = [name for name in CLASSES if name not in result.classification]
+    if missing:
+        raise ResultMismatchError(f"result.classification lacks {missing}")
+    for name, value in result.classification.items():
+        if not 0.0 <= float(value) <= 1.0:
+            raise ResultMismatchError(f"result.classification[{name!r}] = {value} is not in [0, 1]")
 
 
 def evidence_header(source: Dataset) -> Dataset:

@@ -47,8 +47,7 @@ from skimage.measure import approximate_polygon, find_contours
 
 from models.result import CLASSES, AnalysisResult
 from node.dicom import codes as cxr_codes
-from node.dicom.exceptions import ResultMismatchError
-from node.dicom.source import algorithm_equipment, check_source, evidence_header
+from node.dicom.source import algorithm_equipment, check_result, check_source, evidence_header
 from node.dicom.uids import derive_device_uid, derive_series_uid, derive_uid, series_number
 
 logger = logging.getLogger(__name__)
@@ -95,15 +94,6 @@ def _group(
         ],
         **kwargs,  # type: ignore[arg-type]
     )
-
-
-def _check_result(result: AnalysisResult) -> None:
-    missing = [name for name in CLASSES if name not in result.classification]
-    if missing:
-        raise ResultMismatchError(f"result.classification lacks {missing}")
-    for name, value in result.classification.items():
-        if not 0.0 <= float(value) <= 1.0:
-            raise ResultMismatchError(f"result.classification[{name!r}] = {value} is not in [0, 1]")
 
 
 def build_measurement_groups(
@@ -271,8 +261,8 @@ def build_sr(
         In the source's study, in its own series; UIDs derived from the
         source SOP Instance UID, ``"sr"`` and ``algorithm_version``.
     """
-    check_source(source)
-    _check_result(result)
+    check_source(source, result)
+    check_result(result)
     header = evidence_header(source)
 
     # TID 4019: the models behind the version, one "role=name@version" parameter each.
