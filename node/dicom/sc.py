@@ -23,6 +23,7 @@ from skimage.segmentation import find_boundaries
 
 from models.result import CLASSES, AnalysisResult
 from node.dicom.codes import CLASS_LABELS, MANUFACTURER
+from node.dicom.exceptions import ResultMismatchError
 from node.dicom.source import (
     algorithm_equipment,
     check_result,
@@ -144,7 +145,7 @@ def render(result: AnalysisResult, algorithm_name: str, algorithm_version: str) 
     """uint8 RGB (rows, columns, 3): heatmap blend, lung outlines, legend."""
     image = np.asarray(result.image)
     if image.dtype != np.uint8 or image.ndim != 2:
-        raise ValueError(f"result.image must be 2-D uint8, got {image.dtype} {image.shape}")
+        raise ResultMismatchError(f"result.image must be 2-D uint8, got {image.dtype} {image.shape}")
     rgb = blend_heatmap(image, np.asarray(result.heatmap))
     rgb = draw_outlines(rgb, [np.asarray(result.right_lung), np.asarray(result.left_lung)])
     return draw_legend(rgb, legend_lines(result, algorithm_name, algorithm_version))

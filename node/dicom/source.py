@@ -7,6 +7,7 @@ header is used here; the pixels the outputs show come from the
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -56,6 +57,9 @@ def check_source(source: Dataset, result: AnalysisResult | None = None) -> None:
         raise SourceDatasetError("NumberOfFrames: only single-frame sources are supported")
     if result is None:
         return
+    for keyword in ("Rows", "Columns"):
+        if not source.get(keyword):
+            raise SourceDatasetError(f"source dataset has no {keyword}")
     shape = (int(source.Rows), int(source.Columns))
     for name in ("right_lung", "left_lung", "heatmap", "image"):
         array = getattr(result, name)
@@ -85,9 +89,10 @@ def evidence_header(source: Dataset) -> Dataset:
     for elem in source:
         if elem.tag.group == 0x7FE0 or elem.tag.group >= 0x6000 and elem.tag.group <= 0x60FF:
             continue  # Pixel Data and overlays are not needed and may be large.
-        ds.add(elem)
+        # Copies, so that setting an attribute on an output never changes the source.
+        ds.add(copy.deepcopy(elem))
     if hasattr(source, "file_meta"):
-        ds.file_meta = source.file_meta
+        ds.file_meta = copy.deepcopy(source.file_meta)
     for keyword in TYPE2_PATIENT_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, None)

@@ -138,3 +138,13 @@ def test_minimal_source_gives_valid_outputs(validate: Callable[[Dataset, str], l
         assert validate(ds, f"minimal-{kind}") == [], kind
         assert ds.PatientID == source.PatientID
         assert ds.StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_outputs_do_not_share_elements_with_source(dx_source: Dataset) -> None:
+    from tests.dicom.fakes import make_result
+
+    built = build_outputs(dx_source, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION)
+    name = str(dx_source.PatientName)
+    for ds in built.values():
+        ds.PatientName = "Changed^Here"
+    assert str(dx_source.PatientName) == name
