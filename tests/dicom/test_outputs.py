@@ -148,3 +148,18 @@ def test_outputs_do_not_share_elements_with_source(dx_source: Dataset) -> None:
     for ds in built.values():
         ds.PatientName = "Changed^Here"
     assert str(dx_source.PatientName) == name
+
+
+def test_two_images_of_one_study_share_each_series(dx_source: Dataset) -> None:
+    from pydicom.uid import generate_uid
+
+    from tests.dicom.fakes import make_result
+
+    lateral = Dataset()
+    lateral.update(dx_source)
+    lateral.SOPInstanceUID = generate_uid()
+    first = build_outputs(dx_source, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION)
+    second = build_outputs(lateral, make_result(lateral), ALGORITHM_NAME, ALGORITHM_VERSION)
+    for kind in KINDS:
+        assert first[kind].SeriesInstanceUID == second[kind].SeriesInstanceUID, kind
+        assert first[kind].SOPInstanceUID != second[kind].SOPInstanceUID, kind
