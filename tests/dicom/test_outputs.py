@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -155,8 +156,7 @@ def test_two_images_of_one_study_share_each_series(dx_source: Dataset) -> None:
 
     from tests.dicom.fakes import make_result
 
-    lateral = Dataset()
-    lateral.update(dx_source)
+    lateral = copy.deepcopy(dx_source)
     lateral.SOPInstanceUID = generate_uid()
     first = build_outputs(dx_source, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION)
     second = build_outputs(lateral, make_result(lateral), ALGORITHM_NAME, ALGORITHM_VERSION)

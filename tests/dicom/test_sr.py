@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
@@ -159,8 +161,7 @@ def test_missing_class_is_an_error(dx_source: Dataset) -> None:
 
 
 def test_non_projection_source_is_an_error(dx_source: Dataset) -> None:
-    ct = Dataset()
-    ct.update(dx_source)
+    ct = copy.deepcopy(dx_source)
     ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
     with pytest.raises(SourceDatasetError, match="SOPClassUID"):
         build_sr(ct, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION)
