@@ -41,6 +41,8 @@ def read_cr(name: str) -> Dataset:
     ds = pydicom.dcmread(store / name)
     # The sample's Pixel Spacing is 0\0, which dciodvfy rejects; real CR has it.
     ds.PixelSpacing = [0.16, 0.16]
+    # "ward" is a one-component name that dciodvfy and highdicom warn about.
+    ds.ReferringPhysicianName = "Ward^"
     return ds
 
 
