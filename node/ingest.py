@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from node import audit, routing
 from node.audit import EventKind, Outcome
 from node.audit.db import session_scope
+from node.audit.log import InstanceUIDs, instance_uids
 from node.audit.models import Instance, InstanceState, utcnow
 from node.exceptions import InvalidInstanceError, QueueError
 from node.queue import enqueue_analysis
@@ -119,11 +120,7 @@ class Ingest:
                 f"SOP Class UID (0008,0016) {ds.SOPClassUID} differs from the request's "
                 f"Affected SOP Class UID {affected_sop_class_uid}"
             )
-        uids = {
-            "study_instance_uid": str(ds.get("StudyInstanceUID", "") or "") or None,
-            "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or "") or None,
-            "sop_instance_uid": sop_instance_uid,
-        }
+        uids = instance_uids(ds)
         path, created = self.spool.store(sop_instance_uid, data)
         elapsed_ms = (time.monotonic() - started) * 1000
         if not created:
@@ -146,21 +143,15 @@ class Ingest:
             duration_ms=elapsed_ms,
             **uids,
         )
-        return self.route(ds, path, calling_ae=calling_ae, new=True)
+        return self.route(ds, path, calling_ae=calling_ae)
 
-    def route(
-        self, ds: Dataset, path: Path, *, calling_ae: str | None = None, new: bool = False
-    ) -> ReceiveResult:
+    def route(self, ds: Dataset, path: Path, *, calling_ae: str | None = None) -> ReceiveResult:
         """Apply the routing rules to a stored instance and queue it if eligible."""
         sop_instance_uid = str(ds.SOPInstanceUID)
-        uids = {
-            "study_instance_uid": str(ds.get("StudyInstanceUID", "") or "") or None,
-            "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or "") or None,
-            "sop_instance_uid": sop_instance_uid,
-        }
+        uids = instance_uids(ds)
         decision = routing.decide(ds, self.settings.min_patient_age)
         state = InstanceState.RECEIVED if decision.eligible else InstanceState.INELIGIBLE
-        self._save_instance(ds, path, state, decision.reason, calling_ae, new)
+        self._save_instance(ds, uids, path, state, decision.reason, calling_ae)
         if not decision.eligible:
             audit.record(
                 EventKind.INSTANCE_INELIGIBLE,
@@ -175,9 +166,7 @@ class Ingest:
         queued = self.queue(sop_instance_uid, path, uids, calling_ae)
         return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path, eligible=True, queued=queued)
 
-    def queue(
-        self, sop_instance_uid: str, path: Path, uids: dict[str, str | None], calling_ae: str | None
-    ) -> bool:
+    def queue(self, sop_instance_uid: str, path: Path, uids: InstanceUIDs, calling_ae: str | None) -> bool:
         """Send the analysis task; on a broker failure the instance stays RECEIVED for the sweep."""
         try:
             task_id = enqueue_analysis(sop_instance_uid, path, self.settings)
@@ -207,11 +196,11 @@ class Ingest:
     def _save_instance(
         self,
         ds: Dataset,
+        uids: InstanceUIDs,
         path: Path,
         state: str,
         reason: str | None,
         calling_ae: str | None,
-        new: bool,
     ) -> None:
         sop_instance_uid = str(ds.SOPInstanceUID)
         try:
@@ -222,8 +211,8 @@ class Ingest:
                         Instance(
                             sop_instance_uid=sop_instance_uid,
                             sop_class_uid=str(ds.SOPClassUID),
-                            study_instance_uid=str(ds.get("StudyInstanceUID", "") or "") or None,
-                            series_instance_uid=str(ds.get("SeriesInstanceUID", "") or "") or None,
+                            study_instance_uid=uids["study_instance_uid"],
+                            series_instance_uid=uids["series_instance_uid"],
                             calling_ae=calling_ae,
                             path=str(path),
                             state=state,
@@ -262,7 +251,7 @@ class Ingest:
             except Exception as exc:
                 LOGGER.error("spool file for %s is unreadable: %s", sop_instance_uid, exc)
                 continue
-            result = self.route(ds, path, calling_ae=None, new=state is None)
+            result = self.route(ds, path, calling_ae=None)
             queued += int(result.queued)
         audit.record(
             EventKind.SPOOL_SWEPT,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +116,7 @@ class StorageSCP:
         return ae
 
     @property
-    def handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
+    def handlers(self) -> list[Any]:
         return [
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
@@ -138,6 +137,7 @@ class StorageSCP:
             evt_handlers=self.handlers,
             ssl_context=ssl_context,
         )
+        assert self.server is not None
         host, port = self.server.server_address[:2]
         LOGGER.info(
             "%s listening on %s:%s%s",

@@ -24,6 +24,7 @@ from models.result import AnalysisResult
 from node import audit, routing
 from node.audit import EventKind, Outcome
 from node.audit.db import session_scope
+from node.audit.log import instance_uids
 from node.audit.models import Instance, InstanceState, utcnow
 from node.export import OutputFile, add_to_outbox, deliver_due
 from node.settings import Settings, get_settings
@@ -209,10 +210,7 @@ def process_instance(
     except Exception as exc:
         _fail(sop_instance_uid, None, f"spool file unreadable: {exc}", started)
         return None
-    uids = {
-        "study_instance_uid": str(ds.get("StudyInstanceUID", "")) or None,
-        "sop_instance_uid": sop_instance_uid,
-    }
+    uids = instance_uids(ds, sop_instance_uid)
     try:
         _set_state(sop_instance_uid, InstanceState.RUNNING)
         audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}", **uids)

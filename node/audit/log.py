@@ -11,7 +11,9 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from enum import StrEnum
+from typing import TypedDict
 
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from node.audit.db import session_scope
@@ -48,6 +50,27 @@ class Outcome(StrEnum):
     FAILURE = "failure"
     WARNING = "warning"
     INFO = "info"
+
+
+class InstanceUIDs(TypedDict):
+    """The UIDs an audit event carries about one instance (never patient data)."""
+
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+
+
+def instance_uids(ds: Dataset, sop_instance_uid: str | None = None) -> InstanceUIDs:
+    """Study, series and SOP Instance UIDs of a data set, None where absent."""
+
+    def uid(keyword: str) -> str | None:
+        return str(ds.get(keyword, "") or "") or None
+
+    return InstanceUIDs(
+        study_instance_uid=uid("StudyInstanceUID"),
+        series_instance_uid=uid("SeriesInstanceUID"),
+        sop_instance_uid=sop_instance_uid or uid("SOPInstanceUID"),
+    )
 
 
 def record(
