@@ -40,7 +40,7 @@ def _register(out: Path) -> None:
 
 
 @train_app.command("segmentation")
-def train_segmentation(data: Path = DataOpt, out: Path = OutOpt, epochs: int = typer.Option(35, "--epochs"),
+def train_segmentation(data: Path = DataOpt, out: Path = OutOpt, epochs: int = typer.Option(18, "--epochs"),
                        seed: int = SeedOpt) -> None:
     """Train the lung U-Net and evaluate it on held-out patients."""
     _setup()

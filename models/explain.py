@@ -16,7 +16,7 @@ from torch.nn import functional as F
 METHODS = ("gradcam", "saliency", "occlusion")
 
 
-def _unit(m: np.ndarray) -> np.ndarray:
+def to_unit(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, np.float32)
     lo, hi = float(m.min()), float(m.max())
     if hi - lo < 1e-12:
@@ -37,7 +37,7 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     if float(pos.max()) <= 0:  # no positive evidence: show magnitude rather than a blank map
         pos = cam.abs()
     up = F.interpolate(pos, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return _unit(up[0, 0].cpu().numpy())
+    return to_unit(up[0, 0].cpu().numpy())
 
 
 def saliency(model: torch.nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
@@ -48,11 +48,11 @@ def saliency(model: torch.nn.Module, x: torch.Tensor, target: int) -> np.ndarray
         logit = model(xi)[0, target]
         (grad,) = torch.autograd.grad(logit, xi)
     g = grad[0, 0].abs().cpu().numpy()
-    return _unit(ndimage.gaussian_filter(g, sigma=1.0, truncate=2.0))  # 5x5 kernel
+    return to_unit(ndimage.gaussian_filter(g, sigma=1.0, truncate=2.0))  # 5x5 kernel
 
 
 @torch.no_grad()
-def occlusion(model: torch.nn.Module, x: torch.Tensor, target: int, patch: int = 16, stride: int = 8) -> np.ndarray:
+def occlusion(model: torch.nn.Module, x: torch.Tensor, target: int, patch: int = 24, stride: int = 12) -> np.ndarray:
     """Drop in the target probability when a patch is blacked out (Zeiler & Fergus; Minaee et al.)."""
     model.eval()
     h, w = x.shape[-2:]
@@ -70,7 +70,7 @@ def occlusion(model: torch.nn.Module, x: torch.Tensor, target: int, patch: int =
             heat[r : r + patch, c : c + patch] += base - probs[j]
             count[r : r + patch, c : c + patch] += 1
     heat = heat / np.maximum(count, 1)
-    return _unit(np.clip(heat, 0, None) if heat.max() > 0 else np.abs(heat))
+    return to_unit(np.clip(heat, 0, None) if heat.max() > 0 else np.abs(heat))
 
 
 def explain(model: torch.nn.Module, x: torch.Tensor, target: int, method: str = "gradcam") -> np.ndarray:

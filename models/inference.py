@@ -86,7 +86,7 @@ class Analyzer:
         import torch
 
         from models.classification import classifier_input
-        from models.explain import explain
+        from models.explain import to_unit, explain
         from models.segmentation import clean_lung_masks
         from models.severity import severity_features, to_severity
 
@@ -120,7 +120,7 @@ class Analyzer:
         t = time.perf_counter()
         target = int(np.argmax(probs))
         heat_sq = explain(clf, xc, target, heatmap)
-        heat = np.clip(geom.to_input(heat_sq), 0.0, 1.0).astype(np.float32)
+        heat = to_unit(geom.to_input(heat_sq))  # renormalised: padding is cut away
         timings["heatmap"] = time.perf_counter() - t
 
         right = geom.to_input(lungs[0].astype(np.float32)) > 0.5

@@ -29,7 +29,7 @@ TASK_FILES = {
     "severity": ("severity.json", "severity"),
 }
 TRAIN_COMMANDS = {
-    "segmentation": "cxr-node train segmentation --data ../shared/data --out models/weights --epochs 16 --seed 0",
+    "segmentation": "cxr-node train segmentation --data ../shared/data --out models/weights --epochs 18 --seed 0",
     "classification": "cxr-node train classification --data ../shared/data --out models/weights --epochs 10 --seed 0",
     "opacity": "cxr-node train severity --data ../shared/data --out models/weights --epochs 40 --seed 0",
     "severity": "cxr-node train severity --data ../shared/data --out models/weights --epochs 40 --seed 0",
@@ -94,7 +94,8 @@ def build_model(role: str, device: str = "cpu", weights_dir: Path | None = None,
     arch = dict(e["arch"])
     cls = arch.pop("class")
     if cls == "UNet":
-        model = UNet(arch["in_channels"], arch["out_channels"], arch["base"], arch.get("depth", 4))
+        model = UNet(arch["in_channels"], arch["out_channels"], arch["base"], arch.get("depth", 4),
+                     arch.get("input_stride", 1))
     elif cls == "SmallResNet":
         model = SmallResNet(arch["in_channels"], len(e["labels"]), tuple(arch["widths"]))
     else:

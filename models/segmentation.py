@@ -26,11 +26,15 @@ class UNet(nn.Module):
     """U-Net with ``depth`` poolings; channels double at each level from ``base``.
 
     Input: (N, in_channels, H, W) with intensities in [-1024, 1024]; H and W
-    divisible by 2**depth. Output: logits (N, out_channels, H, W).
+    divisible by ``input_stride * 2**depth``. Output: logits (N, out_channels, H, W).
+    ``input_stride`` 2 runs the network at half resolution (2x2 average pooling in,
+    bilinear upsampling of the logits out): four times cheaper on CPU.
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 2, base: int = 16, depth: int = 4) -> None:
+    def __init__(self, in_channels: int = 1, out_channels: int = 2, base: int = 16, depth: int = 4,
+                 input_stride: int = 1) -> None:
         super().__init__()
+        self.input_stride = input_stride
         chans = [base * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
         cin = in_channels
@@ -46,7 +50,10 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(cin, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
         x = x / 1024.0
+        if self.input_stride > 1:
+            x = F.avg_pool2d(x, self.input_stride)
         skips = []
         for i, blk in enumerate(self.down):
             x = blk(x)
@@ -56,7 +63,10 @@ class UNet(nn.Module):
         for up, dec in zip(self.up, self.dec, strict=True):
             x = up(x)
             x = dec(torch.cat([x, skips.pop()], dim=1))
-        return self.head(x)
+        x = self.head(x)
+        if self.input_stride > 1:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

@@ -32,13 +32,13 @@ def predicted_lungs(arrays: dict[str, np.ndarray], weights: Path, cache_dir: Pat
     from models.registry import sha256_file
 
     from models.segmentation import UNet, clean_lung_masks
-    from models.tasks.segmentation import BASE
+    from models.tasks.segmentation import BASE, INPUT_STRIDE
     from models.training import predict_batches
 
     cache = Path(cache_dir) / f"lungs_pred_{sha256_file(weights)[:12]}.npy"
     if cache.is_file():
         return np.load(cache)
-    model = UNet(1, 2, base=BASE)
+    model = UNet(1, 2, base=BASE, input_stride=INPUT_STRIDE)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     probs = predict_batches(model, arrays["image"])
     masks = np.stack([clean_lung_masks(p) for p in probs]).astype(np.uint8)

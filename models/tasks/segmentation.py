@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 NAME = "lung-unet"
 VERSION = "1.0.0"
-BASE = 8
+BASE = 12
+INPUT_STRIDE = 2
 
 
 def heldout_mask(arrays: dict[str, np.ndarray], seed: int = 0) -> np.ndarray:
@@ -50,13 +51,14 @@ def train(data: Path, out: Path, epochs: int = 30, seed: int = 0, cache: Path | 
     tr = np.nonzero((arrays["lung_src"] > 0) & ~held)[0]
     logger.info("lung training images %d, held-out patients' images with masks %d",
                 len(tr), int(((arrays["lung_src"] > 0) & held).sum()))
-    model = UNet(1, 2, base=BASE)
+    model = UNet(1, 2, base=BASE, input_stride=INPUT_STRIDE)
     log = train_segmenter(model, arrays["image"][tr], arrays["lungs"][tr], epochs, seed, desc="lungs")
     sha = save_state(model, Path(out) / f"{NAME}.pt")
     metrics = evaluate_model(model, data, arrays, held)
     info = {
         "name": NAME, "version": VERSION, "file": f"{NAME}.pt", "sha256": sha,
-        "arch": {"class": "UNet", "in_channels": 1, "out_channels": 2, "base": BASE, "depth": 4},
+        "arch": {"class": "UNet", "in_channels": 1, "out_channels": 2, "base": BASE, "depth": 4,
+                 "input_stride": INPUT_STRIDE},
         "input_size": CACHE_SIZE, "labels": ["right_lung", "left_lung"], "thresholds": {"mask": 0.5},
         "training": {"images": int(len(tr)), "epochs": epochs, "seed": seed,
                      "seconds": round(log["seconds"], 1), "final_loss": round(log["final_loss"], 4),
