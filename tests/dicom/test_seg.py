@@ -56,6 +56,7 @@ def test_projection_image_has_orientation_not_frame_of_reference(any_source: Dat
 
 
 def test_pixel_spacing_from_result(seg: Dataset, result: AnalysisResult) -> None:
+    assert result.pixel_spacing_mm is not None
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert [float(v) for v in measures.PixelSpacing] == pytest.approx(list(result.pixel_spacing_mm))
 
