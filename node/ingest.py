@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from io import BytesIO
 from pathlib import Path
 
@@ -182,8 +183,12 @@ class Ingest:
             return False
         with session_scope() as session:
             instance = session.get(Instance, sop_instance_uid)
-            if instance is not None and instance.state == InstanceState.RECEIVED:
-                instance.state = InstanceState.QUEUED
+            if instance is not None and instance.state in (
+                InstanceState.RECEIVED,
+                InstanceState.QUEUED,
+                InstanceState.RUNNING,
+            ):
+                instance.state, instance.updated_at = InstanceState.QUEUED, utcnow()
         audit.record(
             EventKind.JOB_QUEUED,
             Outcome.SUCCESS,
@@ -229,27 +234,42 @@ class Ingest:
 
     # Start-up sweep -------------------------------------------------------------------
     def sweep(self) -> int:
-        """Queue every stored instance that was received but never queued.
+        """Queue every stored instance whose analysis is not under way.
 
         Covers a crash between the spool write and the queue, a broker that was
-        down, and files whose database row was never written. Returns the count.
+        down, files whose database row was never written, and jobs whose
+        message was lost (a broker restarted without persistence, a worker
+        killed while holding it): those are re-queued once they have been
+        queued or running for longer than ``stale_job_seconds``; tasks are
+        idempotent, so a late original costs time, not correctness.
+        Returns the count queued.
         """
         removed = self.spool.clean_tmp()
+        stale_before = utcnow() - timedelta(seconds=self.settings.stale_job_seconds)
         with session_scope() as session:
             known = {
-                row.sop_instance_uid: row.state
-                for row in session.execute(select(Instance.sop_instance_uid, Instance.state))
+                row.sop_instance_uid: (row.state, row.updated_at)
+                for row in session.execute(
+                    select(Instance.sop_instance_uid, Instance.state, Instance.updated_at)
+                )
             }
         queued = 0
         for sop_instance_uid in self.spool.stored_uids():
-            state = known.get(sop_instance_uid)
-            if state not in (None, InstanceState.RECEIVED):
+            state, updated_at = known.get(sop_instance_uid, (None, None))
+            stale = state in (InstanceState.QUEUED, InstanceState.RUNNING) and (
+                updated_at is not None and updated_at < stale_before
+            )
+            if state not in (None, InstanceState.RECEIVED) and not stale:
                 continue
             path = self.spool.path_for(sop_instance_uid)
             try:
                 ds = dcmread(path, stop_before_pixels=True, force=True)
             except Exception as exc:
                 LOGGER.error("spool file for %s is unreadable: %s", sop_instance_uid, exc)
+                continue
+            if stale:
+                self.queue(sop_instance_uid, path, instance_uids(ds), None)
+                queued += 1
                 continue
             result = self.route(ds, path, calling_ae=None)
             queued += int(result.queued)

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     embedded_worker: bool = True
     worker_concurrency: int = Field(1, ge=1)
     sweep_interval_seconds: float = Field(60.0, gt=0)
+    stale_job_seconds: float = Field(
+        900.0, gt=0, description="re-queue a queued/running instance untouched for this long"
+    )
     model_queue: str = "models"
 
     # Export

@@ -188,6 +188,12 @@ def _set_state(sop_instance_uid: str, state: str, reason: str | None = None) -> 
             instance.state, instance.reason, instance.updated_at = state, reason, utcnow()
 
 
+def already_done(sop_instance_uid: str) -> bool:
+    with session_scope() as session:
+        instance = session.get(Instance, sop_instance_uid)
+        return instance is not None and instance.state == InstanceState.DONE
+
+
 def process_instance(
     sop_instance_uid: str, path: str, attempt: int = 1, settings: Settings | None = None
 ) -> Analysis | None:

@@ -15,8 +15,12 @@ LOGGER = logging.getLogger(__name__)
 def analyze_instance(self, sop_instance_uid: str, path: str) -> None:  # type: ignore[no-untyped-def]
     """Analyse one stored instance and export the results (workers.pipeline)."""
     from workers.exceptions import TemporaryError
-    from workers.pipeline import process_instance
+    from workers.pipeline import already_done, process_instance
 
+    if already_done(sop_instance_uid):
+        # A re-queued duplicate (sweep after a lost message): results exist already.
+        LOGGER.info("SOP instance %s already analysed; skipping", sop_instance_uid)
+        return
     try:
         process_instance(sop_instance_uid, path, attempt=self.request.retries + 1)
     except TemporaryError as exc:

@@ -88,3 +88,32 @@ def test_broker_down_keeps_instance_for_the_sweep(node_config, cr_chest: Path) -
             assert session.get(Instance, ds.SOPInstanceUID).state == InstanceState.RECEIVED
     finally:
         node.stop()
+
+
+def test_stale_queued_job_is_requeued(node_config, cr_chest: Path) -> None:
+    """A queued job whose message was lost (broker restarted empty) is queued again."""
+    from datetime import timedelta
+
+    from node.audit.models import utcnow
+    from node.settings import configure
+
+    settings = configure(stale_job_seconds=60)
+    upgrade()
+    ingest = Ingest(settings)
+    ingest.spool.ensure()
+    fresh, stale = make_dx(cr_chest), make_dx(cr_chest)
+    with session_scope() as session:
+        for ds, age in ((fresh, 5), (stale, 120)):
+            path = write(ds, ingest.spool.path_for(ds.SOPInstanceUID))
+            session.add(
+                Instance(
+                    sop_instance_uid=ds.SOPInstanceUID,
+                    sop_class_uid=ds.SOPClassUID,
+                    path=str(path),
+                    state=InstanceState.QUEUED,
+                    updated_at=utcnow() - timedelta(seconds=age),
+                )
+            )
+    assert ingest.sweep() == 1
+    assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(settings)] == [stale.SOPInstanceUID]
+    assert ingest.sweep() == 0  # its clock was reset: not again on the next sweep
