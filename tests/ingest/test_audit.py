@@ -46,11 +46,7 @@ def test_events_round_trip_with_aware_timestamps(db_url: str) -> None:
     assert [r.kind for r in rows] == ["instance.received", "job.queued"]
     first = rows[0]
     assert first.created_at.tzinfo is not None
-    assert (
-        before - timedelta(seconds=5)
-        <= first.created_at
-        <= datetime.now(UTC) + timedelta(seconds=5)
-    )
+    assert before - timedelta(seconds=5) <= first.created_at <= datetime.now(UTC) + timedelta(seconds=5)
     assert (first.calling_ae, first.sop_instance_uid, first.duration_ms) == (
         "MODALITY",
         "1.2.3.4.5",
@@ -70,9 +66,7 @@ def test_tail_prints_last_lines_and_filters_by_study(db_url: str) -> None:
         )
     lines = list(tail(lines=5, url=db_url))
     assert len(lines) == 5 and "ae=AE29" in lines[-1] and "ae=AE25" in lines[0]
-    assert all(
-        "study=2.2" in line for line in tail(lines=100, study_instance_uid="2.2", url=db_url)
-    )
+    assert all("study=2.2" in line for line in tail(lines=100, study_instance_uid="2.2", url=db_url))
 
 
 def test_tail_follow_yields_new_events(db_url: str) -> None:

@@ -61,13 +61,9 @@ def test_serve_storescu_spool_audit_queue(served, env, cr_chest: Path, tmp_path:
     assert result.returncode == 0, result.stderr
     uid = str(dcmread(cr_chest, stop_before_pixels=True).SOPInstanceUID)
     assert (tmp_path / "home" / "spool" / "instances" / f"{uid}.dcm").is_file()
-    tail = subprocess.run(
-        [*CLI, "audit", "tail", "-n", "50"], env=env, capture_output=True, text=True
-    )
+    tail = subprocess.run([*CLI, "audit", "tail", "-n", "50"], env=env, capture_output=True, text=True)
     assert tail.returncode == 0, tail.stderr
-    assert re.search(
-        rf"instance\.received\s+success ae=STORESCU .*sop={re.escape(uid)}", tail.stdout
-    )
+    assert re.search(rf"instance\.received\s+success ae=STORESCU .*sop={re.escape(uid)}", tail.stdout)
     assert re.search(rf"job\.queued\s+success .*sop={re.escape(uid)}", tail.stdout)
     queue = list((tmp_path / "home" / "broker" / "queue").glob("*.models.msg"))
     assert len(queue) == 1 and uid.encode() in __import__("base64").b64decode(

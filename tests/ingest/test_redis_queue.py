@@ -17,9 +17,7 @@ def test_store_queues_task_in_redis(node_config, redis_url: str, cr_chest: Path)
     host, port = node.start()
     try:
         ds = make_dx(cr_chest)
-        assert [r.status for r in send_datasets([ds], Destination("CXRNODE", host, port), "M")] == [
-            0
-        ]
+        assert [r.status for r in send_datasets([ds], Destination("CXRNODE", host, port), "M")] == [0]
         messages = queued_messages(settings)
         assert [m["kwargs"]["sop_instance_uid"] for m in messages] == [ds.SOPInstanceUID]
         assert messages[0]["task"] == "cxr_node.analyze_instance"

@@ -38,9 +38,7 @@ def test_echoscu(running_node: Node) -> None:
     assert accepted and accepted[-1].calling_ae == "MODALITY"
 
 
-def test_storescu_cr_chest_is_spooled_audited_and_queued(
-    running_node: Node, cr_chest: Path
-) -> None:
+def test_storescu_cr_chest_is_spooled_audited_and_queued(running_node: Node, cr_chest: Path) -> None:
     _, port = running_node.address
     rc, out = storescu(port, cr_chest)
     assert rc == 0, out
@@ -50,9 +48,7 @@ def test_storescu_cr_chest_is_spooled_audited_and_queued(
     assert dcmread(stored).pixel_array.shape == (1955, 1841)  # the whole image arrived
     assert kinds(sop_instance_uid=sop_instance_uid) == ["instance.received", "job.queued"]
     messages = queued_messages(running_node.settings)
-    assert [m["kwargs"] for m in messages] == [
-        {"sop_instance_uid": sop_instance_uid, "path": str(stored)}
-    ]
+    assert [m["kwargs"] for m in messages] == [{"sop_instance_uid": sop_instance_uid, "path": str(stored)}]
     assert messages[0]["task"] == "cxr_node.analyze_instance"
 
 
@@ -119,9 +115,7 @@ def test_unknown_calling_ae_is_rejected_and_audited(node_config, cr_chest: Path)
         rejected = events(kind="association.rejected")
         assert rejected and rejected[-1].calling_ae == "INTRUDER"
         assert "not allowed" in rejected[-1].message
-        good = run(
-            [dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "CXRNODE", "127.0.0.1", str(port)]
-        )
+        good = run([dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "CXRNODE", "127.0.0.1", str(port)])
         assert good.returncode == 0, good.stderr
     finally:
         node.stop()
@@ -209,9 +203,7 @@ def inode_starved_spool(tmp_path: Path):  # type: ignore[no-untyped-def]
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def test_disk_full_is_a700_then_recovers(
-    node_config, cr_chest: Path, inode_starved_spool: Path
-) -> None:
+def test_disk_full_is_a700_then_recovers(node_config, cr_chest: Path, inode_starved_spool: Path) -> None:
     import subprocess
 
     settings = configure(spool_dir=inode_starved_spool, min_free_bytes=0)
@@ -224,9 +216,7 @@ def test_disk_full_is_a700_then_recovers(
         assert "No space left on device" in events(kind="instance.rejected")[-1].message
         assert run([dcmtk("echoscu"), "-aec", "CXRNODE", "127.0.0.1", str(port)]).returncode == 0
         # Space returns: the modality's retry of the same instance succeeds.
-        subprocess.run(
-            ["mount", "-o", "remount,nr_inodes=1000", str(inode_starved_spool)], check=True
-        )
+        subprocess.run(["mount", "-o", "remount,nr_inodes=1000", str(inode_starved_spool)], check=True)
         assert [r.status for r in send_datasets([ds], destination, "MODALITY")] == [0x0000]
         assert node.ingest.spool.contains(ds.SOPInstanceUID)
         assert list(node.ingest.spool.tmp_dir.iterdir()) == []  # no partial file left

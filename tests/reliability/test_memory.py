@@ -61,8 +61,10 @@ def test_thousand_short_associations_keep_memory_flat(tmp_path: Path, cr_chest: 
             if i + 1 in (WARM_UP, ASSOCIATIONS):
                 rss[i + 1] = node.memory_info().rss / 2**20
         growth = rss[ASSOCIATIONS] - rss[WARM_UP]
-        print(f"\nRSS after {WARM_UP}: {rss[WARM_UP]:.1f} MB, after {ASSOCIATIONS}: "
-              f"{rss[ASSOCIATIONS]:.1f} MB, growth {growth:+.1f} MB")
+        print(
+            f"\nRSS after {WARM_UP}: {rss[WARM_UP]:.1f} MB, after {ASSOCIATIONS}: "
+            f"{rss[ASSOCIATIONS]:.1f} MB, growth {growth:+.1f} MB"
+        )
         assert growth < MAX_GROWTH_MB, rss
         assert len(list((tmp_path / "node" / "spool" / "instances").iterdir())) == ASSOCIATIONS // 2
     finally:
