@@ -23,3 +23,8 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # pynetdicom logs PDUs and, at DEBUG, whole data sets (patient names included).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom warns about invalid values by quoting them (a malformed birth date
+    # would be printed): a tolerant receiver does not validate values on read.
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE

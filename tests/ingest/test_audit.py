@@ -95,3 +95,12 @@ def test_record_never_raises_when_the_database_is_gone(tmp_path) -> None:  # typ
     url = f"sqlite:///{tmp_path / 'missing-dir' / 'x' / 'audit.sqlite'}"
     # No migrations applied: the table does not exist. record() logs and says False.
     assert record(EventKind.ECHO, url=url) is False
+
+
+def test_postgres_refuses_truncate(postgres_url: str) -> None:
+    upgrade(postgres_url)
+    record(EventKind.ECHO, url=postgres_url)
+    with pytest.raises(DBAPIError, match="append-only"):
+        with get_engine(postgres_url).begin() as conn:
+            conn.execute(text("TRUNCATE audit_events"))
+    assert len(events(url=postgres_url)) == 1
