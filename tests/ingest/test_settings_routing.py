@@ -94,3 +94,10 @@ def test_lateral_from_view_code_sequence() -> None:
     item.CodeMeaning = "left lateral"
     ds.ViewCodeSequence = [item]
     assert not routing.decide(ds).eligible
+
+
+def test_shipped_example_config_is_valid(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    example = Path(__file__).resolve().parents[2] / "deploy" / "cxr-node.example.toml"
+    monkeypatch.setenv("CXR_NODE_CONFIG", str(example))
+    s = Settings()
+    assert s.environment == "production" and s.allowed_calling_aets and s.destinations
