@@ -7,13 +7,15 @@ import logging
 from pathlib import Path
 import numpy as np
 
-from models.registry import WEIGHTS_DIR, load_registry
+from models.registry import load_registry
 from models.result import CLASSES
 
 logger = logging.getLogger(__name__)
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 IMG = CARDS_DIR / "img"
+# Held-out predictions saved by training (out-of-fold classifier probabilities, severity split 0).
+PREDICTIONS = CARDS_DIR / "predictions"
 TEST_SLICE = Path(__file__).resolve().parents[1] / "tests" / "data" / "models"
 
 
@@ -103,21 +105,16 @@ def plot_examples(out: Path) -> None:
     plt.close(fig)
 
 
-def write_cards(weights_dir: Path = WEIGHTS_DIR) -> list[Path]:
+def write_cards() -> list[Path]:
     """Write the plots and the three markdown cards; returns the card paths."""
     from models.cards_text import classification_card, segmentation_card, severity_card
 
     IMG.mkdir(parents=True, exist_ok=True)
     reg = load_registry()["models"]
-    oof = Path("/tmp/cxr-models/cards") / "cxr-resnet4.oof.npz"
-    for cand in (weights_dir / "cxr-resnet4.oof.npz", oof):
-        if cand.is_file():
-            plot_roc(cand, IMG / "classification-roc.png")
-            break
-    for cand in (weights_dir / "severity.split0.npz", Path("/tmp/cxr-models/cards/severity.split0.npz")):
-        if cand.is_file():
-            plot_severity(cand, IMG / "severity-scatter.png")
-            break
+    if (PREDICTIONS / "cxr-resnet4.oof.npz").is_file():
+        plot_roc(PREDICTIONS / "cxr-resnet4.oof.npz", IMG / "classification-roc.png")
+    if (PREDICTIONS / "severity.split0.npz").is_file():
+        plot_severity(PREDICTIONS / "severity.split0.npz", IMG / "severity-scatter.png")
     plot_examples(IMG / "heatmaps.png")
     paths = []
     for name, fn in (("segmentation", segmentation_card), ("classification", classification_card),

@@ -169,7 +169,7 @@ features, alpha by leave-one-out CV) fitted on the 94 scored images.
 
 - Opacity U-Net: {o['training']['data']}; {o['training']['images']} images, {o['training']['epochs']} epochs,
   SHA-256 `{o['sha256']}`; command `{o['training']['command']}`.
-  Held-out Dice (inside the lungs, on the segmented images of scored patients): {_ms(o['metrics']['dice_heldout'])}.
+  Held-out Dice (256-px square, on the radiologist-segmented images of scored patients): {_ms(o['metrics']['dice_heldout'])}.
 - Ridge: `models/weights/{e['file']}` (JSON coefficients), SHA-256 `{e['sha256']}`.
 - Protocol (Cohen et al.): {m['protocol']}; {m['n_images']} images of {m['n_patients']} patients. In every split
   the ridge is refitted on the training half only. Leakage control: {m['leakage_control']}.

@@ -56,7 +56,7 @@ def train_segmentation(data: Path = DataOpt, out: Path = OutOpt, epochs: int = t
 def train_classification(
     data: Path = DataOpt, out: Path = OutOpt, epochs: int = typer.Option(10, "--epochs"), seed: int = SeedOpt,
     folds: int = typer.Option(5, "--folds"),
-    part: str = typer.Option("all", "--part", help="all | final | cv"),
+    part: str = typer.Option("all", "--part", help="all | final | cv | assemble (metrics from saved folds)"),
     fold: list[int] = typer.Option(None, "--fold", help="run only these CV folds (0-based; repeatable)"),
 ) -> None:
     """Train the final classifier and run patient-grouped k-fold CV for its metrics.
