@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
 import numpy as np
 
 from models.registry import load_registry
@@ -35,9 +36,15 @@ def plot_roc(oof: Path, out: Path) -> None:
     ci, pi = CLASSES.index("covid19"), CLASSES.index("pneumonia")
     m = (source == "cxr") & np.isin(y, [ci, pi])
     fpr, tpr, _ = roc_curve(y[m] == ci, prob[m, ci])
-    axes[1].plot(fpr, tpr, label=f"COVID-19 vs pneumonia, cxr-collection only "
-                 f"(AUC {roc_auc_score(y[m] == ci, prob[m, ci]):.3f})")
-    for ax, t in zip(axes, ("one-vs-rest, out-of-fold (5-fold, patient-grouped)", "within one source"), strict=True):
+    axes[1].plot(
+        fpr,
+        tpr,
+        label=f"COVID-19 vs pneumonia, cxr-collection only "
+        f"(AUC {roc_auc_score(y[m] == ci, prob[m, ci]):.3f})",
+    )
+    for ax, t in zip(
+        axes, ("one-vs-rest, out-of-fold (5-fold, patient-grouped)", "within one source"), strict=True
+    ):
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set_xlabel("1 - specificity")
         ax.set_ylabel("sensitivity")
@@ -93,8 +100,11 @@ def plot_examples(out: Path) -> None:
                 axes[i, 0].imshow(res.image, cmap="gray")
                 axes[i, 0].contour(res.right_lung, levels=[0.5], colors="lime", linewidths=0.8)
                 axes[i, 0].contour(res.left_lung, levels=[0.5], colors="orange", linewidths=0.8)
-                axes[i, 0].set_title(f"lungs (green: patient right); {res.predicted_class}, "
-                                     f"extent {res.severity.geographic_extent:.1f}", fontsize=8)
+                axes[i, 0].set_title(
+                    f"lungs (green: patient right); {res.predicted_class}, "
+                    f"extent {res.severity.geographic_extent:.1f}",
+                    fontsize=8,
+                )
             axes[i, j + 1].imshow(res.image, cmap="gray")
             axes[i, j + 1].imshow(res.heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
             axes[i, j + 1].set_title(f"{m} ({res.extra['heatmap_class']})", fontsize=8)
@@ -117,8 +127,11 @@ def write_cards() -> list[Path]:
         plot_severity(PREDICTIONS / "severity.split0.npz", IMG / "severity-scatter.png")
     plot_examples(IMG / "heatmaps.png")
     paths = []
-    for name, fn in (("segmentation", segmentation_card), ("classification", classification_card),
-                     ("severity", severity_card)):
+    for name, fn in (
+        ("segmentation", segmentation_card),
+        ("classification", classification_card),
+        ("severity", severity_card),
+    ):
         p = CARDS_DIR / f"{name}.md"
         p.write_text(fn(reg))
         paths.append(p)

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (markdown templates: long lines are prose)
 """Markdown of the three model cards, filled from the registry entries."""
 
 from __future__ import annotations
@@ -17,23 +18,27 @@ def _ci(d: dict[str, Any]) -> str:
 
 def _training(e: dict[str, Any]) -> str:
     t = e["training"]
-    lines = [f"- Weights: `models/weights/{e['file']}`, SHA-256 `{e['sha256']}`",
-             f"- Training command: `{t['command']}`",
-             f"- Data: {t['data']}",
-             f"- Images used for training: {t['images']}; seed {t['seed']}"]
+    lines = [
+        f"- Weights: `models/weights/{e['file']}`, SHA-256 `{e['sha256']}`",
+        f"- Training command: `{t['command']}`",
+        f"- Data: {t['data']}",
+        f"- Images used for training: {t['images']}; seed {t['seed']}",
+    ]
     if "epochs" in t:
-        lines.append(f"- Epochs: {t['epochs']}; CPU time of the shipped model's training: {t.get('seconds', 'n/a')} s "
-                     "(2 shared CPU cores)")
+        lines.append(
+            f"- Epochs: {t['epochs']}; CPU time of the shipped model's training: {t.get('seconds', 'n/a')} s "
+            "(2 shared CPU cores)"
+        )
     return "\n".join(lines)
 
 
 def segmentation_card(reg: dict[str, Any]) -> str:
     e = reg["segmentation"]
     m = e["metrics"]
-    return f"""# Lung segmentation: {e['name']}@{e['version']}
+    return f"""# Lung segmentation: {e["name"]}@{e["version"]}
 
-A small U-Net (plain PyTorch, {e['arch']['base']} base channels, depth {e['arch']['depth']}, run at half of the
-{e['input_size']}-px square, logits upsampled) that outputs two masks, the patient's right lung (image left) and
+A small U-Net (plain PyTorch, {e["arch"]["base"]} base channels, depth {e["arch"]["depth"]}, run at half of the
+{e["input_size"]}-px square, logits upsampled) that outputs two masks, the patient's right lung (image left) and
 left lung, mapped back to the input image's resolution.
 
 ## Data and protocol
@@ -47,25 +52,25 @@ left lung, mapped back to the input image's resolution.
 - Augmentations: rotation ±10°, shift ±8%, zoom ±10%, brightness ±10%, contrast ±20%; no flips (they would swap
   the lungs).
 
-## Held-out metrics ({m['n_images']} images, {m['n_patients']} patients)
+## Held-out metrics ({m["n_images"]} images, {m["n_patients"]} patients)
 
 | metric | mean ± std | target |
 |---|---|---|
-| Dice, both lungs, at input resolution | {_ms(m['dice'])} (median {m['dice_median']:.3f}) | ≥ 0.95 |
-| Dice, right lung | {_ms(m['dice_right'])} | |
-| Dice, left lung | {_ms(m['dice_left'])} | |
-| Hausdorff distance, pixels of the {e['input_size']}-px square | {_ms(m['hausdorff_px'])} | |
+| Dice, both lungs, at input resolution | {_ms(m["dice"])} (median {m["dice_median"]:.3f}) | ≥ 0.95 |
+| Dice, right lung | {_ms(m["dice_right"])} | |
+| Dice, left lung | {_ms(m["dice_left"])} | |
+| Hausdorff distance, pixels of the {e["input_size"]}-px square | {_ms(m["hausdorff_px"])} | |
 
 No Hausdorff distance in mm: the development JPEGs carry no pixel spacing. Reference masks are V7 or
 radiologists' outlines from figures of papers, some of which are re-cropped or annotated.
 
-Worst held-out images (Dice): {", ".join(f"`{f.split('/')[-1]}` {d:.2f}" for f, d in m['worst'])}.
+Worst held-out images (Dice): {", ".join(f"`{f.split('/')[-1]}` {d:.2f}" for f, d in m["worst"])}.
 
 ![examples](img/heatmaps.png)
 
 ## Limitations
 
-- Trained on {e['training']['images']} images, mostly COVID-19 figures from papers; no NIH image has a lung mask,
+- Trained on {e["training"]["images"]} images, mostly COVID-19 figures from papers; no NIH image has a lung mask,
   so the NIH part of the data is never evaluated.
 - The right/left split of V7 masks is heuristic; merged lungs are cut at the mask's centre.
 - Low-resolution internal map (128 px): thin structures (costophrenic angles) are smoothed.
@@ -81,10 +86,13 @@ def classification_card(reg: dict[str, Any]) -> str:
     src = m["per_source_auc"]
     src_rows = "\n".join(
         f"| {s} | {v['n']} | " + " | ".join("—" if v[c] is None else f"{v[c]:.3f}" for c in CLASSES) + " |"
-        for s, v in src.items())
-    conf = "\n".join(f"| {CLASSES[i]} | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(m["confusion"]))
+        for s, v in src.items()
+    )
+    conf = "\n".join(
+        f"| {CLASSES[i]} | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(m["confusion"])
+    )
     s98 = m["covid19_at_98_sensitivity"]
-    return f"""# Classification: {e['name']}@{e['version']}
+    return f"""# Classification: {e["name"]}@{e["version"]}
 
 Four classes as in Basu et al. (normal, other disease, non-COVID pneumonia, COVID-19) from a small ResNet-like
 CNN trained from scratch on CPU. Input: 2 channels at 128 px — the preprocessed image and the lung mask predicted
@@ -101,25 +109,25 @@ by the lung segmenter (Keidar et al.).
   shift ±8%, zoom ±10%, brightness/contrast), no flips; label smoothing 0.05; AdamW, one-cycle LR.
 - Metrics: patient-grouped, label-stratified 5-fold CV (StratifiedGroupKFold, seed 0); each fold's model
   trained from scratch on the other four folds; metrics on the pooled out-of-fold predictions; 95% CIs by
-  bootstrap over images (1000 resamples). CV time: {m['cv_seconds']:.0f} s.
+  bootstrap over images (1000 resamples). CV time: {m["cv_seconds"]:.0f} s.
 - COVID-19 operating point (Minaee et al.): for each fold the threshold giving 98% sensitivity on the *other*
-  folds' out-of-fold predictions, applied to the fold. Shipped threshold: {e['thresholds']['covid19']} (98%
+  folds' out-of-fold predictions, applied to the fold. Shipped threshold: {e["thresholds"]["covid19"]} (98%
   sensitivity on all out-of-fold predictions).
 
-## Results ({m['n_images']} images)
+## Results ({m["n_images"]} images)
 
 | class | images | AUC one-vs-rest |
 |---|---|---|
 {auc_rows}
 
-Accuracy (argmax): {_ci(m['accuracy'])}. Anchor from the literature: AUC 0.96 (Keidar et al., a much larger
+Accuracy (argmax): {_ci(m["accuracy"])}. Anchor from the literature: AUC 0.96 (Keidar et al., a much larger
 data set and ImageNet-pretrained networks).
 
-COVID-19 at 98% sensitivity (threshold from the other folds): sensitivity {s98['sensitivity']:.3f},
-specificity {s98['specificity']:.3f}.
+COVID-19 at 98% sensitivity (threshold from the other folds): sensitivity {s98["sensitivity"]:.3f},
+specificity {s98["specificity"]:.3f}.
 
 **COVID-19 vs other pneumonia within cxr-collection only** (one source, so no source shortcut):
-AUC {_ci(m['within_collection_covid19_vs_pneumonia_auc'])}.
+AUC {_ci(m["within_collection_covid19_vs_pneumonia_auc"])}.
 
 Per source (AUC one-vs-rest inside each source):
 
@@ -144,7 +152,7 @@ Confusion matrix (rows true, columns predicted):
   how well the network tells the two sources apart (resolution, borders, JPEG artefacts, text). The
   within-collection COVID-19 vs pneumonia AUC is the more honest number for the disease itself.
 - NIH labels are NLP-mined; `No Finding` is not a radiologist-confirmed normal.
-- Small data (≈1,100 images), 128-px input, CPU training of {e['training']['epochs']} epochs: not a clinical device.
+- Small data (≈1,100 images), 128-px input, CPU training of {e["training"]["epochs"]} epochs: not a clinical device.
 """
 
 
@@ -155,10 +163,12 @@ def severity_card(reg: dict[str, Any]) -> str:
     rows = []
     for k, hi, target in (("geographic_extent", 8, "MAE 1.14, r 0.80"), ("opacity", 6, "MAE 0.78, r 0.78")):
         v = m[k]
-        rows.append(f"| {k} (0-{hi}) | {_ms(v['pearson'])} | {_ms(v['r2'])} | {_ms(v['mae'])} | {_ms(v['mse'])} | "
-                    f"{_ms(m['baseline'][k]['mae'])} | {_ms(m['baseline'][k]['mse'])} | {target} |")
+        rows.append(
+            f"| {k} (0-{hi}) | {_ms(v['pearson'])} | {_ms(v['r2'])} | {_ms(v['mae'])} | {_ms(v['mse'])} | "
+            f"{_ms(m['baseline'][k]['mae'])} | {_ms(m['baseline'][k]['mse'])} | {target} |"
+        )
     rows_s = "\n".join(rows)
-    return f"""# Severity: {e['name']}@{e['version']} (+ {o['name']}@{o['version']})
+    return f"""# Severity: {e["name"]}@{e["version"]} (+ {o["name"]}@{o["version"]})
 
 Cohen et al. 2020 scores: geographic extent (0-8) and opacity (0-6), sums over both lungs. Route: an opacity
 U-Net (ground-glass ∪ consolidation) gives per-lung involvement fractions (whole lung and upper/middle/lower
@@ -167,12 +177,12 @@ features, alpha by leave-one-out CV) fitted on the 94 scored images.
 
 ## Data and protocol
 
-- Opacity U-Net: {o['training']['data']}; {o['training']['images']} images, {o['training']['epochs']} epochs,
-  SHA-256 `{o['sha256']}`; command `{o['training']['command']}`.
-  Held-out Dice (256-px square, on the radiologist-segmented images of scored patients): {_ms(o['metrics']['dice_heldout'])}.
-- Ridge: `models/weights/{e['file']}` (JSON coefficients), SHA-256 `{e['sha256']}`.
-- Protocol (Cohen et al.): {m['protocol']}; {m['n_images']} images of {m['n_patients']} patients. In every split
-  the ridge is refitted on the training half only. Leakage control: {m['leakage_control']}.
+- Opacity U-Net: {o["training"]["data"]}; {o["training"]["images"]} images, {o["training"]["epochs"]} epochs,
+  SHA-256 `{o["sha256"]}`; command `{o["training"]["command"]}`.
+  Held-out Dice (256-px square, on the radiologist-segmented images of scored patients): {_ms(o["metrics"]["dice_heldout"])}.
+- Ridge: `models/weights/{e["file"]}` (JSON coefficients), SHA-256 `{e["sha256"]}`.
+- Protocol (Cohen et al.): {m["protocol"]}; {m["n_images"]} images of {m["n_patients"]} patients. In every split
+  the ridge is refitted on the training half only. Leakage control: {m["leakage_control"]}.
 - Baseline ("no data"): predict the training half's mean.
 
 ## Results (mean ± std over 50 splits)
@@ -191,7 +201,7 @@ at 4 and 3). The data has no per-lung ground truth, so these are **not validated
 ## Limitations
 
 - 94 images from 65 patients, scored by 3 raters on figures from papers; wide split-to-split spread.
-- The opacity U-Net saw only {o['training']['images']} training images (scored patients excluded to keep the
+- The opacity U-Net saw only {o["training"]["images"]} training images (scored patients excluded to keep the
   evaluation clean), so its masks are coarse.
 - Only COVID-19 images were scored: scores for other diseases or normal images are extrapolations.
 """

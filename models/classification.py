@@ -38,10 +38,14 @@ class SmallResNet(nn.Module):
     ``features`` is the last conv map, used by Grad-CAM.
     """
 
-    def __init__(self, in_channels: int = 2, n_classes: int = 4, widths: tuple[int, ...] = (24, 48, 96, 160)) -> None:
+    def __init__(
+        self, in_channels: int = 2, n_classes: int = 4, widths: tuple[int, ...] = (24, 48, 96, 160)
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 5, 2, 2, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, widths[0], 5, 2, 2, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
         stages = []

@@ -23,12 +23,16 @@ DataOpt = typer.Option(DEFAULT_DATA, "--data", help="development data directory 
 OutOpt = typer.Option(DEFAULT_OUT, "--out", help="where weights and task JSON go")
 SeedOpt = typer.Option(0, "--seed")
 JsonOpt = typer.Option(False, "--json", help="print one JSON object")
-RecomputeOpt = typer.Option(False, "--recompute", help="recompute instead of printing the metrics stored at training")
+RecomputeOpt = typer.Option(
+    False, "--recompute", help="recompute instead of printing the metrics stored at training"
+)
 
 
 def _setup(verbose: bool = True) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _register(out: Path) -> None:
@@ -40,8 +44,9 @@ def _register(out: Path) -> None:
 
 
 @train_app.command("segmentation")
-def train_segmentation(data: Path = DataOpt, out: Path = OutOpt, epochs: int = typer.Option(18, "--epochs"),
-                       seed: int = SeedOpt) -> None:
+def train_segmentation(
+    data: Path = DataOpt, out: Path = OutOpt, epochs: int = typer.Option(18, "--epochs"), seed: int = SeedOpt
+) -> None:
     """Train the lung U-Net and evaluate it on held-out patients."""
     _setup()
     from models.tasks.segmentation import train
@@ -54,10 +59,15 @@ def train_segmentation(data: Path = DataOpt, out: Path = OutOpt, epochs: int = t
 
 @train_app.command("classification")
 def train_classification(
-    data: Path = DataOpt, out: Path = OutOpt, epochs: int = typer.Option(10, "--epochs"), seed: int = SeedOpt,
+    data: Path = DataOpt,
+    out: Path = OutOpt,
+    epochs: int = typer.Option(10, "--epochs"),
+    seed: int = SeedOpt,
     folds: int = typer.Option(5, "--folds"),
     part: str = typer.Option("all", "--part", help="all | final | cv | assemble (metrics from saved folds)"),
-    fold: list[int] = typer.Option(None, "--fold", help="run only these CV folds (0-based; repeatable)"),
+    fold: list[int] = typer.Option(  # noqa: B008
+        None, "--fold", help="run only these CV folds (0-based; repeatable)"
+    ),
 ) -> None:
     """Train the final classifier and run patient-grouped k-fold CV for its metrics.
 
@@ -74,8 +84,13 @@ def train_classification(
 
 @train_app.command("severity")
 def train_severity(
-    data: Path = DataOpt, out: Path = OutOpt, epochs: int = typer.Option(40, "--epochs"), seed: int = SeedOpt,
-    reuse_opacity: bool = typer.Option(False, "--reuse-opacity", help="keep the opacity U-Net already in --out"),
+    data: Path = DataOpt,
+    out: Path = OutOpt,
+    epochs: int = typer.Option(40, "--epochs"),
+    seed: int = SeedOpt,
+    reuse_opacity: bool = typer.Option(
+        False, "--reuse-opacity", help="keep the opacity U-Net already in --out"
+    ),
 ) -> None:
     """Train the opacity U-Net, run the 50-split protocol and fit the severity ridge.
 
@@ -106,11 +121,17 @@ def _emit(obj: dict[str, Any], as_json: bool) -> None:
 
 def segmentation_summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
     return {
-        "task": "segmentation", "model": model,
+        "task": "segmentation",
+        "model": model,
         "protocol": "held-out patients (severity-scored patients + 10% of the rest), never trained on",
-        "dice": metrics["dice"], "dice_right": metrics["dice_right"], "dice_left": metrics["dice_left"],
-        "hausdorff_mm": None, "hausdorff_px": metrics["hausdorff_px"],
-        "n_images": metrics["n_images"], "n_patients": metrics["n_patients"], "note": metrics["note"],
+        "dice": metrics["dice"],
+        "dice_right": metrics["dice_right"],
+        "dice_left": metrics["dice_left"],
+        "hausdorff_mm": None,
+        "hausdorff_px": metrics["hausdorff_px"],
+        "n_images": metrics["n_images"],
+        "n_patients": metrics["n_patients"],
+        "note": metrics["note"],
     }
 
 
@@ -126,13 +147,16 @@ def eval_segmentation(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: 
         from models.tasks.segmentation import evaluate_model, heldout_mask
 
         arrays = build_cache(data, Path("/tmp/cxr-models") / f"cache{CACHE_SIZE}.npz")
-        metrics = evaluate_model(build_model("segmentation"), data, arrays,
-                                 heldout_mask(arrays, e["training"]["seed"]))
+        metrics = evaluate_model(
+            build_model("segmentation"), data, arrays, heldout_mask(arrays, e["training"]["seed"])
+        )
     _emit(segmentation_summary(metrics, f"{e['name']}@{e['version']}"), as_json)
 
 
 @eval_app.command("classification")
-def eval_classification(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool = RecomputeOpt) -> None:
+def eval_classification(
+    data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool = RecomputeOpt
+) -> None:
     """Per-class AUC (bootstrap CI), accuracy, confusion, COVID-19 sens/spec at 98% sensitivity."""
     _setup(verbose=not as_json)
     e = _stored("classification")
@@ -145,7 +169,9 @@ def eval_classification(data: Path = DataOpt, as_json: bool = JsonOpt, recompute
         with tempfile.TemporaryDirectory() as tmp:
             for f in ("lung-unet.pt",):
                 (Path(tmp) / f).write_bytes((DEFAULT_OUT / f).read_bytes())
-            metrics = train(data, Path(tmp), epochs=e["training"]["epochs"], seed=e["training"]["seed"])["metrics"]
+            metrics = train(data, Path(tmp), epochs=e["training"]["epochs"], seed=e["training"]["seed"])[
+                "metrics"
+            ]
     metrics["model"] = f"{e['name']}@{e['version']}"
     _emit(metrics, as_json)
 

@@ -116,8 +116,13 @@ def build_index(data: Path) -> list[Record]:
             rel = f"nih-sample/images/{row['file']}"
             if (data / rel).is_file():
                 out.append(
-                    Record(rel, "nih", f"nih-{row['Patient ID']}", row["Finding Labels"],
-                           nih_label(row["Finding Labels"]))
+                    Record(
+                        rel,
+                        "nih",
+                        f"nih-{row['Patient ID']}",
+                        row["Finding Labels"],
+                        nih_label(row["Finding Labels"]),
+                    )
                 )
     logger.info("indexed %d images", len(out))
     return out

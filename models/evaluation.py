@@ -35,7 +35,11 @@ def mean_std(values: list[float] | np.ndarray) -> dict[str, float]:
 
 
 def bootstrap_ci(
-    y: np.ndarray, s: np.ndarray, metric, n_boot: int = 1000, seed: int = 0  # type: ignore[no-untyped-def]
+    y: np.ndarray,
+    s: np.ndarray,
+    metric,
+    n_boot: int = 1000,
+    seed: int = 0,  # type: ignore[no-untyped-def]
 ) -> dict[str, object]:
     """Point value and percentile 95% bootstrap CI of ``metric(y, s)`` over images."""
     rng = np.random.default_rng(seed)

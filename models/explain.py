@@ -52,7 +52,9 @@ def saliency(model: torch.nn.Module, x: torch.Tensor, target: int) -> np.ndarray
 
 
 @torch.no_grad()
-def occlusion(model: torch.nn.Module, x: torch.Tensor, target: int, patch: int = 24, stride: int = 12) -> np.ndarray:
+def occlusion(
+    model: torch.nn.Module, x: torch.Tensor, target: int, patch: int = 24, stride: int = 12
+) -> np.ndarray:
     """Drop in the target probability when a patch is blacked out (Zeiler & Fergus; Minaee et al.)."""
     model.eval()
     h, w = x.shape[-2:]

@@ -33,8 +33,9 @@ class Analyzer:
         Overrides for tests; default: the shipped ``models/weights`` and ``models/registry.json``.
     """
 
-    def __init__(self, device: str | None = None, weights_dir: Path | None = None,
-                 registry_path: Path | None = None) -> None:
+    def __init__(
+        self, device: str | None = None, weights_dir: Path | None = None, registry_path: Path | None = None
+    ) -> None:
         self._device = device
         self.weights_dir = weights_dir
         self.registry_path = registry_path
@@ -76,7 +77,9 @@ class Analyzer:
     def model_ids(self) -> dict[str, str]:
         from models.registry import model_id
 
-        return {r: model_id(r, self.registry) for r in ("segmentation", "classification", "severity", "opacity")}
+        return {
+            r: model_id(r, self.registry) for r in ("segmentation", "classification", "severity", "opacity")
+        }
 
     def analyze(self, loaded: LoadedImage, heatmap: str = "gradcam") -> AnalysisResult:
         """Segment, classify, score severity and explain one image.
@@ -86,10 +89,12 @@ class Analyzer:
         import torch
 
         from models.classification import classifier_input
-        from models.explain import to_unit, explain
+        from models.explain import METHODS, explain, to_unit
         from models.segmentation import clean_lung_masks
         from models.severity import severity_features, to_severity
 
+        if heatmap not in METHODS:
+            raise ValueError(f"unknown heatmap method {heatmap!r}; choose one of {METHODS}")
         timings: dict[str, float] = {}
         t = time.perf_counter()
         square, geom = preprocess(loaded.pixels, SEG_SIZE)

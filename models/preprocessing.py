@@ -184,9 +184,7 @@ def crop_box(norm: np.ndarray, max_fraction: float = 0.2) -> tuple[int, int, int
     return r0, r1, c0, c1
 
 
-def preprocess(
-    pixels: np.ndarray, size: int, clahe: bool = False
-) -> tuple[np.ndarray, Geometry]:
+def preprocess(pixels: np.ndarray, size: int, clahe: bool = False) -> tuple[np.ndarray, Geometry]:
     """Crop, resize (aspect kept), pad to ``size`` x ``size``, scale to [-1024, 1024].
 
     Returns the float32 square and the :class:`Geometry` to map outputs back.

@@ -28,11 +28,17 @@ TASK_FILES = {
     "opacity": ("severity.json", "opacity"),
     "severity": ("severity.json", "severity"),
 }
+# How the shipped weights were made (1 torch thread per process on a shared 2-core machine;
+# the classifier's final model and CV folds ran as --part final / --part cv --fold ... in parallel).
+_CMD = (
+    "CXR_NODE_TORCH_THREADS=1 cxr-node train {} --data ../shared/data --out models/weights "
+    "--epochs {} --seed 0"
+)
 TRAIN_COMMANDS = {
-    "segmentation": "cxr-node train segmentation --data ../shared/data --out models/weights --epochs 18 --seed 0",
-    "classification": "cxr-node train classification --data ../shared/data --out models/weights --epochs 10 --seed 0",
-    "opacity": "cxr-node train severity --data ../shared/data --out models/weights --epochs 40 --seed 0",
-    "severity": "cxr-node train severity --data ../shared/data --out models/weights --epochs 40 --seed 0",
+    "segmentation": _CMD.format("segmentation", 18),
+    "classification": _CMD.format("classification", 10),
+    "opacity": _CMD.format("severity", 40),
+    "severity": _CMD.format("severity", 40),
 }
 
 
@@ -81,8 +87,9 @@ def verified_path(role: str, weights_dir: Path | None = None, registry: dict[str
     return path
 
 
-def build_model(role: str, device: str = "cpu", weights_dir: Path | None = None,
-                registry: dict[str, Any] | None = None) -> Any:
+def build_model(
+    role: str, device: str = "cpu", weights_dir: Path | None = None, registry: dict[str, Any] | None = None
+) -> Any:
     """Instantiate ``role``'s network from its registry ``arch`` and load verified weights."""
     import torch
 
@@ -94,8 +101,13 @@ def build_model(role: str, device: str = "cpu", weights_dir: Path | None = None,
     arch = dict(e["arch"])
     cls = arch.pop("class")
     if cls == "UNet":
-        model = UNet(arch["in_channels"], arch["out_channels"], arch["base"], arch.get("depth", 4),
-                     arch.get("input_stride", 1))
+        model = UNet(
+            arch["in_channels"],
+            arch["out_channels"],
+            arch["base"],
+            arch.get("depth", 4),
+            arch.get("input_stride", 1),
+        )
     elif cls == "SmallResNet":
         model = SmallResNet(arch["in_channels"], len(e["labels"]), tuple(arch["widths"]))
     else:

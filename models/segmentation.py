@@ -31,8 +31,14 @@ class UNet(nn.Module):
     bilinear upsampling of the logits out): four times cheaper on CPU.
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 2, base: int = 16, depth: int = 4,
-                 input_stride: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        base: int = 16,
+        depth: int = 4,
+        input_stride: int = 1,
+    ) -> None:
         super().__init__()
         self.input_stride = input_stride
         chans = [base * 2**i for i in range(depth + 1)]
@@ -77,7 +83,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1.0 - ((2 * inter + eps) / (denom + eps)).mean()
 
 
-def clean_lung_masks(prob: "torch.Tensor | object", threshold: float = 0.5):  # type: ignore[no-untyped-def]
+def clean_lung_masks(prob: torch.Tensor | object, threshold: float = 0.5):  # type: ignore[no-untyped-def]
     """Threshold (2, H, W) lung probabilities; keep the largest component per lung, fill holes."""
     import numpy as np
     from scipy import ndimage

@@ -49,8 +49,18 @@ def _lung_features(img: np.ndarray, lung: np.ndarray, opac: np.ndarray) -> list[
 FEATURE_NAMES = [
     f"{side}_{n}"
     for side in ("right", "left")
-    for n in ("opac_mean", "opac_frac", "opac_upper", "opac_middle", "opac_lower",
-              "int_mean", "int_std", "int_p25", "int_p75", "area")
+    for n in (
+        "opac_mean",
+        "opac_frac",
+        "opac_upper",
+        "opac_middle",
+        "opac_lower",
+        "int_mean",
+        "int_std",
+        "int_p25",
+        "int_p75",
+        "area",
+    )
 ]
 
 
@@ -75,7 +85,12 @@ class RidgeModel:
     alpha: dict[str, float]
 
     @classmethod
-    def fit(cls, x: np.ndarray, targets: dict[str, np.ndarray], alphas: tuple[float, ...] = (0.1, 1, 3, 10, 30, 100)) -> RidgeModel:
+    def fit(
+        cls,
+        x: np.ndarray,
+        targets: dict[str, np.ndarray],
+        alphas: tuple[float, ...] = (0.1, 1, 3, 10, 30, 100),
+    ) -> RidgeModel:
         from sklearn.linear_model import RidgeCV
 
         mean = x.mean(0)
@@ -93,14 +108,23 @@ class RidgeModel:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "features": FEATURE_NAMES, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-            "coef": {k: v.tolist() for k, v in self.coef.items()}, "intercept": self.intercept, "alpha": self.alpha,
+            "features": FEATURE_NAMES,
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": {k: v.tolist() for k, v in self.coef.items()},
+            "intercept": self.intercept,
+            "alpha": self.alpha,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RidgeModel:
-        return cls(np.array(d["mean"]), np.array(d["scale"]), {k: np.array(v) for k, v in d["coef"].items()},
-                   {k: float(v) for k, v in d["intercept"].items()}, d.get("alpha", {}))
+        return cls(
+            np.array(d["mean"]),
+            np.array(d["scale"]),
+            {k: np.array(v) for k, v in d["coef"].items()},
+            {k: float(v) for k, v in d["intercept"].items()},
+            d.get("alpha", {}),
+        )
 
 
 def to_severity(pred: dict[str, np.ndarray], lungs: np.ndarray, opacity_prob: np.ndarray) -> Severity:

@@ -48,7 +48,7 @@ def augment(
     n = x.shape[0]
     ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotate_deg)
     scale = 1 + (torch.rand(n, generator=gen) * 2 - 1) * zoom
-    tx, ty = ((torch.rand(2, n, generator=gen) * 2 - 1) * shift * 2)
+    tx, ty = (torch.rand(2, n, generator=gen) * 2 - 1) * shift * 2
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -129,7 +129,7 @@ def predict_batches(model: torch.nn.Module, x: np.ndarray, batch_size: int = 16)
     return np.concatenate(outs)
 
 
-def save_state(model: torch.nn.Module, path: "str | object") -> str:
+def save_state(model: torch.nn.Module, path: str | object) -> str:
     """Save a state_dict (CPU tensors only) and return its SHA-256."""
     import hashlib
     from pathlib import Path

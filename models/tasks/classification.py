@@ -30,7 +30,6 @@ def predicted_lungs(arrays: dict[str, np.ndarray], weights: Path, cache_dir: Pat
     import torch
 
     from models.registry import sha256_file
-
     from models.segmentation import UNet, clean_lung_masks
     from models.tasks.segmentation import BASE, INPUT_STRIDE
     from models.training import predict_batches
@@ -61,7 +60,9 @@ def train_classifier(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, desc:
     batch = 32
     steps_per_epoch = math.ceil(len(x) / batch)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * steps_per_epoch, pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, 2e-3, total_steps=epochs * steps_per_epoch, pct_start=0.2
+    )
     counts = np.bincount(y, minlength=len(CLASSES)).astype(float)
     weights = torch.from_numpy(1.0 / counts[y])  # class balancing by sampling
     t0 = time.time()
@@ -80,7 +81,9 @@ def train_classifier(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, desc:
             sched.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-        logger.info("%s epoch %d/%d loss %.4f (%.0f s)", desc, ep + 1, epochs, np.mean(losses), time.time() - t0)
+        logger.info(
+            "%s epoch %d/%d loss %.4f (%.0f s)", desc, ep + 1, epochs, np.mean(losses), time.time() - t0
+        )
     model.eval()
     return model
 
@@ -91,7 +94,10 @@ def predict_proba(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
     model.eval()
     with torch.no_grad():
         return np.concatenate(
-            [torch.softmax(model(torch.from_numpy(x[i : i + batch])), 1).numpy() for i in range(0, len(x), batch)]
+            [
+                torch.softmax(model(torch.from_numpy(x[i : i + batch])), 1).numpy()
+                for i in range(0, len(x), batch)
+            ]
         )
 
 
@@ -102,9 +108,7 @@ def threshold_at_sensitivity(y_pos: np.ndarray, score: np.ndarray, sensitivity: 
     return float(pos[k]) if len(pos) else 0.5
 
 
-def metrics_from_oof(
-    y: np.ndarray, prob: np.ndarray, fold: np.ndarray, source: np.ndarray
-) -> dict[str, Any]:
+def metrics_from_oof(y: np.ndarray, prob: np.ndarray, fold: np.ndarray, source: np.ndarray) -> dict[str, Any]:
     """Per-class AUC (bootstrap CI), accuracy, confusion, COVID sens/spec at 98 % sensitivity."""
     from sklearn.metrics import confusion_matrix, roc_auc_score
 
@@ -132,7 +136,11 @@ def metrics_from_oof(
     for s in np.unique(source):
         m = source == s
         per_source[str(s)] = {
-            c: (round(float(roc_auc_score(y[m] == k, prob[m, k])), 4) if len(np.unique(y[m] == k)) == 2 else None)
+            c: (
+                round(float(roc_auc_score(y[m] == k, prob[m, k])), 4)
+                if len(np.unique(y[m] == k)) == 2
+                else None
+            )
             for k, c in enumerate(CLASSES)
         }
         per_source[str(s)]["n"] = int(m.sum())
@@ -143,10 +151,15 @@ def metrics_from_oof(
         "n_images": int(len(y)),
         "class_counts": {c: int((y == k).sum()) for k, c in enumerate(CLASSES)},
         "auc": auc,
-        "accuracy": {"value": round(acc, 4), "ci95": [round(float(v), 4) for v in np.percentile(boots, [2.5, 97.5])]},
+        "accuracy": {
+            "value": round(acc, 4),
+            "ci95": [round(float(v), 4) for v in np.percentile(boots, [2.5, 97.5])],
+        },
         "covid19_at_98_sensitivity": {
-            "sensitivity": round(tp / max(1, tp + fn), 4), "specificity": round(tn / max(1, tn + fp), 4),
-            "note": "threshold per fold picked at 98% sensitivity on the other folds' out-of-fold predictions",
+            "sensitivity": round(tp / max(1, tp + fn), 4),
+            "specificity": round(tn / max(1, tn + fp), 4),
+            "note": "threshold per fold picked at 98% sensitivity on the other folds' "
+            "out-of-fold predictions",
         },
         "within_collection_covid19_vs_pneumonia_auc": bootstrap_ci(
             (y[within] == ci).astype(int), prob[within, ci], roc_auc_score
@@ -169,8 +182,17 @@ def _inputs(data: Path, out: Path, cache: Path | None) -> tuple[np.ndarray, ...]
     return x, arrays["label"][keep], arrays["patient"][keep], arrays["source"][keep], arrays["files"][keep]
 
 
-def train(data: Path, out: Path, epochs: int = 10, seed: int = 0, folds: int = 5, cache: Path | None = None,
-          skip_cv: bool = False, part: str = "all", fold_ids: list[int] | None = None) -> dict[str, Any]:
+def train(
+    data: Path,
+    out: Path,
+    epochs: int = 10,
+    seed: int = 0,
+    folds: int = 5,
+    cache: Path | None = None,
+    skip_cv: bool = False,
+    part: str = "all",
+    fold_ids: list[int] | None = None,
+) -> dict[str, Any]:
     """Final model on every labelled image and patient-grouped k-fold CV for the metrics.
 
     ``part`` is "all", "final" or "cv"; with ``fold_ids`` only those CV folds run
@@ -187,13 +209,28 @@ def train(data: Path, out: Path, epochs: int = 10, seed: int = 0, folds: int = 5
         t0 = time.time()
         final = train_classifier(x, y, epochs, seed, desc="final")
         sha = save_state(final, out / f"{NAME}.pt")
-        (out / f"{NAME}.final.json").write_text(json.dumps({
-            "name": NAME, "version": VERSION, "file": f"{NAME}.pt", "sha256": sha,
-            "arch": {"class": "SmallResNet", "in_channels": 2, "widths": list(WIDTHS)},
-            "input_size": 128, "labels": list(CLASSES),
-            "training": {"images": int(len(y)), "epochs": epochs, "seed": seed, "seconds": round(time.time() - t0, 1),
-                         "data": "cxr-collection (todo/Unknown excluded) + nih-sample; labels as in models/datasets.py"},
-        }, indent=2))
+        (out / f"{NAME}.final.json").write_text(
+            json.dumps(
+                {
+                    "name": NAME,
+                    "version": VERSION,
+                    "file": f"{NAME}.pt",
+                    "sha256": sha,
+                    "arch": {"class": "SmallResNet", "in_channels": 2, "widths": list(WIDTHS)},
+                    "input_size": 128,
+                    "labels": list(CLASSES),
+                    "training": {
+                        "images": int(len(y)),
+                        "epochs": epochs,
+                        "seed": seed,
+                        "seconds": round(time.time() - t0, 1),
+                        "data": "cxr-collection (todo/Unknown excluded) + nih-sample; "
+                        "labels as in models/datasets.py",
+                    },
+                },
+                indent=2,
+            )
+        )
     if part in ("all", "cv") and not skip_cv:
         sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         for f, (tr, te) in enumerate(sgkf.split(x, y, groups)):
@@ -201,13 +238,16 @@ def train(data: Path, out: Path, epochs: int = 10, seed: int = 0, folds: int = 5
                 continue
             t1 = time.time()
             model = train_classifier(x[tr], y[tr], epochs, seed + f + 1, desc=f"fold {f + 1}/{folds}")
-            np.savez(out / f"{NAME}.fold{f}.npz", te=te, prob=predict_proba(model, x[te]),
-                     seconds=time.time() - t1)
+            np.savez(
+                out / f"{NAME}.fold{f}.npz", te=te, prob=predict_proba(model, x[te]), seconds=time.time() - t1
+            )
             logger.info("fold %d done in %.0f s", f + 1, time.time() - t1)
     return assemble(out, y, source, files, folds)
 
 
-def assemble(out: Path, y: np.ndarray, source: np.ndarray, files: np.ndarray, folds: int = 5) -> dict[str, Any]:
+def assemble(
+    out: Path, y: np.ndarray, source: np.ndarray, files: np.ndarray, folds: int = 5
+) -> dict[str, Any]:
     """Write ``<NAME>.json`` from the final model's JSON and every fold's predictions (when all exist)."""
     final_path = out / f"{NAME}.final.json"
     info: dict[str, Any] = json.loads(final_path.read_text()) if final_path.is_file() else {}
@@ -227,7 +267,8 @@ def assemble(out: Path, y: np.ndarray, source: np.ndarray, files: np.ndarray, fo
         ci = CLASSES.index("covid19")
         info["thresholds"] = {
             "covid19": round(threshold_at_sensitivity(y == ci, prob[:, ci], TARGET_SENSITIVITY), 4),
-            "covid19_note": "98% sensitivity on pooled out-of-fold predictions (Minaee et al.)"}
+            "covid19_note": "98% sensitivity on pooled out-of-fold predictions (Minaee et al.)",
+        }
         info["metrics"] = metrics
     if info:
         (out / f"{NAME}.json").write_text(json.dumps(info, indent=2))

@@ -39,7 +39,9 @@ def heldout_mask(arrays: dict[str, np.ndarray], seed: int = 0) -> np.ndarray:
     return np.isin(patients, list(held_pat))
 
 
-def train(data: Path, out: Path, epochs: int = 30, seed: int = 0, cache: Path | None = None) -> dict[str, Any]:
+def train(
+    data: Path, out: Path, epochs: int = 30, seed: int = 0, cache: Path | None = None
+) -> dict[str, Any]:
     """Train the lung U-Net on non-held-out patients and evaluate on the held-out ones."""
     from models.segmentation import UNet
     from models.training import save_state, seed_everything, train_segmenter
@@ -49,22 +51,41 @@ def train(data: Path, out: Path, epochs: int = 30, seed: int = 0, cache: Path | 
     arrays = build_cache(data, cache)
     held = heldout_mask(arrays, seed)
     tr = np.nonzero((arrays["lung_src"] > 0) & ~held)[0]
-    logger.info("lung training images %d, held-out patients' images with masks %d",
-                len(tr), int(((arrays["lung_src"] > 0) & held).sum()))
+    logger.info(
+        "lung training images %d, held-out patients' images with masks %d",
+        len(tr),
+        int(((arrays["lung_src"] > 0) & held).sum()),
+    )
     model = UNet(1, 2, base=BASE, input_stride=INPUT_STRIDE)
     log = train_segmenter(model, arrays["image"][tr], arrays["lungs"][tr], epochs, seed, desc="lungs")
     sha = save_state(model, Path(out) / f"{NAME}.pt")
     metrics = evaluate_model(model, data, arrays, held)
     info = {
-        "name": NAME, "version": VERSION, "file": f"{NAME}.pt", "sha256": sha,
-        "arch": {"class": "UNet", "in_channels": 1, "out_channels": 2, "base": BASE, "depth": 4,
-                 "input_stride": INPUT_STRIDE},
-        "input_size": CACHE_SIZE, "labels": ["right_lung", "left_lung"], "thresholds": {"mask": 0.5},
-        "training": {"images": int(len(tr)), "epochs": epochs, "seed": seed,
-                     "seconds": round(log["seconds"], 1), "final_loss": round(log["final_loss"], 4),
-                     "data": "cxr-collection V7 lung masks (split into right/left by connected "
-                             "components) and radiologists' right/left lung masks; patients with "
-                             "severity scores and 10% of the others held out"},
+        "name": NAME,
+        "version": VERSION,
+        "file": f"{NAME}.pt",
+        "sha256": sha,
+        "arch": {
+            "class": "UNet",
+            "in_channels": 1,
+            "out_channels": 2,
+            "base": BASE,
+            "depth": 4,
+            "input_stride": INPUT_STRIDE,
+        },
+        "input_size": CACHE_SIZE,
+        "labels": ["right_lung", "left_lung"],
+        "thresholds": {"mask": 0.5},
+        "training": {
+            "images": int(len(tr)),
+            "epochs": epochs,
+            "seed": seed,
+            "seconds": round(log["seconds"], 1),
+            "final_loss": round(log["final_loss"], 4),
+            "data": "cxr-collection V7 lung masks (split into right/left by connected "
+            "components) and radiologists' right/left lung masks; patients with "
+            "severity scores and 10% of the others held out",
+        },
         "metrics": metrics,
     }
     (Path(out) / f"{NAME}.json").write_text(json.dumps(info, indent=2))
@@ -99,7 +120,9 @@ def evaluate_model(model: Any, data: Path, arrays: dict[str, np.ndarray], held: 
             r = np.asarray(Image.open(root / "segmentations/right-lung" / f"{stem}.png")) == 255
             l_ = np.asarray(Image.open(root / "segmentations/left-lung" / f"{stem}.png")) == 255
         else:
-            r, l_ = split_lungs(np.asarray(Image.open(root / "lung-masks" / f"{stem}.png").convert("L")) == 255)
+            r, l_ = split_lungs(
+                np.asarray(Image.open(root / "lung-masks" / f"{stem}.png").convert("L")) == 255
+            )
         pr = geom.to_input(pred[0].astype(np.float32)) > 0.5
         pl = geom.to_input(pred[1].astype(np.float32)) > 0.5
         d = dice(pr | pl, r | l_)
@@ -112,9 +135,11 @@ def evaluate_model(model: Any, data: Path, arrays: dict[str, np.ndarray], held: 
     out["n_patients"] = int(len(set(arrays["patient"][idx].tolist())))
     out["dice_median"] = round(float(np.median(per["dice"])), 4)
     out["seconds"] = round(time.time() - t0, 1)
-    out["note"] = ("dice: both lungs together, at the input image's resolution; hausdorff_px: "
-                   f"symmetric Hausdorff distance in pixels at the model's {CACHE_SIZE}-px square "
-                   "(JPEG inputs carry no pixel spacing, so no mm)")
+    out["note"] = (
+        "dice: both lungs together, at the input image's resolution; hausdorff_px: "
+        f"symmetric Hausdorff distance in pixels at the model's {CACHE_SIZE}-px square "
+        "(JPEG inputs carry no pixel spacing, so no mm)"
+    )
     out["worst"] = sorted(rows, key=lambda t: t[1])[:5]
     logger.info("lung held-out dice %s", out["dice"])
     return out

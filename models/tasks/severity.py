@@ -27,8 +27,15 @@ BASE = 8
 N_SPLITS = 50
 
 
-def train(data: Path, out: Path, epochs: int = 60, seed: int = 0, cache: Path | None = None,
-          opacity_only: bool = False, reuse_opacity: bool = False) -> dict[str, Any]:
+def train(
+    data: Path,
+    out: Path,
+    epochs: int = 60,
+    seed: int = 0,
+    cache: Path | None = None,
+    opacity_only: bool = False,
+    reuse_opacity: bool = False,
+) -> dict[str, Any]:
     """Train the opacity U-Net, run the 50-split protocol, fit and save the final ridge.
 
     ``opacity_only`` stops after saving the opacity U-Net; ``reuse_opacity``
@@ -60,8 +67,17 @@ def train(data: Path, out: Path, epochs: int = 60, seed: int = 0, cache: Path | 
         log = json.loads(log_path.read_text())
         sha_unet = log["sha256"]
     else:
-        log = train_segmenter(model, arrays["image"][tr], arrays["opac"][tr][:, None], epochs, seed,
-                              batch_size=4, lr=3e-3, pos_weight=2.0, desc="opacity")
+        log = train_segmenter(
+            model,
+            arrays["image"][tr],
+            arrays["opac"][tr][:, None],
+            epochs,
+            seed,
+            batch_size=4,
+            lr=3e-3,
+            pos_weight=2.0,
+            desc="opacity",
+        )
         sha_unet = save_state(model, out / f"{NAME}.pt")
         log_path.write_text(json.dumps({**log, "sha256": sha_unet, "epochs": epochs}))
         if opacity_only:
@@ -83,32 +99,56 @@ def train(data: Path, out: Path, epochs: int = 60, seed: int = 0, cache: Path | 
     ridge_path.write_text(json.dumps(final.to_json(), indent=1, sort_keys=True))
     info = {
         "opacity": {
-            "name": NAME, "version": VERSION, "file": f"{NAME}.pt", "sha256": sha_unet,
+            "name": NAME,
+            "version": VERSION,
+            "file": f"{NAME}.pt",
+            "sha256": sha_unet,
             "arch": {"class": "UNet", "in_channels": 1, "out_channels": 1, "base": BASE, "depth": 4},
-            "input_size": CACHE_SIZE, "labels": ["opacity"], "thresholds": {"mask": 0.5},
-            "training": {"images": int(len(tr)), "epochs": epochs, "seed": seed, "seconds": round(log["seconds"], 1),
-                         "data": "radiologists' ground-glass + consolidation masks (union) of cxr-collection "
-                                 "images whose patient has no severity score"},
-            "metrics": {"dice_heldout": mean_std(opac_dice),
-                        "note": "Dice (whole 256-px square) on the radiologist-segmented images of severity-scored patients, never trained on"},
+            "input_size": CACHE_SIZE,
+            "labels": ["opacity"],
+            "thresholds": {"mask": 0.5},
+            "training": {
+                "images": int(len(tr)),
+                "epochs": epochs,
+                "seed": seed,
+                "seconds": round(log["seconds"], 1),
+                "data": "radiologists' ground-glass + consolidation masks (union) of cxr-collection "
+                "images whose patient has no severity score",
+            },
+            "metrics": {
+                "dice_heldout": mean_std(opac_dice),
+                "note": "Dice (whole 256-px square) on the radiologist-segmented images of "
+                "severity-scored patients, never trained on",
+            },
         },
         "severity": {
-            "name": RIDGE, "version": VERSION, "file": f"{RIDGE}.json",
+            "name": RIDGE,
+            "version": VERSION,
+            "file": f"{RIDGE}.json",
             "sha256": hashlib.sha256(ridge_path.read_bytes()).hexdigest(),
-            "arch": {"class": "RidgeModel", "features": len(feats[0])}, "input_size": CACHE_SIZE,
-            "labels": list(targets), "thresholds": {},
-            "training": {"images": int(len(sev)), "seed": seed, "data": "Cohen et al. severity-scores.csv (94 images)"},
+            "arch": {"class": "RidgeModel", "features": len(feats[0])},
+            "input_size": CACHE_SIZE,
+            "labels": list(targets),
+            "thresholds": {},
+            "training": {
+                "images": int(len(sev)),
+                "seed": seed,
+                "data": "Cohen et al. severity-scores.csv (94 images)",
+            },
             "metrics": metrics,
         },
     }
     (out / "severity.json").write_text(json.dumps(info, indent=2))
-    np.savez(out / "severity.split0.npz", **{f"{k}_{t}": np.asarray(v[t]) for k, v in first_split.items()
-                                              for t in ("true", "pred")})
+    np.savez(
+        out / "severity.split0.npz",
+        **{f"{k}_{t}": np.asarray(v[t]) for k, v in first_split.items() for t in ("true", "pred")},
+    )
     return info
 
 
-def severity_table(arrays: dict[str, np.ndarray], lungs: np.ndarray, opacity_model: Any) -> tuple[
-        np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def severity_table(
+    arrays: dict[str, np.ndarray], lungs: np.ndarray, opacity_model: Any
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Features, targets, patient groups and indices of the severity-scored images."""
     from models.severity import severity_features
     from models.training import predict_batches
@@ -116,12 +156,16 @@ def severity_table(arrays: dict[str, np.ndarray], lungs: np.ndarray, opacity_mod
     sev = np.nonzero(~np.isnan(arrays["extent"]))[0]
     probs = predict_batches(opacity_model, arrays["image"][sev])[:, 0]
     feats = np.stack([severity_features(arrays["image"][i], lungs[i], probs[j]) for j, i in enumerate(sev)])
-    targets = {"geographic_extent": arrays["extent"][sev].astype(float), "opacity": arrays["opacity"][sev].astype(float)}
+    targets = {
+        "geographic_extent": arrays["extent"][sev].astype(float),
+        "opacity": arrays["opacity"][sev].astype(float),
+    }
     return feats, targets, arrays["patient"][sev], sev
 
 
-def split_protocol(feats: np.ndarray, targets: dict[str, np.ndarray], groups: np.ndarray,
-                   seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_protocol(
+    feats: np.ndarray, targets: dict[str, np.ndarray], groups: np.ndarray, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Cohen et al.: 50 random 50/50 patient-grouped splits; ridge refitted on each training half."""
     from sklearn.model_selection import GroupShuffleSplit
 
@@ -153,8 +197,10 @@ def split_protocol(feats: np.ndarray, targets: dict[str, np.ndarray], groups: np
         metrics[k] = {m: mean_std(v) for m, v in per[k].items()}
     metrics["baseline"] = {k: {m: mean_std(base[k][m]) for m in ("mae", "mse")} for k in targets}
     metrics["baseline_note"] = "'no data' baseline: predict the training half's mean"
-    metrics["leakage_control"] = ("lung and opacity segmenters never trained on a patient with a severity "
-                                  "score; ridge refitted on each split's training half")
+    metrics["leakage_control"] = (
+        "lung and opacity segmenters never trained on a patient with a severity "
+        "score; ridge refitted on each split's training half"
+    )
     metrics["seconds"] = round(time.time() - t0, 1)
     return metrics, first
 
