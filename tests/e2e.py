@@ -55,13 +55,6 @@ def coded_values(ds: Dataset) -> list[str]:
     return codes
 
 
-def dciodvfy_errors(data: bytes, tmp_path: Path, name: str) -> list[str]:
-    path = tmp_path / name
-    path.write_bytes(data)
-    done = run(["dciodvfy", str(path)])
-    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
-
-
 class NodeProcess:
     def __init__(self, tmp_path: Path, orthanc: Orthanc, **env: str) -> None:
         self.port = free_port()

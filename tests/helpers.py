@@ -94,6 +94,15 @@ def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Lines of dciodvfy's (dicom3tools) report on a file that begin with 'Error'."""
+    tool = Path("/usr/bin/dciodvfy")
+    if not tool.exists():
+        pytest.fail("dciodvfy missing: apt-get install dicom3tools")
+    done = subprocess.run([str(tool), str(path)], capture_output=True, text=True, timeout=120, check=False)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
 def queued_messages(settings) -> list[dict]:  # type: ignore[no-untyped-def]
     """Analysis tasks waiting in the broker (embedded filesystem queue or Redis list)."""
     import base64

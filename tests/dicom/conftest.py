@@ -13,12 +13,11 @@ from node.dicom.outputs import build_outputs
 from tests.dicom.fakes import (
     ALGORITHM_NAME,
     ALGORITHM_VERSION,
-    DCIODVFY,
-    dciodvfy_errors,
     make_dx,
     make_result,
     read_cr,
 )
+from tests.helpers import dciodvfy_errors
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +53,6 @@ def outputs(any_source: Dataset, result: AnalysisResult) -> dict[str, Dataset]:
 
 @pytest.fixture
 def validate(tmp_path: Path) -> Callable[[Dataset, str], list[str]]:
-    if not Path(DCIODVFY).exists():
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
-
     def _validate(ds: Dataset, name: str) -> list[str]:
         path = tmp_path / f"{name}.dcm"
         ds.save_as(path, enforce_file_format=True)

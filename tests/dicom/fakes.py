@@ -9,36 +9,21 @@ these tests check the DICOM builders, not the models.
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from models.result import AnalysisResult, LungSeverity, Severity
+from tests.helpers import pydicom_data_file
 
 ALGORITHM_NAME = "cxr-node-test"
 ALGORITHM_VERSION = "1.2.3"
-DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-
-
-def _data_store() -> Path | None:
-    try:
-        import data_store  # pydicom-data package
-    except ImportError:
-        return None
-    return Path(data_store.__file__).parent / "data"
 
 
 def read_cr(name: str) -> Dataset:
-    store = _data_store()
-    if store is None or not (store / name).exists():
-        pytest.skip(f"pydicom-data file {name} is not installed")
-    ds = pydicom.dcmread(store / name)
+    ds = pydicom.dcmread(pydicom_data_file(name))
     # The sample's Pixel Spacing is 0\0, which dciodvfy rejects; real CR has it.
     ds.PixelSpacing = [0.16, 0.16]
     # "ward" is a one-component name that dciodvfy and highdicom warn about.
@@ -142,13 +127,6 @@ def make_result(source: Dataset, covid: float = 0.91, spacing: bool = True) -> A
         models={"segmentation": "unet@0.1", "classification": "densenet@1.2.3"},
         pixel_spacing_mm=(0.16, 0.16) if spacing else None,
     )
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """Lines of dciodvfy's report that begin with 'Error'."""
-    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120, check=False)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
 
 
 def content_items(ds: Dataset) -> list[Dataset]:
