@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from models.cli import eval_app, train_app
 from node.logs import configure_logging
 from node.settings import Destination, configure
 
@@ -244,17 +245,9 @@ def export_retry(
     typer.echo(f"{count} export(s) queued for delivery")
 
 
-def _mount_model_commands() -> None:
-    """``train``, ``eval`` and ``analyze`` live with the models (imported lazily)."""
-    try:
-        from models.cli import eval_app, train_app
-    except ImportError:  # models package not built in this checkout
-        return
-    app.add_typer(train_app, name="train", help="Train a model on ../shared/data.")
-    app.add_typer(eval_app, name="eval", help="Evaluate a model on held-out data.")
-
-
-_mount_model_commands()
+# `train` and `eval` live with the models; models.cli imports torch only inside its commands.
+app.add_typer(train_app, name="train", help="Train a model on ../shared/data.")
+app.add_typer(eval_app, name="eval", help="Evaluate a model on held-out data.")
 
 
 if __name__ == "__main__":
