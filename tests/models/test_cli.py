@@ -1,0 +1,53 @@
+"""``train_app`` / ``eval_app``: cheap import, one JSON object per eval."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+
+def test_cli_import_does_not_import_torch() -> None:
+    code = "import sys, models.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("task", "keys"),
+    [
+        ("segmentation", {"task", "dice", "hausdorff_px"}),
+        (
+            "classification",
+            {
+                "task",
+                "protocol",
+                "auc",
+                "accuracy",
+                "covid19_at_98_sensitivity",
+                "within_collection_covid19_vs_pneumonia_auc",
+                "confusion",
+            },
+        ),
+        ("severity", {"task", "protocol", "geographic_extent", "opacity", "baseline"}),
+    ],
+)
+def test_eval_json(task: str, keys: set[str]) -> None:
+    from models.cli import eval_app
+
+    result = CliRunner().invoke(eval_app, [task, "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    obj = json.loads(lines[0])
+    assert obj["task"] == task and keys <= set(obj)
+
+
+def test_train_help_lists_commands() -> None:
+    from models.cli import train_app
+
+    out = CliRunner().invoke(train_app, ["--help"]).output
+    for cmd in ("segmentation", "classification", "severity"):
+        assert cmd in out

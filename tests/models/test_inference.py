@@ -1,0 +1,76 @@
+"""``Analyzer.analyze`` follows the contract in models/result.py for DICOM, PNG and JPEG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.preprocessing import load_image
+from models.result import CLASSES, AnalysisResult
+
+
+def _check(res: AnalysisResult, shape: tuple[int, int]) -> None:
+    assert tuple(res.classification) == CLASSES
+    assert abs(sum(res.classification.values()) - 1.0) < 1e-4
+    assert all(0.0 <= p <= 1.0 for p in res.classification.values())
+    s = res.severity
+    assert 0 <= s.geographic_extent <= 8 and 0 <= s.opacity <= 6
+    for lung in (s.right, s.left):
+        assert 0 <= lung.extent <= 4 and 0 <= lung.opacity <= 3
+    for m in (res.right_lung, res.left_lung):
+        assert m.shape == shape and m.dtype == bool
+    assert res.right_lung.any() and res.left_lung.any()
+    assert res.heatmap.shape == shape and res.heatmap.dtype == np.float32
+    assert res.heatmap.min() >= 0.0 and res.heatmap.max() <= 1.0
+    assert res.heatmap.std() > 1e-3  # not constant
+    assert res.image.shape == shape and res.image.dtype == np.uint8
+    assert set(res.models) >= {"segmentation", "classification", "severity"}
+    assert all("@" in v for v in res.models.values())
+    js = res.severity.as_json()
+    assert set(js) == {"geographic_extent", "opacity", "right", "left"}
+    assert set(res.lungs_json()) == {"right_area_cm2", "left_area_cm2", "mask_fraction"}
+
+
+def test_dicom_monochrome1_jpeg2000(analyzer, cr_chest_dicom: Path) -> None:
+    loaded = load_image(cr_chest_dicom)
+    res = analyzer.analyze(loaded)
+    _check(res, loaded.pixels.shape)
+    # The patient's right lung is on the image's left.
+    cols = np.arange(loaded.pixels.shape[1])
+    assert cols[res.right_lung.any(0)].mean() < cols[res.left_lung.any(0)].mean()
+
+
+def test_png(analyzer, png_path: Path) -> None:
+    loaded = load_image(png_path)
+    _check(analyzer.analyze(loaded), loaded.pixels.shape)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "saliency", "occlusion"])
+def test_jpeg_each_heatmap(analyzer, jpeg_path: Path, method: str) -> None:
+    loaded = load_image(jpeg_path)
+    res = analyzer.analyze(loaded, heatmap=method)
+    _check(res, loaded.pixels.shape)
+    assert res.heatmap_method == method
+
+
+def test_lung_area_with_spacing(analyzer, cr_chest_dicom: Path) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(cr_chest_dicom)
+    ds.PixelSpacing = [0.2, 0.2]
+    res = analyzer.analyze(load_image(ds))
+    lungs = res.lungs_json()
+    assert lungs["right_area_cm2"] > 10 and lungs["left_area_cm2"] > 10
+
+
+def test_unknown_heatmap_rejected(analyzer, jpeg_path: Path) -> None:
+    with pytest.raises(ValueError, match="heatmap"):
+        analyzer.analyze(load_image(jpeg_path), heatmap="nope")
+
+
+def test_get_analyzer_is_cached() -> None:
+    from models.inference import get_analyzer
+
+    assert get_analyzer() is get_analyzer()

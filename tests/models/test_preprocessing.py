@@ -1,0 +1,77 @@
+"""Image loading and preprocessing: DICOM LUTs, MONOCHROME1, PNG/JPEG, errors, geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from models.exceptions import ImageError
+from models.preprocessing import crop_box, load_image, preprocess
+
+
+def test_monochrome1_is_inverted(cr_chest_dicom: Path) -> None:
+    ds = pydicom.dcmread(cr_chest_dicom)
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    loaded = load_image(ds)
+    raw = ds.pixel_array.astype(np.float64)
+    assert loaded.pixels.shape == raw.shape and loaded.pixels.dtype == np.float32
+    assert np.corrcoef(raw.ravel()[::97], loaded.pixels.ravel()[::97])[0, 1] < -0.9
+
+
+def test_dicom_path_and_dataset_agree(cr_chest_dicom: Path) -> None:
+    a = load_image(cr_chest_dicom)
+    b = load_image(pydicom.dcmread(cr_chest_dicom))
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    assert a.source == str(cr_chest_dicom)
+    assert a.pixel_spacing_mm is None  # PixelSpacing 0\0 in this file: treated as unknown
+
+
+def test_pixel_spacing_read(cr_chest_dicom: Path) -> None:
+    ds = pydicom.dcmread(cr_chest_dicom)
+    ds.PixelSpacing = [0.2, 0.25]
+    assert load_image(ds).pixel_spacing_mm == (0.2, 0.25)
+    del ds.PixelSpacing
+    ds.ImagerPixelSpacing = [0.15, 0.15]
+    assert load_image(ds).pixel_spacing_mm == (0.15, 0.15)
+
+
+def test_png_and_jpeg(png_path: Path, jpeg_path: Path) -> None:
+    for p in (png_path, jpeg_path):
+        loaded = load_image(p)
+        assert loaded.pixels.ndim == 2 and loaded.pixel_spacing_mm is None
+
+
+def test_unreadable_inputs_raise_image_error(tmp_path: Path) -> None:
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="x.jpg"):
+        load_image(bad)
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "missing.png")
+    dcm = tmp_path / "bad.dcm"
+    dcm.write_bytes(b"\0" * 128 + b"DICM" + b"\1\2\3")
+    with pytest.raises(ImageError, match="bad.dcm"):
+        load_image(dcm)
+
+
+def test_black_border_and_text_margin_cropped() -> None:
+    rng = np.random.default_rng(0)
+    img = np.zeros((300, 400), np.float32)
+    img[40:260, 60:360] = rng.uniform(0.2, 1.0, (220, 300))
+    r0, r1, c0, c1 = crop_box(img)
+    assert (r0, r1, c0, c1) == (40, 260, 60, 360)
+
+
+def test_preprocess_range_and_geometry_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0, 4095, (300, 200)).astype(np.float32)
+    square, geom = preprocess(img, 128)
+    assert square.shape == (128, 128)
+    assert square.min() >= -1024 and square.max() <= 1024
+    mask = np.zeros((128, 128), np.float32)
+    mask[32:96, 32:96] = 1
+    back = geom.to_input(mask, nearest=True)
+    assert back.shape == img.shape and 0 < back.mean() < 1
