@@ -111,7 +111,7 @@ def plot_examples(out: Path) -> None:
     for ax in axes.ravel():
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
+    fig.savefig(out, dpi=60)
     plt.close(fig)
 
 
