@@ -26,8 +26,8 @@ def _training(e: dict[str, Any]) -> str:
     ]
     if "epochs" in t:
         lines.append(
-            f"- Epochs: {t['epochs']}; CPU time of the shipped model's training: {t.get('seconds', 'n/a')} s "
-            "(2 shared CPU cores)"
+            f"- Epochs: {t['epochs']}; wall time of the shipped model's training: {t.get('seconds', 'n/a')} s "
+            "(CPU, 1 torch thread on a shared 2-core machine)"
         )
     return "\n".join(lines)
 
@@ -152,6 +152,8 @@ Confusion matrix (rows true, columns predicted):
   how well the network tells the two sources apart (resolution, borders, JPEG artefacts, text). The
   within-collection COVID-19 vs pneumonia AUC is the more honest number for the disease itself.
 - NIH labels are NLP-mined; `No Finding` is not a radiologist-confirmed normal.
+- The lung-mask channel comes from the shipped lung segmenter, which was trained on masks of some
+  cxr-collection images that fall in CV validation folds (masks only, never class labels).
 - Small data (≈1,100 images), 128-px input, CPU training of {e["training"]["epochs"]} epochs: not a clinical device.
 """
 
@@ -159,6 +161,7 @@ Confusion matrix (rows true, columns predicted):
 def severity_card(reg: dict[str, Any]) -> str:
     e = reg["severity"]
     o = reg["opacity"]
+    b = reg["severity_backbone"]
     m = e["metrics"]
     rows = []
     for k, hi, target in (("geographic_extent", 8, "MAE 1.14, r 0.80"), ("opacity", 6, "MAE 0.78, r 0.78")):
@@ -172,8 +175,10 @@ def severity_card(reg: dict[str, Any]) -> str:
 
 Cohen et al. 2020 scores: geographic extent (0-8) and opacity (0-6), sums over both lungs. Route: an opacity
 U-Net (ground-glass ∪ consolidation) gives per-lung involvement fractions (whole lung and upper/middle/lower
-thirds); with intensity statistics inside each predicted lung they feed two ridge regressions (standardised
-features, alpha by leave-one-out CV) fitted on the 94 scored images.
+thirds); with intensity statistics inside each predicted lung and the four logits of a "backbone" classifier
+(the classifier's architecture, trained without any scored patient — Cohen et al. likewise regress on features
+of a network trained for pathology classification on other images) they feed two ridge regressions
+(24 standardised features, alpha by leave-one-out CV) fitted on the 94 scored images.
 
 ## Data and protocol
 

@@ -71,15 +71,16 @@ class Analyzer:
 
     def load_all(self) -> None:
         """Load (and verify) every model now instead of on first use."""
-        for role in ("segmentation", "classification", "opacity", "severity"):
+        from models.registry import ROLES
+
+        for role in ROLES:
             self.model(role)
 
     def model_ids(self) -> dict[str, str]:
         from models.registry import model_id
 
-        return {
-            r: model_id(r, self.registry) for r in ("segmentation", "classification", "severity", "opacity")
-        }
+        roles = ("segmentation", "classification", "severity", "opacity", "severity_backbone")
+        return {r: model_id(r, self.registry) for r in roles}
 
     def analyze(self, loaded: LoadedImage, heatmap: str = "gradcam") -> AnalysisResult:
         """Segment, classify, score severity and explain one image.
@@ -118,8 +119,10 @@ class Analyzer:
         t = time.perf_counter()
         with torch.no_grad():
             opac = torch.sigmoid(self.model("opacity")(x256))[0, 0].cpu().numpy()
+        with torch.no_grad():
+            logits = self.model("severity_backbone")(xc)[0].cpu().numpy()
         ridge = self.model("severity")
-        severity = to_severity(ridge.predict(severity_features(img8, lungs, opac)), lungs, opac)
+        severity = to_severity(ridge.predict(severity_features(img8, lungs, opac, logits)), lungs, opac)
         timings["severity"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -20,12 +20,13 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 REGISTRY_PATH = PACKAGE_DIR / "registry.json"
 WEIGHTS_DIR = PACKAGE_DIR / "weights"
-ROLES = ("segmentation", "classification", "opacity", "severity")
+ROLES = ("segmentation", "classification", "opacity", "severity_backbone", "severity")
 # role -> (task json written by training, key inside it or None)
 TASK_FILES = {
     "segmentation": ("lung-unet.json", None),
     "classification": ("cxr-resnet4.json", None),
     "opacity": ("severity.json", "opacity"),
+    "severity_backbone": ("severity.json", "backbone"),
     "severity": ("severity.json", "severity"),
 }
 # How the shipped weights were made (1 torch thread per process on a shared 2-core machine;
@@ -38,6 +39,7 @@ TRAIN_COMMANDS = {
     "segmentation": _CMD.format("segmentation", 18),
     "classification": _CMD.format("classification", 10),
     "opacity": _CMD.format("severity", 40),
+    "severity_backbone": _CMD.format("severity", 40),
     "severity": _CMD.format("severity", 40),
 }
 
@@ -54,7 +56,7 @@ def load_registry(path: Path | None = None) -> dict[str, Any]:
 
 
 def entry(role: str, registry: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The registry entry of ``role`` (segmentation, classification, opacity, severity)."""
+    """The registry entry of ``role`` (one of :data:`ROLES`)."""
     reg = registry if registry is not None else load_registry()
     try:
         return reg["models"][role]

@@ -2,7 +2,8 @@
 
 Geographic extent (0-8) and opacity (0-6) are predicted by ridge regressions on
 per-lung features: the opacity segmenter's involvement fractions (overall and
-per lung third) and intensity statistics inside the predicted lungs. The
+per lung third) and intensity statistics inside the predicted lungs, plus the
+four logits of a backbone classifier trained without any scored patient. The
 ridge coefficients are stored as JSON (no pickles). Per-lung scores apportion
 the total by each lung's share of predicted involvement: the data has no
 per-lung ground truth, so they are not validated.
@@ -46,6 +47,7 @@ def _lung_features(img: np.ndarray, lung: np.ndarray, opac: np.ndarray) -> list[
     ]
 
 
+LOGIT_NAMES = [f"logit_{c}" for c in ("normal", "other_disease", "pneumonia", "covid19")]
 FEATURE_NAMES = [
     f"{side}_{n}"
     for side in ("right", "left")
@@ -61,17 +63,19 @@ FEATURE_NAMES = [
         "int_p75",
         "area",
     )
-]
+] + LOGIT_NAMES
 
 
-def severity_features(image: np.ndarray, lungs: np.ndarray, opacity_prob: np.ndarray) -> np.ndarray:
-    """Feature vector from a 256-px image (uint8 or [-1024, 1024]), lungs (2,H,W), opacity prob (H,W)."""
+def severity_features(
+    image: np.ndarray, lungs: np.ndarray, opacity_prob: np.ndarray, logits: np.ndarray
+) -> np.ndarray:
+    """Feature vector (:data:`FEATURE_NAMES`) from a 256-px image (uint8 or [-1024, 1024]),
+    lungs (2,H,W), opacity probability (H,W) and the backbone classifier's 4 logits."""
     img = np.asarray(image, np.float32)
     img = img / 255.0 if np.asarray(image).dtype == np.uint8 else (img + 1024.0) / 2048.0
     lungs = np.asarray(lungs).astype(bool)
-    return np.array(
-        _lung_features(img, lungs[0], opacity_prob) + _lung_features(img, lungs[1], opacity_prob), np.float32
-    )
+    per_lung = _lung_features(img, lungs[0], opacity_prob) + _lung_features(img, lungs[1], opacity_prob)
+    return np.array(per_lung + [float(v) for v in np.ravel(logits)], np.float32)
 
 
 @dataclass

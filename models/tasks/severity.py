@@ -1,7 +1,10 @@
 """Severity: opacity segmenter + ridge, evaluated with Cohen et al.'s 50 random splits.
 
+Features: per-lung opacity fractions and intensity statistics, plus the four
+logits of a "backbone" classifier (same architecture as the shipped classifier).
 Leakage control: every patient with a severity score is excluded from the
-training of both segmenters (lung and opacity), so no test image of any split
+training of both segmenters (lung and opacity) and of the backbone classifier,
+so no test image of any split
 contributed to a model whose output feeds the score; the ridge is refitted on
 the training half of every split.
 """
@@ -17,12 +20,17 @@ from typing import Any
 import numpy as np
 
 from models.datasets import CACHE_SIZE, build_cache, severity_patients
+from models.result import CLASSES
+from models.tasks.classification import WIDTHS
 
 logger = logging.getLogger(__name__)
 
 NAME = "opacity-unet"
 RIDGE = "severity-ridge"
+BACKBONE = "severity-backbone"
 VERSION = "1.0.0"
+RIDGE_VERSION = "1.1.0"
+BACKBONE_EPOCHS = 10
 BASE = 8
 N_SPLITS = 50
 
@@ -90,7 +98,8 @@ def train(
     for j, i in enumerate(held_seg):
         opac_dice.append(dice(p_held[j] > 0.5, arrays["opac"][i].astype(bool)))
 
-    feats, targets, groups, sev = severity_table(arrays, lungs, model)
+    backbone, bb_log = _backbone(arrays, lungs, in_sev, out, seed, reuse_opacity)
+    feats, targets, groups, sev = severity_table(arrays, lungs, model, backbone)
     metrics, first_split = split_protocol(feats, targets, groups, seed)
     metrics["n_images"] = int(len(sev))
     metrics["opacity_segmenter_dice_heldout"] = mean_std(opac_dice)
@@ -121,9 +130,28 @@ def train(
                 "severity-scored patients, never trained on",
             },
         },
+        "backbone": {
+            "name": BACKBONE,
+            "version": VERSION,
+            "file": f"{BACKBONE}.pt",
+            "sha256": bb_log["sha256"],
+            "arch": {"class": "SmallResNet", "in_channels": 2, "widths": list(WIDTHS)},
+            "input_size": 128,
+            "labels": list(CLASSES),
+            "thresholds": {},
+            "training": {
+                "images": bb_log["images"],
+                "epochs": BACKBONE_EPOCHS,
+                "seed": seed + 100,
+                "seconds": bb_log["seconds"],
+                "data": "the classifier's training data minus every patient with a severity score; "
+                "its 4 logits are severity features",
+            },
+            "metrics": {"note": "no metrics of its own; evaluated through the severity protocol"},
+        },
         "severity": {
             "name": RIDGE,
-            "version": VERSION,
+            "version": RIDGE_VERSION,
             "file": f"{RIDGE}.json",
             "sha256": hashlib.sha256(ridge_path.read_bytes()).hexdigest(),
             "arch": {"class": "RidgeModel", "features": len(feats[0])},
@@ -146,8 +174,46 @@ def train(
     return info
 
 
+def _backbone(
+    arrays: dict[str, np.ndarray], lungs: np.ndarray, in_sev: np.ndarray, out: Path, seed: int, reuse: bool
+) -> tuple[Any, dict[str, Any]]:
+    """A classifier trained without any severity-scored patient; its logits feed the ridge."""
+    import torch
+
+    from models.classification import SmallResNet, classifier_input
+    from models.tasks.classification import train_classifier
+    from models.training import save_state
+
+    log_path = out / f"{BACKBONE}.train.json"
+    if reuse and log_path.is_file():
+        model = SmallResNet(2, len(CLASSES), WIDTHS)
+        model.load_state_dict(torch.load(out / f"{BACKBONE}.pt", map_location="cpu", weights_only=True))
+        return model.eval(), json.loads(log_path.read_text())
+    keep = np.nonzero((arrays["label"] >= 0) & ~in_sev)[0]
+    x = classifier_input(arrays["image"][keep], lungs[keep])
+    t0 = time.time()
+    model = train_classifier(x, arrays["label"][keep], BACKBONE_EPOCHS, seed + 100, desc="backbone")
+    log = {
+        "sha256": save_state(model, out / f"{BACKBONE}.pt"),
+        "images": int(len(keep)),
+        "seconds": round(time.time() - t0, 1),
+    }
+    log_path.write_text(json.dumps(log))
+    return model, log
+
+
+def backbone_logits(backbone: Any, image256: np.ndarray, lungs256: np.ndarray) -> np.ndarray:
+    """(N, 4) logits of the severity backbone for uint8 images and lung masks at 256 px."""
+    import torch
+
+    from models.classification import classifier_input
+
+    with torch.no_grad():
+        return backbone(torch.from_numpy(classifier_input(image256, lungs256))).numpy()
+
+
 def severity_table(
-    arrays: dict[str, np.ndarray], lungs: np.ndarray, opacity_model: Any
+    arrays: dict[str, np.ndarray], lungs: np.ndarray, opacity_model: Any, backbone: Any
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Features, targets, patient groups and indices of the severity-scored images."""
     from models.severity import severity_features
@@ -155,7 +221,10 @@ def severity_table(
 
     sev = np.nonzero(~np.isnan(arrays["extent"]))[0]
     probs = predict_batches(opacity_model, arrays["image"][sev])[:, 0]
-    feats = np.stack([severity_features(arrays["image"][i], lungs[i], probs[j]) for j, i in enumerate(sev)])
+    logits = backbone_logits(backbone, arrays["image"][sev], lungs[sev])
+    feats = np.stack(
+        [severity_features(arrays["image"][i], lungs[i], probs[j], logits[j]) for j, i in enumerate(sev)]
+    )
     targets = {
         "geographic_extent": arrays["extent"][sev].astype(float),
         "opacity": arrays["opacity"][sev].astype(float),
@@ -198,8 +267,8 @@ def split_protocol(
     metrics["baseline"] = {k: {m: mean_std(base[k][m]) for m in ("mae", "mse")} for k in targets}
     metrics["baseline_note"] = "'no data' baseline: predict the training half's mean"
     metrics["leakage_control"] = (
-        "lung and opacity segmenters never trained on a patient with a severity "
-        "score; ridge refitted on each split's training half"
+        "lung and opacity segmenters and the backbone classifier never trained on a patient "
+        "with a severity score; ridge refitted on each split's training half"
     )
     metrics["seconds"] = round(time.time() - t0, 1)
     return metrics, first
@@ -219,7 +288,9 @@ def evaluate_shipped(data: Path, seed: int = 0) -> dict[str, Any]:
     probs = predict_batches(lung, arrays["image"][sev])
     for j, i in enumerate(sev):
         lungs[i] = clean_lung_masks(probs[j])
-    feats, targets, groups, sev = severity_table(arrays, lungs, build_model("opacity"))
+    feats, targets, groups, sev = severity_table(
+        arrays, lungs, build_model("opacity"), build_model("severity_backbone")
+    )
     metrics, _ = split_protocol(feats, targets, groups, seed)
     metrics["n_images"] = int(len(sev))
     return metrics

@@ -30,7 +30,7 @@ def test_shipped_weights_match_sha256_and_budget() -> None:
     assert total <= 60 * 2**20
 
 
-@pytest.mark.parametrize("role", ["segmentation", "classification", "opacity"])
+@pytest.mark.parametrize("role", ["segmentation", "classification", "opacity", "severity_backbone"])
 def test_weights_load_with_weights_only(role: str) -> None:
     model = build_model(role, "cpu")
     assert not model.training
