@@ -56,10 +56,20 @@ def main() -> None:
             rows.setdefault("analyze (total)", []).append(time.perf_counter() - t)
             for k, v in res.extra["timings_s"].items():
                 rows.setdefault(k, []).append(v)
-    print(f"device: cpu, torch threads: {args.threads}, images: {len(images)}, repeats: {args.repeat}, "
-          f"heatmap: {args.heatmap}, model loading (once): {load_s:.2f} s")
+    print(
+        f"device: cpu, torch threads: {args.threads}, images: {len(images)}, repeats: {args.repeat}, "
+        f"heatmap: {args.heatmap}, model loading (once): {load_s:.2f} s"
+    )
     print(f"{'step':<18}{'median ms':>12}{'mean ms':>12}{'max ms':>12}")
-    order = ["load_image", "preprocess", "segmentation", "classification", "severity", "heatmap", "analyze (total)"]
+    order = [
+        "load_image",
+        "preprocess",
+        "segmentation",
+        "classification",
+        "severity",
+        "heatmap",
+        "analyze (total)",
+    ]
     for k in order:
         if k in rows:
             v = [x * 1000 for x in rows[k]]

@@ -44,15 +44,25 @@ def main(data: Path) -> None:
             r = np.asarray(Image.open(root / "segmentations/right-lung" / f"{stem}.png")) == 255
             l_ = np.asarray(Image.open(root / "segmentations/left-lung" / f"{stem}.png")) == 255
         else:
-            r, l_ = split_lungs(np.asarray(Image.open(root / "lung-masks" / f"{stem}.png").convert("L")) == 255)
+            r, l_ = split_lungs(
+                np.asarray(Image.open(root / "lung-masks" / f"{stem}.png").convert("L")) == 255
+            )
         scale = 256 / max(img.size)
         size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
         img.resize(size, Image.Resampling.LANCZOS).save(HERE / f"{stem}.jpg", quality=90)
         for name, m in (("right", r), ("left", l_)):
             Image.fromarray((m * 255).astype(np.uint8)).resize(size, Image.Resampling.NEAREST).save(
-                HERE / f"{stem}.{name}.png", optimize=True)
-        out_rows.append({"image": f"{stem}.jpg", "right": f"{stem}.right.png", "left": f"{stem}.left.png",
-                         "patient": patient, "mask_source": "radiologists" if src == 2 else "v7-split"})
+                HERE / f"{stem}.{name}.png", optimize=True
+            )
+        out_rows.append(
+            {
+                "image": f"{stem}.jpg",
+                "right": f"{stem}.right.png",
+                "left": f"{stem}.left.png",
+                "patient": patient,
+                "mask_source": "radiologists" if src == 2 else "v7-split",
+            }
+        )
     with (HERE / "index.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(out_rows[0]))
         w.writeheader()
