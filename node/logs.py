@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -28,3 +29,8 @@ def configure_logging(level: str = "INFO") -> None:
     from pydicom import config
 
     config.settings.reading_validation_mode = config.IGNORE
+    # highdicom quotes person names it finds odd ("The string 'X' is unlikely to
+    # represent ..."): a patient's name must not reach stderr that way.
+    warnings.filterwarnings("ignore", message=r"The string .* person name", category=UserWarning)
+    # highdicom narrates every module it copies at INFO.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)

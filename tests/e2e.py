@@ -109,7 +109,8 @@ class NodeProcess:
 
     def audit(self) -> str:
         done = subprocess.run(
-            [*CLI, "audit", "tail", "-n", "500"], env=self.env, capture_output=True, text=True
+            [*CLI, "audit", "tail", "-n", "500"], env=self.env, capture_output=True, text=True,
+            timeout=120,
         )
         return done.stdout
 

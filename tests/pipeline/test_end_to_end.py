@@ -20,7 +20,7 @@ from tests.e2e import NodeProcess, analyze_json, has_results, numeric_values
 from tests.helpers import dciodvfy_errors, dcmtk, run, with_new_uids, write
 from tests.orthanc import Orthanc, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CLI = [sys.executable, "-m", "node.cli"]
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

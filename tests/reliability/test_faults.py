@@ -20,7 +20,7 @@ from tests.e2e import NodeProcess, result_counts, storescu
 from tests.helpers import with_new_uids, write
 from tests.orthanc import Orthanc, free_port, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def studies(cr_chest: Path, folder: Path, count: int) -> list[Path]:

@@ -16,7 +16,7 @@ from tests.e2e import NodeProcess
 from tests.helpers import dcmtk, make_dx, write
 from tests.orthanc import Orthanc, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ASSOCIATIONS = 16
 PER_ASSOCIATION = 25
