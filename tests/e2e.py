@@ -82,9 +82,11 @@ class NodeProcess:
         return proc
 
     def start(self, *args: str) -> NodeProcess:
+        # Only what this start writes counts (a restart appends to the same log).
+        offset = self.log.stat().st_size if self.log.exists() else 0
         self.spawn("serve", *args)
         wait_until(
-            lambda: f"listening on 127.0.0.1:{self.port}" in self.log.read_text(),
+            lambda: f"listening on 127.0.0.1:{self.port}" in self.log.read_text()[offset:],
             timeout=60,
             what="node listening",
         )
@@ -109,7 +111,10 @@ class NodeProcess:
 
     def audit(self) -> str:
         done = subprocess.run(
-            [*CLI, "audit", "tail", "-n", "500"], env=self.env, capture_output=True, text=True,
+            [*CLI, "audit", "tail", "-n", "500"],
+            env=self.env,
+            capture_output=True,
+            text=True,
             timeout=120,
         )
         return done.stdout
