@@ -24,6 +24,8 @@ def _training(e: dict[str, Any]) -> str:
         f"- Data: {t['data']}",
         f"- Images used for training: {t['images']}; seed {t['seed']}",
     ]
+    if "selection_note" in t:
+        lines.append(f"- {t['selection_note']}")
     if "epochs" in t:
         lines.append(
             f"- Epochs: {t['epochs']}; wall time of the shipped model's training: {t.get('seconds', 'n/a')} s "

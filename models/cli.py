@@ -61,7 +61,7 @@ def train_segmentation(
 def train_classification(
     data: Path = DataOpt,
     out: Path = OutOpt,
-    epochs: int = typer.Option(10, "--epochs"),
+    epochs: int = typer.Option(20, "--epochs"),
     seed: int = SeedOpt,
     folds: int = typer.Option(5, "--folds"),
     part: str = typer.Option("all", "--part", help="all | final | cv | assemble (metrics from saved folds)"),

@@ -37,7 +37,7 @@ _CMD = (
 )
 TRAIN_COMMANDS = {
     "segmentation": _CMD.format("segmentation", 18),
-    "classification": _CMD.format("classification", 10),
+    "classification": _CMD.format("classification", 20),
     "opacity": _CMD.format("severity", 40),
     "severity_backbone": _CMD.format("severity", 40),
     "severity": _CMD.format("severity", 40),

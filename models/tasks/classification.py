@@ -20,7 +20,7 @@ from models.result import CLASSES
 logger = logging.getLogger(__name__)
 
 NAME = "cxr-resnet4"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 WIDTHS = (24, 48, 96, 128)
 TARGET_SENSITIVITY = 0.98
 
@@ -185,7 +185,7 @@ def _inputs(data: Path, out: Path, cache: Path | None) -> tuple[np.ndarray, ...]
 def train(
     data: Path,
     out: Path,
-    epochs: int = 10,
+    epochs: int = 20,
     seed: int = 0,
     folds: int = 5,
     cache: Path | None = None,
