@@ -217,7 +217,7 @@ def build_cache(data: Path, cache: Path, size: int = CACHE_SIZE, workers: int = 
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
     tmp.replace(cache)
     return arrays
 

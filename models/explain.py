@@ -8,6 +8,8 @@ input resolution.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -24,8 +26,8 @@ def to_unit(m: np.ndarray) -> np.ndarray:
     return ((m - lo) / (hi - lo)).astype(np.float32)
 
 
-def gradcam(model: torch.nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al.) on the last residual stage."""
+def gradcam(model: Any, x: torch.Tensor, target: int) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al.) on the last residual stage (``model.features`` / ``model.head``)."""
     model.eval()
     with torch.enable_grad():
         feats = model.features(x).detach().requires_grad_(True)
@@ -71,7 +73,8 @@ def occlusion(
         for j, (r, c) in enumerate(chunk):
             heat[r : r + patch, c : c + patch] += base - probs[j]
             count[r : r + patch, c : c + patch] += 1
-    heat = heat / np.maximum(count, 1)
+    mean_drop = heat / np.maximum(count, 1)
+    heat = mean_drop.astype(np.float32)
     return to_unit(np.clip(heat, 0, None) if heat.max() > 0 else np.abs(heat))
 
 

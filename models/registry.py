@@ -102,6 +102,7 @@ def build_model(
     path = verified_path(role, weights_dir, registry)
     arch = dict(e["arch"])
     cls = arch.pop("class")
+    model: torch.nn.Module
     if cls == "UNet":
         model = UNet(
             arch["in_channels"],

@@ -99,8 +99,9 @@ def train_segmenter(
             idx = np.sort(order[i : i + batch_size])
             x = torch.from_numpy(images[idx]).float()[:, None] / 127.5 * 1024.0 - 1024.0
             y = torch.from_numpy(targets[idx]).float()
-            x, y = augment(x, y, gen)
-            assert y is not None
+            x, y_aug = augment(x, y, gen)
+            assert y_aug is not None
+            y = y_aug
             logits = model(x)
             loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw) + dice_loss(logits, y)
             opt.zero_grad()

@@ -167,10 +167,8 @@ def train(
         },
     }
     (out / "severity.json").write_text(json.dumps(info, indent=2))
-    np.savez(
-        out / "severity.split0.npz",
-        **{f"{k}_{t}": np.asarray(v[t]) for k, v in first_split.items() for t in ("true", "pred")},
-    )
+    split0 = {f"{k}_{t}": np.asarray(v[t]) for k, v in first_split.items() for t in ("true", "pred")}
+    np.savez(out / "severity.split0.npz", **split0)  # type: ignore[arg-type]
     return info
 
 
@@ -243,8 +241,8 @@ def split_protocol(
 
     t0 = time.time()
     names = ("pearson", "r2", "mae", "mse")
-    per = {k: {m: [] for m in names} for k in targets}
-    base = {k: {m: [] for m in names} for k in targets}
+    per: dict[str, dict[str, list[float]]] = {k: {m: [] for m in names} for k in targets}
+    base: dict[str, dict[str, list[float]]] = {k: {m: [] for m in names} for k in targets}
     first: dict[str, Any] = {}
     gss = GroupShuffleSplit(n_splits=N_SPLITS, test_size=0.5, random_state=seed)
     for s, (a, b) in enumerate(gss.split(feats, groups=groups)):
