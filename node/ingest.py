@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from node import audit, routing
 from node.audit import EventKind, Outcome
@@ -144,7 +144,13 @@ class Ingest:
             duration_ms=elapsed_ms,
             **uids,
         )
-        return self.route(ds, path, calling_ae=calling_ae)
+        try:
+            return self.route(ds, path, calling_ae=calling_ae)
+        except SQLAlchemyError:
+            # The instance is durably in the spool: the modality gets success and
+            # the sweep records, routes and queues it once the database is back.
+            LOGGER.exception("database unavailable after storing SOP instance %s", sop_instance_uid)
+            return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path)
 
     def route(self, ds: Dataset, path: Path, *, calling_ae: str | None = None) -> ReceiveResult:
         """Apply the routing rules to a stored instance and queue it if eligible."""

@@ -117,3 +117,25 @@ def test_stale_queued_job_is_requeued(node_config, cr_chest: Path) -> None:
     assert ingest.sweep() == 1
     assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(settings)] == [stale.SOPInstanceUID]
     assert ingest.sweep() == 0  # its clock was reset: not again on the next sweep
+
+
+def test_database_down_after_store_still_succeeds(node_config, cr_chest: Path) -> None:
+    """The file is durable before the database is touched: a database failure then
+    must not turn into a failure status (the modality would think it was lost)."""
+    from node.settings import configure
+
+    settings = configure(database_url=f"sqlite:///{node_config.home / 'never-migrated.sqlite'}")
+    ingest = Ingest(settings)
+    ingest.spool.ensure()
+    ds = make_dx(cr_chest)
+    from io import BytesIO
+
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    result = ingest.receive(buffer.getvalue())
+    assert result.status == 0x0000 and not result.queued
+    assert ingest.spool.contains(ds.SOPInstanceUID)
+    # Once the database is there, the sweep picks it up.
+    upgrade(settings.db_url)
+    assert ingest.sweep() == 1
+    assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(settings)] == [ds.SOPInstanceUID]
