@@ -160,6 +160,9 @@ def analyze_path(
                 analysis.extra_outputs = [_heatmap_png(analysis.result, out_dir / f"{path.stem}-heatmap.png")]
     except PermanentError as exc:
         analysis.error = str(exc)
+    except Exception as exc:  # one bad input must not end a batch
+        LOGGER.exception("analysis of %s failed", path.name)
+        analysis.error = f"{type(exc).__name__}: {exc}"
     finally:
         analysis.seconds = time.monotonic() - started
     return analysis

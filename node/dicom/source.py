@@ -96,7 +96,20 @@ def evidence_header(source: Dataset) -> Dataset:
     for keyword in TYPE2_PATIENT_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, None)
+    # Modalities send "0\\0" spacing (pydicom-data's CR does); copied into a SEG it is
+    # invalid (PS3.3 C.7.6.2.1.1: values are positive). Unknown is better than wrong.
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in ds and not _positive_pair(ds.get(keyword)):
+            del ds[keyword]
     return ds
+
+
+def _positive_pair(value: object) -> bool:
+    try:
+        row, column = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return False
+    return row > 0 and column > 0
 
 
 def source_reference(source: Dataset) -> Dataset:

@@ -163,3 +163,22 @@ def test_two_images_of_one_study_share_each_series(dx_source: Dataset) -> None:
     for kind in KINDS:
         assert first[kind].SeriesInstanceUID == second[kind].SeriesInstanceUID, kind
         assert first[kind].SOPInstanceUID != second[kind].SOPInstanceUID, kind
+
+
+def test_zero_pixel_spacing_source_gives_valid_outputs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """pydicom-data's CR as it is (Pixel Spacing 0\\0), spacing unknown to the models:
+    no output may copy the zeros (dciodvfy: 'Value is zero ... Pixel Spacing')."""
+    import pydicom
+
+    from node.dicom.outputs import build_outputs
+    from tests.dicom.fakes import make_result
+    from tests.helpers import dciodvfy_errors, pydicom_data_file
+
+    source = pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))
+    assert [float(v) for v in source.PixelSpacing] == [0.0, 0.0]
+    built = build_outputs(source, make_result(source, spacing=False), ALGORITHM_NAME, ALGORITHM_VERSION)
+    assert set(built) == {"sr", "sc", "seg"}
+    for kind, ds in built.items():
+        path = tmp_path / f"{kind}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], kind

@@ -1,0 +1,63 @@
+"""`cxr-node analyze` over a mixed batch: DICOM, PNG, JPEG, an ineligible view, junk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+from pydicom import dcmread
+
+from tests.helpers import dciodvfy_errors, make_dx, write
+
+HELD_OUT = Path(__file__).resolve().parents[1] / "data" / "models"
+KEYS = {
+    "input",
+    "sop_instance_uid",
+    "eligible",
+    "reason",
+    "classification",
+    "severity",
+    "lungs",
+    "models",
+    "outputs",
+    "seconds",
+}
+
+
+def test_analyze_json_batch(cr_chest_j2k: Path, cr_chest: Path, tmp_path: Path) -> None:
+    jpeg = sorted(HELD_OUT.glob("*.jpg"))[0]
+    png = tmp_path / "chest.png"
+    Image.open(jpeg).save(png)
+    lateral = write(make_dx(cr_chest, view="LL"), tmp_path / "lateral.dcm")
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x00\x01 not an image")
+    out = tmp_path / "out"
+    inputs = [cr_chest_j2k, png, jpeg, lateral, junk]
+    done = subprocess.run(
+        [sys.executable, "-m", "node.cli", "analyze", "--json", "--out", str(out), *map(str, inputs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1  # the junk file failed; the rest went on
+    assert "Traceback" not in done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["input"] for r in rows] == [str(p) for p in inputs]
+    assert all(KEYS <= set(r) for r in rows)
+    dicom, png_row, jpeg_row, lateral_row, junk_row = rows
+    for row in (dicom, png_row, jpeg_row):
+        assert row["eligible"] and row.get("error") is None
+        assert abs(sum(row["classification"].values()) - 1.0) < 1e-3
+        assert 0 <= row["severity"]["geographic_extent"] <= 8 and 0 <= row["severity"]["opacity"] <= 6
+    assert dicom["sop_instance_uid"] == str(dcmread(cr_chest_j2k, stop_before_pixels=True).SOPInstanceUID)
+    kinds = sorted(Path(p).name.split("-")[0] for p in dicom["outputs"])
+    assert kinds == ["sc", "seg", "sr"]
+    for path in dicom["outputs"]:
+        assert dciodvfy_errors(Path(path)) == []
+    assert png_row["outputs"] and Path(png_row["outputs"][0]).suffix == ".png"
+    assert lateral_row["eligible"] is False and "not frontal" in lateral_row["reason"]
+    assert lateral_row["classification"] is None
+    assert junk_row["error"]
