@@ -31,6 +31,7 @@ from tests.orthanc import Orthanc, wait_until  # noqa: E402
 
 def make_studies(folder: Path, count: int) -> list[tuple[Path, str]]:
     template = dcmread(pydicom_data_file("RG1_UNCR.dcm"))
+    folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(count):
         ds = with_new_uids(template)
