@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,15 +42,13 @@ def validate_ae_title(value: str) -> str:
     return ae
 
 
+@dataclass(frozen=True)
 class Destination:
     """A C-STORE destination written ``AET@host:port``."""
 
-    __slots__ = ("ae_title", "host", "port")
-
-    def __init__(self, ae_title: str, host: str, port: int) -> None:
-        self.ae_title = ae_title
-        self.host = host
-        self.port = port
+    ae_title: str
+    host: str
+    port: int
 
     @classmethod
     def parse(cls, text: str) -> Destination:
@@ -64,15 +63,6 @@ class Destination:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
-
-    def __repr__(self) -> str:
-        return f"Destination({str(self)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Destination) and str(self) == str(other)
-
-    def __hash__(self) -> int:
-        return hash(str(self))
 
 
 def _split_csv(value: Any) -> Any:

@@ -170,14 +170,11 @@ def analyze_path(
 
 def _heatmap_png(result: AnalysisResult, path: Path) -> Path:
     """For PNG/JPEG inputs: the blended heatmap as a PNG (no DICOM context to report into)."""
-    import numpy as np
-    from matplotlib import colormaps
     from PIL import Image
 
-    gray = np.repeat(result.image[..., None].astype(np.float32), 3, axis=2)
-    colour = colormaps["jet"](result.heatmap)[..., :3] * 255.0
-    alpha = 0.4 * result.heatmap[..., None]
-    Image.fromarray(np.uint8(gray * (1 - alpha) + colour * alpha)).save(path)
+    from node.dicom.sc import blend_heatmap
+
+    Image.fromarray(blend_heatmap(result.image, result.heatmap)).save(path)
     return path
 
 

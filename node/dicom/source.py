@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Any
 
 import numpy as np
 from highdicom import ContributingEquipment
@@ -104,9 +105,9 @@ def evidence_header(source: Dataset) -> Dataset:
     return ds
 
 
-def _positive_pair(value: object) -> bool:
+def _positive_pair(value: Any) -> bool:
     try:
-        row, column = (float(v) for v in value)  # type: ignore[union-attr]
+        row, column = (float(v) for v in value)
     except (TypeError, ValueError):
         return False
     return row > 0 and column > 0
