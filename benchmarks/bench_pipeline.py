@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydicom import dcmread  # noqa: E402
 
-from tests.e2e import NodeProcess, result_counts, storescu  # noqa: E402
-from tests.helpers import pydicom_data_file, with_new_uids, write  # noqa: E402
+from tests.e2e import NodeProcess, result_counts  # noqa: E402
+from tests.helpers import pydicom_data_file, storescu, with_new_uids, write  # noqa: E402
 from tests.orthanc import Orthanc, wait_until  # noqa: E402
 
 

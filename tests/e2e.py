@@ -6,16 +6,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from tests.helpers import run
-from tests.orthanc import Orthanc, free_port, wait_until
+from tests.helpers import CLI, free_port, wait_until
+from tests.orthanc import Orthanc
 
-CLI = [sys.executable, "-m", "node.cli"]
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
@@ -133,9 +131,3 @@ def result_counts(orthanc: Orthanc, study_instance_uid: str) -> tuple[int, int]:
     grouped = sop_classes(orthanc, study_instance_uid)
     sr = sum(len(v) for k, v in grouped.items() if k.startswith(SR_PREFIX))
     return sr, len(grouped.get(SecondaryCaptureImageStorage, []))
-
-
-def storescu(port: int, *files: Path, aec: str = "CXRNODE") -> subprocess.CompletedProcess[str]:
-    from tests.helpers import dcmtk
-
-    return run([dcmtk("storescu"), "-aec", aec, "127.0.0.1", str(port), *map(str, files)])

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import socket
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -12,6 +15,26 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+
+CLI = [sys.executable, "-m", "node.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float = 120.0, interval: float = 0.5, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something truthy (tests never sleep blindly)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
 
 
 def pydicom_data_file(name: str) -> Path:
@@ -92,6 +115,30 @@ def dcmtk(tool: str) -> str:
 
 def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def storescu(
+    port: int, *files: Path, aec: str = "CXRNODE", aet: str | None = None, options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """dcmtk's storescu, a real modality, to 127.0.0.1:``port``."""
+    calling = ["-aet", aet] if aet else []
+    return run([dcmtk("storescu"), *options, *calling, "-aec", aec, "127.0.0.1", str(port), *map(str, files)])
+
+
+def echo_ok(port: int, tls_args=None) -> bool:  # type: ignore[no-untyped-def]
+    """A pynetdicom C-ECHO to the node; False if the association or the echo fails."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="MODALITY")
+    ae.acse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CXRNODE", tls_args=tls_args)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -14,11 +13,7 @@ from typing import Any
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.helpers import free_port
 
 
 class Orthanc:
@@ -129,15 +124,3 @@ class Orthanc:
         data = self.get(f"/instances/{orthanc_id}/file")
         assert isinstance(data, bytes)
         return data
-
-
-def wait_until(predicate, timeout: float = 120.0, interval: float = 0.5, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until it returns something truthy (tests never sleep blindly)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")

@@ -6,32 +6,18 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
-from tests.helpers import dcmtk, run
-
-CLI = [sys.executable, "-m", "node.cli"]
+from tests.helpers import CLI, dcmtk, run, storescu, wait_until
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
     return {**clean, "CXR_NODE_HOME": str(tmp_path / "home"), "CXR_NODE_PORT": "0"}
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def listening_port(log: Path) -> int | None:
@@ -46,7 +32,7 @@ def served(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
     with log.open("w") as out:
         proc = subprocess.Popen([*CLI, "serve", "--no-worker"], env=env, stdout=out, stderr=out)
     try:
-        port = wait_for(lambda: proc.poll() is None and listening_port(log))
+        port = wait_until(lambda: proc.poll() is None and listening_port(log), timeout=30, interval=0.1)
         yield port, log
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -57,7 +43,7 @@ def served(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_serve_storescu_spool_audit_queue(served, env, cr_chest: Path, tmp_path: Path) -> None:
     """The issue's 'done when': storescu -> success, spool, audit log, queue."""
     port, log = served
-    result = run([dcmtk("storescu"), "-aec", "CXRNODE", "127.0.0.1", str(port), str(cr_chest)])
+    result = storescu(port, cr_chest)
     assert result.returncode == 0, result.stderr
     uid = str(dcmread(cr_chest, stop_before_pixels=True).SOPInstanceUID)
     assert (tmp_path / "home" / "spool" / "instances" / f"{uid}.dcm").is_file()

@@ -14,15 +14,7 @@ from node.audit.log import events
 from node.scu import send_datasets
 from node.service import Node
 from node.settings import Destination, configure
-from tests.helpers import dcmtk, make_dx, queued_messages, run, with_new_uids, write
-
-
-def storescu(
-    port: int, *files: Path, aec: str = "CXRNODE", aet: str = "MODALITY", options: tuple = ()
-) -> tuple[int, str]:
-    cmd = [dcmtk("storescu"), *options, "-aet", aet, "-aec", aec, "127.0.0.1", str(port)]
-    result = run([*cmd, *map(str, files)])
-    return result.returncode, result.stdout + result.stderr
+from tests.helpers import dcmtk, make_dx, queued_messages, run, storescu, with_new_uids, write
 
 
 def kinds(**filters: str) -> list[str]:
@@ -40,8 +32,8 @@ def test_echoscu(running_node: Node) -> None:
 
 def test_storescu_cr_chest_is_spooled_audited_and_queued(running_node: Node, cr_chest: Path) -> None:
     _, port = running_node.address
-    rc, out = storescu(port, cr_chest)
-    assert rc == 0, out
+    done = storescu(port, cr_chest)
+    assert done.returncode == 0, done.stderr
     sop_instance_uid = str(dcmread(cr_chest, stop_before_pixels=True).SOPInstanceUID)
     stored = running_node.ingest.spool.path_for(sop_instance_uid)
     assert stored.is_file()
@@ -56,8 +48,8 @@ def test_storescu_jpeg2000(running_node: Node, cr_chest_j2k: Path, tmp_path: Pat
     _, port = running_node.address
     ds = with_new_uids(dcmread(cr_chest_j2k))
     # -xv: propose JPEG 2000 lossless, as a modality sending compressed images does
-    rc, out = storescu(port, write(ds, tmp_path / "j2k.dcm"), options=("-xv",))
-    assert rc == 0, out
+    done = storescu(port, write(ds, tmp_path / "j2k.dcm"), options=("-xv",))
+    assert done.returncode == 0, done.stderr
     stored = dcmread(running_node.ingest.spool.path_for(ds.SOPInstanceUID))
     assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID  # kept as sent
     assert stored.pixel_array.shape == (1955, 1841)  # and decodable
@@ -99,9 +91,9 @@ def test_storescu_ct_file_fails(running_node: Node, tmp_path: Path) -> None:
     from pydicom.data import get_testdata_file
 
     _, port = running_node.address
-    rc, out = storescu(port, Path(get_testdata_file("CT_small.dcm")))
-    assert rc != 0
-    assert "presentation context" in out.lower()
+    done = storescu(port, Path(get_testdata_file("CT_small.dcm")))
+    assert done.returncode != 0
+    assert "presentation context" in (done.stdout + done.stderr).lower()
     assert list(running_node.ingest.spool.instances_dir.iterdir()) == []
 
 
@@ -130,8 +122,8 @@ def test_wrong_called_ae_is_rejected(running_node: Node) -> None:
 
 def test_duplicate_is_audited_not_stored_twice(running_node: Node, cr_chest: Path) -> None:
     _, port = running_node.address
-    assert storescu(port, cr_chest)[0] == 0
-    assert storescu(port, cr_chest)[0] == 0  # the modality gets success both times
+    assert storescu(port, cr_chest).returncode == 0
+    assert storescu(port, cr_chest).returncode == 0  # the modality gets success both times
     uid = str(dcmread(cr_chest, stop_before_pixels=True).SOPInstanceUID)
     assert kinds(sop_instance_uid=uid) == ["instance.received", "job.queued", "instance.duplicate"]
     assert len(list(running_node.ingest.spool.instances_dir.iterdir())) == 1
@@ -175,8 +167,8 @@ def test_spool_below_reserve_is_a700(node_config, cr_chest: Path) -> None:
     node = Node(settings)
     _, port = node.start()
     try:
-        rc, out = storescu(port, cr_chest, options=("-v",))
-        assert "Refused: OutOfResources" in out, out
+        done = storescu(port, cr_chest, options=("-v",))
+        assert "Refused: OutOfResources" in done.stdout + done.stderr, done.stderr
         rejected = events(kind="instance.rejected")[-1]
         assert rejected.message.startswith("status 0xA700")
         assert list(node.ingest.spool.instances_dir.iterdir()) == []

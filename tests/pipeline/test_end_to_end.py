@@ -17,12 +17,11 @@ from pydicom import dcmread
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from tests.e2e import NodeProcess, analyze_json, has_results, numeric_values
-from tests.helpers import dciodvfy_errors, dcmtk, run, with_new_uids, write
-from tests.orthanc import Orthanc, wait_until
+from tests.helpers import dciodvfy_errors, storescu, wait_until, with_new_uids, write
+from tests.orthanc import Orthanc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-CLI = [sys.executable, "-m", "node.cli"]
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
@@ -80,13 +79,9 @@ def test_embedded_node_puts_sr_and_sc_in_the_study(
     orthanc: Orthanc, embedded_node: NodeProcess, chest: Path, tmp_path: Path
 ) -> None:
     # The PACS has the study; the modality (or the PACS) pushes it to the node.
-    assert (
-        run(
-            [dcmtk("storescu"), "-aec", "ORTHANC", "127.0.0.1", str(orthanc.dicom_port), str(chest)]
-        ).returncode
-        == 0
-    )
-    done = run([dcmtk("storescu"), "-aec", "CXRNODE", "127.0.0.1", str(embedded_node.port), str(chest)])
+    to_pacs = storescu(orthanc.dicom_port, chest, aec="ORTHANC")
+    assert to_pacs.returncode == 0, to_pacs.stderr
+    done = storescu(embedded_node.port, chest)
     assert done.returncode == 0, done.stderr
     check_results(orthanc, chest, embedded_node, tmp_path)
     log = embedded_node.audit()
@@ -108,7 +103,7 @@ def test_redis_worker_end_to_end_and_retry_without_duplicates(
     node.start("--no-worker")
     try:
         node.spawn("worker", "--concurrency", "1")
-        done = run([dcmtk("storescu"), "-aec", "CXRNODE", "127.0.0.1", str(node.port), str(chest)])
+        done = storescu(node.port, chest)
         assert done.returncode == 0, done.stderr
         found = check_results(orthanc, chest, node, tmp_path)
         source = dcmread(chest, stop_before_pixels=True)
@@ -141,7 +136,7 @@ def test_orthanc_down_while_results_are_ready(
     orthanc: Orthanc, embedded_node: NodeProcess, chest: Path, tmp_path: Path
 ) -> None:
     orthanc.stop()
-    done = run([dcmtk("storescu"), "-aec", "CXRNODE", "127.0.0.1", str(embedded_node.port), str(chest)])
+    done = storescu(embedded_node.port, chest)
     assert done.returncode == 0, done.stderr
     wait_until(lambda: "export.failed" in embedded_node.audit(), timeout=300, what="a failed export")
     orthanc.start()

@@ -13,8 +13,8 @@ from node.audit.log import events
 from node.audit.models import OutboxState
 from node.export import OutputFile, add_to_outbox, backoff_seconds, deliver_due, outbox_rows
 from node.settings import configure
-from tests.helpers import make_dx, write
-from tests.orthanc import Orthanc, wait_until
+from tests.helpers import make_dx, wait_until, write
+from tests.orthanc import Orthanc
 
 
 def output_file(tmp_path: Path, cr_chest: Path, kind: str = "sc") -> OutputFile:

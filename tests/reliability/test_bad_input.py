@@ -27,7 +27,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node.audit.log import events
 from node.service import Node
 from node.settings import configure
-from tests.helpers import make_dx, new_uid, queued_messages
+from tests.helpers import echo_ok, make_dx, new_uid, queued_messages
 
 SUCCESS, CANNOT_UNDERSTAND = 0x0000, 0xC210
 
@@ -198,15 +198,6 @@ def send_raw(
     return int(status.Status) if "Status" in status else -1
 
 
-def echo_ok(port: int) -> bool:
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="CXRNODE")
-    ok = assoc.is_established and assoc.send_c_echo().Status == 0
-    assoc.release()
-    return ok
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input(case: Case, running_node: Node, cr_chest: Path, tmp_path: Path) -> None:
     _, port = running_node.address
@@ -293,7 +284,7 @@ def test_abort_mid_transfer_stores_nothing(node_config, cr_chest: Path, tmp_path
             send_raw(assoc, str(ds.SOPClassUID), ds.SOPInstanceUID, encoded(ds), tmp_path)
         assoc.dul.send_pdu = original
         assoc.abort()
-        from tests.orthanc import wait_until
+        from tests.helpers import wait_until
 
         wait_until(lambda: events(kind="association.aborted"), timeout=30, what="abort audited")
         assert not node.ingest.spool.contains(ds.SOPInstanceUID)

@@ -16,9 +16,9 @@ import psutil
 import pytest
 from pydicom import dcmread
 
-from tests.e2e import NodeProcess, result_counts, storescu
-from tests.helpers import with_new_uids, write
-from tests.orthanc import Orthanc, free_port, wait_until
+from tests.e2e import NodeProcess, result_counts
+from tests.helpers import free_port, storescu, wait_until, with_new_uids, write
+from tests.orthanc import Orthanc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from tests.e2e import NodeProcess
-from tests.helpers import dcmtk, make_dx, write
-from tests.orthanc import Orthanc, wait_until
+from tests.helpers import dcmtk, make_dx, wait_until, write
+from tests.orthanc import Orthanc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 

@@ -17,8 +17,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification  # type: ignore[attr-defined]
 
-from tests.helpers import make_dx, new_uid
-from tests.orthanc import free_port, wait_until
+from tests.helpers import free_port, make_dx, new_uid, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from tests.e2e import CLI, NodeProcess, result_counts, storescu
-from tests.helpers import make_dx, with_new_uids, write
-from tests.orthanc import Orthanc, wait_until
+from tests.e2e import NodeProcess, result_counts
+from tests.helpers import CLI, make_dx, storescu, wait_until, with_new_uids, write
+from tests.orthanc import Orthanc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -12,14 +12,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.audit.db import upgrade
 from node.export import OutputFile, add_to_outbox, deliver_due
 from node.service import Node
 from node.settings import configure
-from tests.helpers import dcmtk, make_dx, run, write
+from tests.helpers import dcmtk, echo_ok, make_dx, run, write
 
 
 def _name(cn: str) -> x509.Name:
@@ -94,23 +92,11 @@ def _client_ctx(pki: dict[str, Path], with_cert: bool = True) -> ssl.SSLContext:
     return ctx
 
 
-def _echo(port: int, tls_args=None) -> bool:  # type: ignore[no-untyped-def]
-    ae = AE(ae_title="MODALITY")
-    ae.acse_timeout = ae.network_timeout = 10
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="CXRNODE", tls_args=tls_args)
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return bool(status) and status.Status == 0
-
-
 def test_tls_association_works_and_plain_fails(tls_node: Node, pki: dict[str, Path]) -> None:
     _, port = tls_node.address
-    assert _echo(port, (_client_ctx(pki), "localhost"))
-    assert not _echo(port)  # plain DICOM to the TLS port
-    assert not _echo(port, (_client_ctx(pki, with_cert=False), "localhost"))  # no client cert
+    assert echo_ok(port, (_client_ctx(pki), "localhost"))
+    assert not echo_ok(port)  # plain DICOM to the TLS port
+    assert not echo_ok(port, (_client_ctx(pki, with_cert=False), "localhost"))  # no client cert
 
 
 def test_dcmtk_echoscu_over_tls(tls_node: Node, pki: dict[str, Path]) -> None:
