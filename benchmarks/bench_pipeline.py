@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pydicom import dcmread  # noqa: E402
 
 from tests.e2e import NodeProcess, result_counts  # noqa: E402
-from tests.helpers import pydicom_data_file, storescu, with_new_uids, write  # noqa: E402
-from tests.orthanc import Orthanc, wait_until  # noqa: E402
+from tests.helpers import pydicom_data_file, storescu, wait_until, with_new_uids, write  # noqa: E402
+from tests.orthanc import Orthanc  # noqa: E402
 
 
 def make_studies(folder: Path, count: int) -> list[tuple[Path, str]]:
