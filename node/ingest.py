@@ -26,6 +26,7 @@ from node.audit.db import session_scope
 from node.audit.log import InstanceUIDs, instance_uids
 from node.audit.models import Instance, InstanceState, utcnow
 from node.exceptions import InvalidInstanceError, QueueError
+from node.image_pixel import check_pixels
 from node.queue import enqueue_analysis
 from node.settings import Settings, get_settings
 from node.spool import Spool, is_valid_uid
@@ -63,31 +64,6 @@ def parse_header(data: bytes) -> Dataset:
         raise InvalidInstanceError("SOP Class UID (0008,0016) is missing")
     check_pixels(ds)
     return ds
-
-
-def check_pixels(ds: Dataset) -> None:
-    """The Image Pixel module is there and its Pixel Data is as long as it says."""
-    if "PixelData" not in ds:
-        raise InvalidInstanceError("Pixel Data (7FE0,0010) is missing")
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        bits_allocated = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InvalidInstanceError(f"Image Pixel module incomplete or invalid: {exc}") from exc
-    if rows < 1 or columns < 1:
-        raise InvalidInstanceError(f"Rows/Columns (0028,0010/0011) are {rows}x{columns}")
-    if bits_allocated not in (1, 8, 16, 32):
-        raise InvalidInstanceError(f"Bits Allocated (0028,0100) is {bits_allocated}")
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if ts is not None and not ts.is_encapsulated:
-        expected = rows * columns * samples * frames * bits_allocated // 8
-        actual = len(ds.PixelData)
-        if actual < expected:
-            raise InvalidInstanceError(
-                f"Pixel Data (7FE0,0010) has {actual} bytes, Rows x Columns need {expected}"
-            )
 
 
 class Ingest:

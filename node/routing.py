@@ -20,6 +20,7 @@ FRONTAL_VIEWS = {"PA", "AP"}
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD", "LAO", "RAO", "LPO", "RPO"}
 
 GRAYSCALE = {"MONOCHROME1", "MONOCHROME2"}
+ANALYSED_BITS_ALLOCATED = (8, 16)
 # Portable chest X-rays are 1-4k pixels a side; below this there is nothing to analyse.
 MIN_SIDE = 128
 
@@ -90,6 +91,10 @@ def decide(ds: Dataset, min_age: int = 18) -> Decision:
     photometric = _text(ds, "PhotometricInterpretation")
     if photometric and photometric not in GRAYSCALE:
         return Decision(False, f"photometric interpretation {photometric} is not grayscale")
+    # PS3.3 C.8.11.3 (DX Image module): 8 or 16 bits allocated; the models take only these.
+    bits_allocated = ds.get("BitsAllocated")
+    if bits_allocated is not None and bits_allocated not in ANALYSED_BITS_ALLOCATED:
+        return Decision(False, f"bits allocated {bits_allocated} is not 8 or 16")
     try:
         rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     except (TypeError, ValueError):

@@ -56,6 +56,16 @@ def rgb(ds: Dataset) -> Dataset:
     return ds
 
 
+def gray8(cr_chest: Path) -> Dataset:
+    """An 8-bit MONOCHROME2 DX (Bits Allocated 8, Stored 8, High Bit 7)."""
+    ds = make_dx(cr_chest)
+    gray = (np.frombuffer(ds.PixelData, dtype=np.uint16) >> 4).astype(np.uint8)
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelData = gray.tobytes()
+    return ds
+
+
 def monochrome1_from(cr_chest: Path) -> Dataset:
     ds = dcmread(cr_chest)
     ds.SOPInstanceUID = new_uid()
@@ -82,6 +92,7 @@ class Case:
     audit: str  # the audit kind the instance must have
     queued: bool = False
     sop_class: str = ComputedRadiographyImageStorage
+    names: str = ""  # the attribute a refusal's message must name
 
 
 def _truncated(cr: Path) -> bytes:
@@ -127,6 +138,31 @@ def _private_tags(cr: Path) -> Dataset:
     return ds
 
 
+def _pixel_module(**attrs: object) -> Callable[[Path], Dataset]:
+    """A DX whose Image Pixel module (PS3.3 C.7.6.3) has ``attrs`` instead."""
+    return lambda cr: dx(cr, **attrs)
+
+
+def _thirty_two_bit(cr: Path) -> Dataset:
+    ds = make_dx(cr)
+    ds.PixelData = np.frombuffer(ds.PixelData, dtype=np.uint16).astype(np.uint32).tobytes()
+    ds.BitsAllocated = 32
+    return ds
+
+
+def _rgb_planar(planar: object) -> Callable[[Path], Dataset]:
+    def build(cr: Path) -> Dataset:
+        ds = rgb(make_dx(cr))
+        ds.PlanarConfiguration = planar
+        return ds
+
+    return build
+
+
+def _refused(name: str, build: Callable[[Path], Dataset], attribute: str) -> Case:
+    return Case(name, build, CANNOT_UNDERSTAND, "instance.rejected", names=attribute)
+
+
 CASES = [
     Case(
         "not DICOM",
@@ -150,6 +186,30 @@ CASES = [
     Case("non-chest body part", lambda cr: dx(cr, BodyPartExamined="SKULL"), SUCCESS, "instance.ineligible"),
     Case("lateral view", lambda cr: dx(cr, ViewPosition="LL"), SUCCESS, "instance.ineligible"),
     Case("patient aged 9", lambda cr: dx(cr, PatientAge="009Y"), SUCCESS, "instance.ineligible"),
+    # The Image Pixel module (PS3.3 C.7.6.3) contradicting itself: refused, attribute named.
+    _refused("bits stored 40 of 16", _pixel_module(BitsStored=40, HighBit=39), "Bits Stored (0028,0101)"),
+    _refused("bits stored 0", _pixel_module(BitsStored=0, HighBit=0), "Bits Stored (0028,0101)"),
+    _refused("high bit 15 for 12 stored", _pixel_module(HighBit=15), "High Bit (0028,0102)"),
+    _refused("high bit missing", _pixel_module(HighBit=None), "High Bit (0028,0102)"),
+    _refused("bits allocated 12", _pixel_module(BitsAllocated=12), "Bits Allocated (0028,0100)"),
+    _refused(
+        "pixel representation 2", _pixel_module(PixelRepresentation=2), "Pixel Representation (0028,0103)"
+    ),
+    _refused("3 samples, MONOCHROME2", _pixel_module(SamplesPerPixel=3), "Samples Per Pixel (0028,0002)"),
+    _refused(
+        "RGB with 1 sample",
+        _pixel_module(PhotometricInterpretation="RGB"),
+        "Samples Per Pixel (0028,0002)",
+    ),
+    _refused(
+        "unknown photometric",
+        _pixel_module(PhotometricInterpretation="GREYSCALE"),
+        "Photometric Interpretation (0028,0004)",
+    ),
+    _refused("RGB planar 2", _rgb_planar(2), "Planar Configuration (0028,0006)"),
+    # Consistent, decodable, but not what CR/DX (PS3.3 C.8.11.3) and the models take: stored.
+    Case("32 bits allocated", _thirty_two_bit, SUCCESS, "instance.ineligible"),
+    Case("8 bits", lambda cr: gray8(cr), SUCCESS, "job.queued", queued=True),
 ]
 
 
@@ -218,6 +278,7 @@ def test_bad_input(case: Case, running_node: Node, cr_chest: Path, tmp_path: Pat
     if case.audit == "instance.rejected":
         rejected = events(kind="instance.rejected")[-1]
         assert rejected.message.startswith(f"status 0x{case.status:04X}")
+        assert case.names in rejected.message
         assert len(list(running_node.ingest.spool.rejected_dir.iterdir())) == 1  # kept, not lost
     queued = [m["kwargs"]["sop_instance_uid"] for m in queued_messages(running_node.settings)]
     assert (uid in queued) is case.queued
