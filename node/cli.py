@@ -90,11 +90,18 @@ def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 1,
     queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated")] = None,
     pool: Annotated[str, typer.Option(help="prefork, solo or threads")] = "prefork",
+    parent_pid: Annotated[
+        int | None, typer.Option(hidden=True, help="Exit when this process (the node) dies")
+    ] = None,
 ) -> None:
     """A Celery worker for the model queue (uses the GPU when present)."""
     from workers.app import get_app, is_embedded_broker
 
     settings = _settings_or_exit()
+    if parent_pid is not None:
+        from workers.parent import die_with_parent
+
+        die_with_parent(parent_pid)
     argv = [
         "worker",
         f"--loglevel={settings.log_level}",

@@ -6,12 +6,15 @@ a thread-free way with ``Node.start()`` / ``Node.stop()``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 from types import FrameType
 
 from node import audit
@@ -42,6 +45,7 @@ class Node:
         upgrade(self.settings.db_url)
         audit.record(EventKind.NODE_STARTED, Outcome.INFO, f"AE {self.settings.ae_title}")
         self.ingest.spool.ensure()
+        stop_orphan_worker(self.worker_pid_file)  # before the sweep queues anything it could take
         requeued = self.ingest.sweep()
         if requeued:
             LOGGER.info("start-up sweep re-queued %d instance(s)", requeued)
@@ -63,9 +67,19 @@ class Node:
             "worker",
             "--concurrency",
             str(self.settings.worker_concurrency),
+            "--parent-pid",
+            str(os.getpid()),
         ]
         LOGGER.info("starting embedded worker: %s", " ".join(cmd[1:]))
-        return subprocess.Popen(cmd, env=env)
+        # Started from this thread: PR_SET_PDEATHSIG fires when the creating thread exits.
+        worker = subprocess.Popen(cmd, env=env)
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.worker_pid_file.write_text(f"{worker.pid}\n")
+        return worker
+
+    @property
+    def worker_pid_file(self) -> Path:
+        return self.settings.home / "worker.pid"
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.settings.sweep_interval_seconds):
@@ -85,6 +99,8 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.worker.kill()
                 self.worker.wait()
+        if self.worker is not None:
+            self.worker_pid_file.unlink(missing_ok=True)
         audit.record(EventKind.NODE_STOPPED, Outcome.INFO, f"AE {self.settings.ae_title}")
 
     def run_forever(self) -> None:
@@ -104,3 +120,41 @@ class Node:
                     self.worker = self._start_worker()
         finally:
             self.stop()
+
+
+def _proc_alive(pid: int) -> bool:
+    """True if ``pid`` runs and is not a zombie (Linux /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def stop_orphan_worker(pid_file: Path, grace_seconds: float = 30.0) -> bool:
+    """Stop an embedded worker left by an earlier node of this home, if one still runs.
+
+    The pid file names the worker; it is ours only if its command line is an
+    embedded worker's and the node it names as parent is gone (a live node's
+    worker is never touched). Returns True if an orphan was stopped.
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except (OSError, ValueError):
+        return False
+    if "worker" not in argv or "--parent-pid" not in argv or not _proc_alive(pid):
+        return False
+    parent = int(argv[argv.index("--parent-pid") + 1])
+    if parent != os.getpid() and _proc_alive(parent):
+        return False
+    LOGGER.warning("stopping orphan embedded worker %d of a node that is gone", pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while _proc_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _proc_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return True
