@@ -12,6 +12,8 @@ from datetime import date
 
 from pydicom.dataset import Dataset
 
+from node.dicom.provenance import own_output
+
 ANALYSED_MODALITIES = {"CR", "DX"}
 # PS3.16 CID 4031 / PS3.3 C.7.3.1 defined terms that mean the chest.
 CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "PORTABLE CHEST"}
@@ -77,6 +79,10 @@ def _view_is_lateral(ds: Dataset) -> bool:
 
 def decide(ds: Dataset, min_age: int = 18) -> Decision:
     """Apply the routing rules to the header of a stored instance."""
+    # Loop protection first: our own outputs routed back are never analysed.
+    origin = own_output(ds)
+    if origin is not None:
+        return Decision(False, f"made by this node, not analysed again: {origin}")
     modality = _text(ds, "Modality")
     if modality not in ANALYSED_MODALITIES:
         return Decision(False, f"modality {modality or '(empty)'} is not CR or DX")

@@ -13,9 +13,11 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
+# Re-exported: the builders name the node through this module.
+from node.dicom.provenance import MANUFACTURER as MANUFACTURER
+
 PRIVATE_SCHEME = "99CXRNODE"
 PRIVATE_SCHEME_NAME = "CXR Node private concepts"
-MANUFACTURER = "CXR Node"
 
 
 def private_scheme_item() -> CodingSchemeIdentificationItem:
