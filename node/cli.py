@@ -192,6 +192,42 @@ def analyze(
         raise typer.Exit(1)
 
 
+@app.command()
+def status() -> None:
+    """The node's health and numbers, as /metrics has them, for a person."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from node.metrics import COUNTERS, snapshot
+
+    snap = snapshot()
+    console = Console()
+    if not snap.database_ok:
+        console.print(f"[red]database unavailable[/red]: {snap.error}")
+    else:
+        console.print(f"database ok; queue depth {snap.queue_depth}")
+        counts = Table("counter", "total", title="Since the database was created")
+        for name, (_, _, help_text) in COUNTERS.items():
+            counts.add_row(f"{name} ({help_text})", str(snap.counters[name]))
+        console.print(counts)
+        states = Table("what", "state", "count", title="Now")
+        for state, n in sorted(snap.instances.items()):
+            states.add_row("instances", state, str(n))
+        for state, n in sorted(snap.outbox.items()):
+            states.add_row("outbox", state, str(n))
+        console.print(states)
+        stages = Table("stage", "count", "mean seconds", title="Stage durations")
+        for stage, timing in snap.stages.items():
+            stages.add_row(stage, str(timing.count), f"{timing.mean_seconds:.2f}")
+        console.print(stages)
+    models = Table("role", "model", "version", title="Models")
+    for role, info in sorted(snap.models.items()):
+        models.add_row(role, info["name"], info["version"])
+    console.print(models)
+    if not snap.database_ok:
+        raise typer.Exit(1)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply the database migrations."""

@@ -22,6 +22,7 @@ from node.audit import EventKind, Outcome
 from node.audit.db import upgrade
 from node.export import Exporter
 from node.ingest import Ingest
+from node.metrics import MetricsServer
 from node.scp import StorageSCP
 from node.settings import Settings, get_settings, settings_env
 
@@ -37,6 +38,7 @@ class Node:
         self.scp = StorageSCP(self.settings, self.ingest)
         self.worker: subprocess.Popen[bytes] | None = None
         self.exporter = Exporter(self.settings)
+        self.metrics: MetricsServer | None = None
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
@@ -51,6 +53,13 @@ class Node:
             LOGGER.info("start-up sweep re-queued %d instance(s)", requeued)
         self.address = self.scp.start()
         self.exporter.start()
+        if self.settings.metrics_port:
+            self.metrics = MetricsServer(self.settings)
+            try:
+                self.metrics.start()
+            except OSError as exc:  # DICOM goes on; the operator sees why there are no metrics
+                LOGGER.error("no metrics: cannot listen on port %d: %s", self.settings.metrics_port, exc)
+                self.metrics = None
         if self.settings.embedded_worker:
             self.worker = self._start_worker()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="spool-sweeper", daemon=True)
@@ -92,6 +101,8 @@ class Node:
         self._stop.set()
         self.scp.stop()
         self.exporter.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.worker is not None and self.worker.poll() is None:
             self.worker.terminate()  # Celery's warm shutdown: finish the current task
             try:

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     export_max_attempts: int = Field(8, ge=1)
     export_backoff_seconds: float = Field(5.0, gt=0)
 
+    # Monitoring: GET /metrics (Prometheus) and /health on this address; port 0 disables.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9110, ge=0, le=65535, description="0: no metrics/health endpoint")
+
     log_level: str = "INFO"
 
     @classmethod

@@ -50,6 +50,7 @@ def node_config(tmp_path: Path) -> Iterator[node_settings.Settings]:
         embedded_worker=False,
         min_free_bytes=0,
         sweep_interval_seconds=3600,
+        metrics_port=0,
     )
     yield settings
     node_settings.reset()

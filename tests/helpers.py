@@ -141,6 +141,19 @@ def echo_ok(port: int, tls_args=None) -> bool:  # type: ignore[no-untyped-def]
     return bool(status) and status.Status == 0
 
 
+def c_store(port: int, ds: Dataset, aet: str = "MODALITY") -> int:
+    """One pynetdicom C-STORE of ``ds`` in its own transfer syntax; returns the status."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CXRNODE")
+    assert assoc.is_established
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    return int(status.Status)
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     """Lines of dciodvfy's (dicom3tools) report on a file that begin with 'Error'."""
     tool = Path("/usr/bin/dciodvfy")

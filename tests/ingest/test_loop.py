@@ -7,7 +7,6 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite
-from pynetdicom import AE
 
 from node.audit.log import events
 from node.dicom.sc import build_sc
@@ -15,17 +14,7 @@ from node.dicom.uids import derive_uid
 from node.routing import decide
 from node.service import Node
 from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result
-from tests.helpers import make_dx, new_uid, queued_messages
-
-
-def _store(port: int, ds: Dataset) -> int:
-    ae = AE(ae_title="PACS")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="CXRNODE")
-    assert assoc.is_established
-    status = assoc.send_c_store(ds)
-    assoc.release()
-    return int(status.Status)
+from tests.helpers import c_store, make_dx, new_uid, queued_messages
 
 
 def _dx_from_our_sc(cr_chest: Path) -> Dataset:
@@ -51,14 +40,14 @@ def _dx_with_our_equipment(cr_chest: Path) -> Dataset:
 def test_own_images_sent_back_are_stored_not_analysed(running_node: Node, cr_chest: Path) -> None:
     _, port = running_node.address
     for ds in (_dx_from_our_sc(cr_chest), _dx_with_our_equipment(cr_chest)):
-        assert _store(port, ds) == 0x0000
+        assert c_store(port, ds) == 0x0000
         uid = str(ds.SOPInstanceUID)
         assert running_node.ingest.spool.contains(uid)
         [ineligible] = events(sop_instance_uid=uid, kind="instance.ineligible")
         assert "made by this node" in ineligible.message
     assert queued_messages(running_node.settings) == []
     control = make_dx(cr_chest)  # the same image without our marks is analysed
-    assert _store(port, control) == 0x0000
+    assert c_store(port, control) == 0x0000
     assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(running_node.settings)] == [
         control.SOPInstanceUID
     ]

@@ -1,0 +1,246 @@
+"""Prometheus ``/metrics`` and a ``/health`` endpoint, and the numbers behind ``cxr-node status``.
+
+Workers are separate processes, often on other hosts, so per-process
+counters would each see a part. Everything global is read from the
+database at scrape time instead (a custom collector): counters from the
+append-only audit table, queue depth and outbox from their tables, stage
+durations as histograms of the audit rows' ``duration_ms``. Model versions
+come from the model registry (plain JSON; torch is not imported here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import case, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.audit.db import session_scope
+from node.audit.models import AuditEvent, Instance, InstanceState, OutboxItem
+from node.settings import Settings, get_settings
+
+LOGGER = logging.getLogger(__name__)
+
+# Counter name -> (audit kind, outcome or None for any, help).
+COUNTERS: dict[str, tuple[str, str | None, str]] = {
+    "instances_received": ("instance.received", None, "Instances stored from a C-STORE"),
+    "instances_rejected": ("instance.rejected", None, "C-STOREs refused (0xC210, 0xA700, ...)"),
+    "instances_ineligible": ("instance.ineligible", None, "Instances stored but not analysed"),
+    "jobs_queued": ("job.queued", "success", "Analysis tasks sent to the broker"),
+    "instances_analysed": ("job.succeeded", None, "Analyses that produced outputs"),
+    "jobs_failed": ("job.failed", None, "Analyses that failed for good"),
+    "exports_sent": ("export.sent", None, "Outputs delivered to a destination"),
+    "exports_dead": ("export.dead", None, "Outputs given up on after every attempt"),
+}
+# Stage -> the audit kind whose duration_ms times it.
+STAGES: dict[str, str] = {
+    "ingest": "instance.received",
+    "analysis": "job.succeeded",
+    "export": "export.sent",
+}
+BUCKETS_SECONDS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass
+class Stage:
+    count: int
+    sum_seconds: float
+    buckets: list[int]  # cumulative counts for BUCKETS_SECONDS
+
+    @property
+    def mean_seconds(self) -> float:
+        return self.sum_seconds / self.count if self.count else 0.0
+
+
+@dataclass
+class Snapshot:
+    """The node's numbers, read from the database in one go."""
+
+    database_ok: bool
+    error: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    instances: dict[str, int] = field(default_factory=dict)
+    outbox: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, Stage] = field(default_factory=dict)
+    models: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def queue_depth(self) -> int:
+        return self.instances.get(InstanceState.QUEUED, 0)
+
+
+def _db_error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+
+
+def model_versions() -> dict[str, dict[str, str]]:
+    """``{role: {"name", "version"}}`` from the registry; empty if it cannot be read."""
+    from models.exceptions import RegistryError
+    from models.registry import load_registry  # plain JSON reader, no torch
+
+    try:
+        entries = load_registry()["models"]
+    except (RegistryError, KeyError):
+        return {}
+    return {role: {"name": str(e["name"]), "version": str(e["version"])} for role, e in entries.items()}
+
+
+def snapshot() -> Snapshot:
+    """Counters, states, stage durations and models; ``database_ok`` False if the DB failed."""
+    snap = Snapshot(database_ok=True, models=model_versions())
+    try:
+        with session_scope() as session:
+            counts = {
+                (kind, outcome): n
+                for kind, outcome, n in session.execute(
+                    select(AuditEvent.kind, AuditEvent.outcome, func.count()).group_by(
+                        AuditEvent.kind, AuditEvent.outcome
+                    )
+                )
+            }
+            snap.instances = dict(
+                session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all()  # type: ignore[arg-type]
+            )
+            snap.outbox = dict(
+                session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all()  # type: ignore[arg-type]
+            )
+            snap.stages = _stages(session)
+    except SQLAlchemyError as exc:
+        return Snapshot(database_ok=False, error=_db_error(exc), models=snap.models)
+    for name, (kind, outcome, _) in COUNTERS.items():
+        snap.counters[name] = sum(n for (k, o), n in counts.items() if k == kind and outcome in (None, o))
+    return snap
+
+
+def _stages(session: Any) -> dict[str, Stage]:
+    """Histogram buckets computed in SQL: one pass over the timed audit rows."""
+    ms = AuditEvent.duration_ms
+    columns = [func.count(), func.coalesce(func.sum(ms), 0.0)]
+    columns += [func.sum(case((ms <= le * 1000, 1), else_=0)) for le in BUCKETS_SECONDS]
+    rows = session.execute(
+        select(AuditEvent.kind, *columns)
+        .where(AuditEvent.kind.in_(STAGES.values()), ms.is_not(None))
+        .group_by(AuditEvent.kind)
+    ).all()
+    by_kind = {row[0]: row[1:] for row in rows}
+    stages = {}
+    for stage, kind in STAGES.items():
+        count, total_ms, *buckets = by_kind.get(kind, (0, 0.0, *[0] * len(BUCKETS_SECONDS)))
+        stages[stage] = Stage(int(count), float(total_ms) / 1000, [int(b or 0) for b in buckets])
+    return stages
+
+
+class NodeCollector:
+    """A prometheus-client collector that reads the database at each scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        snap = snapshot()
+        yield GaugeMetricFamily(
+            "cxr_node_database_up", "1 if the audit database answered", value=int(snap.database_ok)
+        )
+        models = InfoMetricFamily("cxr_node_model", "Model of each role in the registry", labels=["role"])
+        for role, info in sorted(snap.models.items()):
+            models.add_metric([role], info)
+        yield models
+        if not snap.database_ok:
+            return
+        for name, (_, _, help_text) in COUNTERS.items():
+            yield CounterMetricFamily(f"cxr_node_{name}", help_text, value=snap.counters[name])
+        yield GaugeMetricFamily(
+            "cxr_node_queue_depth", "Instances queued for analysis, not yet started", value=snap.queue_depth
+        )
+        states = GaugeMetricFamily("cxr_node_instances", "Received instances by state", labels=["state"])
+        for state, n in sorted(snap.instances.items()):
+            states.add_metric([state], n)
+        yield states
+        outbox = GaugeMetricFamily("cxr_node_outbox", "Export outbox rows by state", labels=["state"])
+        for state, n in sorted(snap.outbox.items()):
+            outbox.add_metric([state], n)
+        yield outbox
+        durations = HistogramMetricFamily(
+            "cxr_node_stage_duration_seconds", "Duration of each stage", labels=["stage"]
+        )
+        for stage, s in snap.stages.items():
+            buckets = [(str(le), n) for le, n in zip(BUCKETS_SECONDS, s.buckets, strict=True)]
+            durations.add_metric([stage], [*buckets, ("+Inf", s.count)], sum_value=s.sum_seconds)
+        yield durations
+
+
+def health(settings: Settings) -> tuple[int, dict[str, Any]]:
+    """HTTP status and JSON body: 200 when the database answers, 503 otherwise."""
+    try:
+        with session_scope() as session:
+            queued = session.scalar(
+                select(func.count()).select_from(Instance).where(Instance.state == InstanceState.QUEUED)
+            )
+    except SQLAlchemyError as exc:
+        return 503, {"status": "unavailable", "database": _db_error(exc), "ae_title": settings.ae_title}
+    return 200, {"status": "ok", "database": "ok", "ae_title": settings.ae_title, "queue_depth": queued}
+
+
+def make_registry() -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector())  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class MetricsServer:
+    """``GET /metrics`` (Prometheus text format) and ``GET /health`` (JSON) on a loopback port."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.registry = make_registry()
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self) -> tuple[str, int]:
+        registry, settings = self.registry, self.settings
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                elif path in ("/health", "/healthz"):
+                    status, body = health(settings)
+                    self._reply(status, "application/json", json.dumps(body).encode())
+                else:
+                    self._reply(404, "text/plain", b"try /metrics or /health\n")
+
+            def _reply(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                LOGGER.debug("metrics: " + format, *args)
+
+        self.server = ThreadingHTTPServer((settings.metrics_host, settings.metrics_port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True).start()
+        host, port = self.server.server_address[:2]
+        LOGGER.info("metrics on http://%s:%s/metrics", host, port)
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
