@@ -220,6 +220,17 @@ def lung_region(source: Dataset, mask: np.ndarray) -> ImageRegion | None:
     )
 
 
+def model_parameters(models: dict[str, str]) -> list[str]:
+    """TID 4019 Algorithm Parameters: one ``"name@version (role)"`` TEXT item per model.
+
+    TEXT is UT (PS3.3 C.17.3.2.1), so nothing is ever cut; the model's
+    name@version leads because displays shorten long items from the end
+    (dcmtk's ``dsrdump`` shows 27 characters and "..." by default) and the
+    version is what a reader needs to see.
+    """
+    return [f"{model} ({role})" for role, model in sorted(models.items())]
+
+
 def _has_library_descriptors(header: Dataset) -> bool:
     """Whether highdicom can describe the source in the Image Library (TID 1603).
 
@@ -265,8 +276,7 @@ def build_sr(
     check_result(result)
     header = evidence_header(source)
 
-    # TID 4019: the models behind the version, one "role=name@version" parameter each.
-    parameters = [f"{role}={model}" for role, model in sorted(result.models.items())]
+    parameters = model_parameters(result.models)
     algorithm_id = AlgorithmIdentification(
         name=algorithm_name,
         version=algorithm_version,
@@ -316,4 +326,4 @@ def build_sr(
     return sr
 
 
-__all__ = ["build_sr", "build_measurement_groups", "tracking_class"]
+__all__ = ["build_sr", "build_measurement_groups", "model_parameters", "tracking_class"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
+from models.registry import ROLES, model_id
 from models.result import CLASSES, AnalysisResult
 from node.dicom.exceptions import ResultMismatchError, SourceDatasetError
 from node.dicom.sr import (
@@ -29,6 +32,7 @@ from tests.dicom.fakes import (
     numeric,
     roundtrip,
 )
+from tests.helpers import dcmtk, run
 
 CLASS_CODES = {
     "normal": ("SCT", "17621005"),
@@ -167,10 +171,42 @@ def test_non_projection_source_is_an_error(dx_source: Dataset) -> None:
         build_sr(ct, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION)
 
 
+def _parameters(group: Dataset) -> list[str]:
+    return [str(item.TextValue) for item in group.ContentSequence if concept(item) == ("DCM", "111002")]
+
+
 def test_models_listed_as_algorithm_parameters(sr: Dataset, result: AnalysisResult) -> None:
-    group = measurement_groups(sr)[TRACKING_CLASSIFICATION]
-    parameters = [item.TextValue for item in group.ContentSequence if concept(item) == ("DCM", "111002")]
-    assert parameters == [f"{role}={model}" for role, model in sorted(result.models.items())]
+    for identifier, group in measurement_groups(sr).items():
+        # TID 4019 row 3: one TEXT item per model, name@version first, role after.
+        expected = [f"{model} ({role})" for role, model in sorted(result.models.items())]
+        assert _parameters(group) == expected, identifier
+
+
+def test_shipped_model_versions_in_full(
+    dx_source: Dataset, tmp_path: Path, validate: Callable[[Dataset, str], list[str]]
+) -> None:
+    """Regression: dsrdump showed 'classification=cxr-resnet4@...'.
+
+    The TEXT items (UT) always held the whole value; dsrdump shortens items
+    over 30 characters to 27 and '...' unless given +Pl. With the model
+    first, every shipped name@version reads in full even there.
+    """
+    shipped = {role: model_id(role) for role in ROLES}
+    result = make_result(dx_source)
+    result.models = shipped
+    ds = build_sr(dx_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)
+    assert validate(ds, "sr") == []
+    back = roundtrip(ds)
+    for identifier, group in measurement_groups(back).items():
+        parameters = _parameters(group)
+        assert len(parameters) == len(ROLES), identifier
+        for role, model in shipped.items():
+            assert f"{model} ({role})" in parameters, (identifier, role)
+    path = tmp_path / "sr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    shown = run([dcmtk("dsrdump"), str(path)]).stdout
+    for model in shipped.values():
+        assert shown.count(f'"Algorithm Parameters")="{model}') == len(measurement_groups(back)), model
 
 
 def test_lung_groups_outline_the_lungs(sr: Dataset, result: AnalysisResult) -> None:
