@@ -1,0 +1,115 @@
+"""A radiologist's view: OHIF in headless Chromium opens a study that went through the node.
+
+The study is a real pydicom-data CR chest analysed by ``cxr-node analyze
+--out`` (SR, SC, SEG), stored in a real Orthanc with its DICOMweb plugin.
+OHIF (npm's prebuilt ``@ohif/app``) is served on loopback; Debian's
+``chromium`` is driven by Playwright (no browser is downloaded). Screenshots
+go to ``$CXR_NODE_ARTIFACTS/viewer`` (default ``tests/.artifacts/viewer``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom import dcmread
+
+from tests.helpers import CLI, pydicom_data_file, with_new_uids, write
+from tests.orthanc import Orthanc
+from tests.viewer.ohif import OhifServer, dicomweb_config, ohif_dir
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.orthanc,
+    pytest.mark.viewer,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is missing (deploy/test.sh installs it)"),
+]
+VIEWPORT = {"width": 1400, "height": 1000}
+# Software WebGL: headless, no GPU.
+CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
+LOAD_TIMEOUT_MS = 60_000
+
+
+def artifacts_dir() -> Path:
+    root = Path(os.environ.get("CXR_NODE_ARTIFACTS", Path(__file__).resolve().parents[1] / ".artifacts"))
+    path = root / "viewer"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A CR chest and what ``cxr-node analyze --out`` made of it."""
+    tmp = tmp_path_factory.mktemp("viewer")
+    ds = with_new_uids(dcmread(pydicom_data_file("RG1_UNCI.dcm")))
+    ds.PixelSpacing = [0.16, 0.16]  # the sample's 0\0 is invalid; a real CR has a spacing
+    source = write(ds, tmp / "cr.dcm")
+    done = subprocess.run(
+        [*CLI, "analyze", str(source), "--json", "--out", str(tmp / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.splitlines()[0])
+    assert result["eligible"] and len(result["outputs"]) == 3, result
+    return {"source": source, "result": result, "study_instance_uid": ds.StudyInstanceUID, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def viewer(study: dict[str, object]) -> Iterator[str]:
+    """Orthanc (DICOMweb) holding the study, OHIF in front of it; yields OHIF's URL."""
+    orthanc = Orthanc(Path(str(study["tmp"])) / "orthanc", extra_config=dicomweb_config()).start()
+    server = None
+    try:
+        files = [Path(str(study["source"]))] + [Path(p) for p in study["result"]["outputs"]]  # type: ignore[index]
+        for path in files:
+            assert orthanc.post("/instances", path.read_bytes())["Status"] == "Success", path
+        server = OhifServer(ohif_dir(), orthanc.url).start()
+        yield server.url
+    finally:
+        if server is not None:
+            server.stop()
+        orthanc.stop()
+
+
+def _coloured_fraction(png: Path) -> float:
+    """Fraction of pixels that are clearly coloured (not grey): the heatmap, outlines."""
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return float((spread > 60).mean())
+
+
+def test_ohif_shows_sc_sr_and_seg(viewer: str, study: dict[str, object]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    out = artifacts_dir()
+    result = study["result"]
+    assert isinstance(result, dict)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{viewer}/viewer?StudyInstanceUIDs={study['study_instance_uid']}")
+        # First visit: OHIF's guided tour covers the viewport.
+        page.get_by_text("Skip all").click(timeout=LOAD_TIMEOUT_MS)
+
+        # The heatmap Secondary Capture.
+        page.get_by_text("CXR Node AI heatm").dblclick()
+        page.wait_for_timeout(4000)
+        viewport = page.locator(".cornerstone-viewport-element").first
+        sc_png = out / "ohif-sc.png"
+        viewport.screenshot(path=sc_png)
+        assert _coloured_fraction(sc_png) > 0.05, "the heatmap SC does not show in colour"
+
+        browser.close()
