@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,7 @@ VIEWPORT = {"width": 1400, "height": 1000}
 # Software WebGL: headless, no GPU.
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
 LOAD_TIMEOUT_MS = 60_000
+SERIES = ("CXR Node AI heatmap", "CXR Node AI measurement report", "CXR Node AI lung segmentation")
 
 
 def artifacts_dir() -> Path:
@@ -83,33 +85,75 @@ def viewer(study: dict[str, object]) -> Iterator[str]:
 
 
 def _coloured_fraction(png: Path) -> float:
-    """Fraction of pixels that are clearly coloured (not grey): the heatmap, outlines."""
+    """Fraction of pixels that are clearly coloured (not grey): the heatmap, outlines, segments."""
     rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
     spread = rgb.max(axis=-1) - rgb.min(axis=-1)
     return float((spread > 60).mean())
 
 
-def test_ohif_shows_sc_sr_and_seg(viewer: str, study: dict[str, object]) -> None:
+def _bright_fraction(png: Path) -> float:
+    """Fraction of pixels that are not near black: an image is on the viewport."""
+    grey = np.asarray(Image.open(png).convert("L"))
+    return float((grey > 40).mean())
+
+
+def _viewport_until(page, png: Path, check, timeout_s: float = 30.0) -> float:  # type: ignore[no-untyped-def]
+    """Screenshot the viewport until ``check(png)`` is truthy (polled, never a blind wait)."""
+    viewport = page.locator(".cornerstone-viewport-element").first
+    deadline = time.monotonic() + timeout_s
+    value = 0.0
+    while time.monotonic() < deadline:
+        viewport.screenshot(path=png)
+        value = check(png)
+        if value:
+            return value
+        page.wait_for_timeout(500)
+    return value
+
+
+@pytest.fixture(scope="module")
+def page(viewer: str, study: dict[str, object]) -> Iterator[object]:
+    """OHIF open on the study in headless chromium, the guided tour dismissed."""
     from playwright.sync_api import sync_playwright
 
-    out = artifacts_dir()
-    result = study["result"]
-    assert isinstance(result, dict)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(f"{viewer}/viewer?StudyInstanceUIDs={study['study_instance_uid']}")
         # First visit: OHIF's guided tour covers the viewport.
         page.get_by_text("Skip all").click(timeout=LOAD_TIMEOUT_MS)
-
-        # The heatmap Secondary Capture.
-        page.get_by_text("CXR Node AI heatm").dblclick()
-        page.wait_for_timeout(4000)
-        viewport = page.locator(".cornerstone-viewport-element").first
-        sc_png = out / "ohif-sc.png"
-        viewport.screenshot(path=sc_png)
-        assert _coloured_fraction(sc_png) > 0.05, "the heatmap SC does not show in colour"
-
+        yield page
         browser.close()
+
+
+def test_study_browser_lists_our_series(page) -> None:  # type: ignore[no-untyped-def]
+    for description in (
+        "CXR Node AI heatmap",
+        "CXR Node AI measurement report",
+        "CXR Node AI lung segmentation",
+    ):
+        assert page.get_by_text(description).count() >= 1, description
+
+
+def test_heatmap_sc_displays(page) -> None:  # type: ignore[no-untyped-def]
+    page.get_by_text("CXR Node AI heatmap").first.dblclick()
+    sc = _viewport_until(page, artifacts_dir() / "ohif-sc.png", lambda png: _coloured_fraction(png) > 0.05)
+    assert sc > 0.05, "the heatmap SC does not show in colour"
+
+
+@pytest.mark.xfail(reason="OHIF 3.13 shows the CR under 'Loading SEG...' and never the segments (open)")
+def test_lung_seg_overlays(page) -> None:  # type: ignore[no-untyped-def]
+    out = artifacts_dir()
+    page.get_by_text("CXR Node AI lung segmentation").first.dblclick()
+    seg = _viewport_until(page, out / "ohif-seg.png", lambda png: _coloured_fraction(png) > 0.02, 15)
+    page.screenshot(path=out / "ohif-seg-page.png")
+    assert seg > 0.02, "the lung SEG does not overlay the CR"
+
+
+@pytest.mark.xfail(reason="OHIF 3.13's SR viewport stays black for our TID 1500 report (open)")
+def test_sr_renders(page) -> None:  # type: ignore[no-untyped-def]
+    out = artifacts_dir()
+    page.get_by_text("CXR Node AI measurement report").first.dblclick()
+    shown = _viewport_until(page, out / "ohif-sr.png", lambda png: _bright_fraction(png) > 0.2, 10)
+    page.screenshot(path=out / "ohif-sr-page.png")
+    assert shown > 0.2, "OHIF's SR viewport shows nothing (black): see ohif-sr-page.png"
