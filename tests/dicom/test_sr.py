@@ -226,3 +226,32 @@ def test_lung_groups_outline_the_lungs(sr: Dataset, result: AnalysisResult) -> N
         assert area == pytest.approx(mask.sum(), rel=0.03), identifier
         # Its centroid is on the right side of the image for that lung.
         assert (x.mean() < columns / 2) == (identifier == TRACKING_RIGHT)
+
+
+def test_every_group_has_a_region_on_the_source(sr: Dataset, any_source: Dataset) -> None:
+    """OHIF stops placing an SR's measurements at the first group without a region."""
+    image = [0, 0, any_source.Columns, 0, any_source.Columns, any_source.Rows, 0, any_source.Rows, 0, 0]
+    for identifier, group in measurement_groups(sr).items():
+        [scoord] = [item for item in group.ContentSequence if item.ValueType == "SCOORD"]
+        [source] = scoord.ContentSequence
+        assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == any_source.SOPInstanceUID
+        if identifier not in (TRACKING_RIGHT, TRACKING_LEFT):
+            assert [float(v) for v in scoord.GraphicData] == image, identifier
+
+
+def _library_images(sr: Dataset) -> list[Dataset]:
+    libraries = [item for item in content_items(sr) if concept(item) == ("DCM", "111028")]
+    return [item for library in libraries for item in content_items(library) if item.ValueType == "IMAGE"]
+
+
+def test_image_library_lists_the_source(sr: Dataset, any_source: Dataset) -> None:
+    """OHIF finds the image to show an SR on in the Image Library (TID 1601)."""
+    [image] = _library_images(sr)
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == any_source.SOPInstanceUID
+
+
+def test_no_image_library_without_spacing(dx_source: Dataset) -> None:
+    source = copy.deepcopy(dx_source)
+    del source.PixelSpacing, source.ImagerPixelSpacing
+    sr = build_sr(source, make_result(source, spacing=False), ALGORITHM_NAME, ALGORITHM_VERSION)
+    assert _library_images(roundtrip(sr)) == []

@@ -22,6 +22,8 @@ import pytest
 from PIL import Image
 from pydicom import dcmread
 
+from node.dicom.sr import TRACKING_LEFT, TRACKING_RIGHT
+from tests.dicom.fakes import measurement_groups, numeric
 from tests.helpers import CLI, pydicom_data_file, with_new_uids, write
 from tests.orthanc import Orthanc
 from tests.viewer.ohif import OhifServer, dicomweb_config, ohif_dir
@@ -150,10 +152,34 @@ def test_lung_seg_overlays(page) -> None:  # type: ignore[no-untyped-def]
     assert seg > 0.02, "the lung SEG does not overlay the CR"
 
 
-@pytest.mark.xfail(reason="OHIF 3.13's SR viewport stays black for our TID 1500 report (open)")
-def test_sr_renders(page) -> None:  # type: ignore[no-untyped-def]
+def _lung_scores(study: dict[str, object]) -> list[float]:
+    """Geographic extent and opacity of each lung, as stored in our SR."""
+    [sr] = [Path(p) for p in study["result"]["outputs"] if Path(p).name.startswith("sr-")]  # type: ignore[index]
+    groups = measurement_groups(dcmread(sr))
+    return [
+        numeric(groups[identifier], *concept)[0]
+        for identifier in (TRACKING_RIGHT, TRACKING_LEFT)
+        for concept in (("99CXRNODE", "GEOEXTENT"), ("99CXRNODE", "OPACITY"))
+    ]
+
+
+def test_sr_drawn_with_our_numbers(page, study: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+    """OHIF's SR viewport: the CR, each lung outlined, its scores as text beside it."""
     out = artifacts_dir()
     page.get_by_text("CXR Node AI measurement report").first.dblclick()
-    shown = _viewport_until(page, out / "ohif-sr.png", lambda png: _bright_fraction(png) > 0.2, 10)
+    shown = _viewport_until(page, out / "ohif-sr.png", lambda png: _bright_fraction(png) > 0.2)
+    assert shown > 0.2, "OHIF's SR viewport shows no image: see ohif-sr.png"
+    # Annotation labels are SVG text over the image.
+    labels = page.locator("svg text")
+    page.wait_for_function("document.querySelectorAll('svg text').length > 0", timeout=LOAD_TIMEOUT_MS)
+    text = " ".join(labels.all_text_contents())
     page.screenshot(path=out / "ohif-sr-page.png")
-    assert shown > 0.2, "OHIF's SR viewport shows nothing (black): see ohif-sr-page.png"
+    (out / "ohif-sr-labels.txt").write_text(text)
+    extent_right, opacity_right, extent_left, opacity_left = _lung_scores(study)
+    for label in (
+        f"Geographic extent score: {extent_right:.2f}",
+        f"Opacity score: {opacity_right:.2f}",
+        f"Geographic extent score: {extent_left:.2f}",
+        f"Opacity score: {opacity_left:.2f}",
+    ):
+        assert label in text, (label, text[:500])
