@@ -143,7 +143,12 @@ def test_heatmap_sc_displays(page) -> None:  # type: ignore[no-untyped-def]
     assert sc > 0.05, "the heatmap SC does not show in colour"
 
 
-@pytest.mark.xfail(reason="OHIF 3.13 shows the CR under 'Loading SEG...' and never the segments (open)")
+# OHIF 3.13 cannot overlay a SEG on a projection image: its loader reads Image
+# Orientation (Patient) from the SEG's Plane Orientation functional group, which a
+# SEG without a Frame of Reference (a CR's) may not have; and Orthanc 1.10's DICOMweb
+# refuses the frames of a 1-bit SEG ("Bad file format"). Kept as a check so that it
+# reports when a viewer upgrade makes it pass.
+@pytest.mark.xfail(reason="OHIF 3.13 shows the CR under 'Loading SEG...' and never the segments")
 def test_lung_seg_overlays(page) -> None:  # type: ignore[no-untyped-def]
     out = artifacts_dir()
     page.get_by_text("CXR Node AI lung segmentation").first.dblclick()
@@ -173,6 +178,7 @@ def test_sr_drawn_with_our_numbers(page, study: dict[str, object]) -> None:  # t
     labels = page.locator("svg text")
     page.wait_for_function("document.querySelectorAll('svg text').length > 0", timeout=LOAD_TIMEOUT_MS)
     text = " ".join(labels.all_text_contents())
+    page.locator(".cornerstone-viewport-element").first.screenshot(path=out / "ohif-sr.png")
     page.screenshot(path=out / "ohif-sr-page.png")
     (out / "ohif-sr-labels.txt").write_text(text)
     extent_right, opacity_right, extent_left, opacity_left = _lung_scores(study)
