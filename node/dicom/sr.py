@@ -81,10 +81,8 @@ def _num(name: CodedConcept, value: float, unit: CodedConcept) -> Measurement:
     return Measurement(name=name, value=float(value), unit=unit)
 
 
-def image_region(source: Dataset) -> ImageRegion:
-    """The whole image as a closed POLYLINE: the region of an image-level group."""
-    rows, columns = float(source.Rows), float(source.Columns)
-    xy = np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], dtype=np.float32)
+def _polyline(source: Dataset, xy: np.ndarray) -> ImageRegion:
+    """A closed POLYLINE region on the source image."""
     return ImageRegion(
         graphic_type=GraphicTypeValues.POLYLINE,
         graphic_data=xy,
@@ -93,6 +91,13 @@ def image_region(source: Dataset) -> ImageRegion:
             referenced_sop_instance_uid=source.SOPInstanceUID,
         ),
     )
+
+
+def image_region(source: Dataset) -> ImageRegion:
+    """The whole image as a closed POLYLINE: the region of an image-level group."""
+    rows, columns = float(source.Rows), float(source.Columns)
+    xy = np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], dtype=np.float32)
+    return _polyline(source, xy)
 
 
 def _group(
@@ -217,14 +222,7 @@ def lung_region(source: Dataset, mask: np.ndarray) -> ImageRegion | None:
         [np.clip(contour[:, 1] + 0.5, 0, columns), np.clip(contour[:, 0] + 0.5, 0, rows)], axis=1
     ).astype(np.float32)
     xy[-1] = xy[0]  # closed polyline
-    return ImageRegion(
-        graphic_type=GraphicTypeValues.POLYLINE,
-        graphic_data=xy,
-        source_image=SourceImageForRegion(
-            referenced_sop_class_uid=source.SOPClassUID,
-            referenced_sop_instance_uid=source.SOPInstanceUID,
-        ),
-    )
+    return _polyline(source, xy)
 
 
 def model_parameters(models: dict[str, str]) -> list[str]:
