@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Quick start, the other command: install what the tests need and run them.
-#   apt: orthanc, dcmtk, dicom3tools, redis-server, postgresql (if missing)
+#   apt: orthanc, orthanc-dicomweb, chromium, npm, dcmtk, dicom3tools, redis-server,
+#        postgresql (if missing)
+#   npm: the prebuilt OHIF viewer (@ohif/app) for tests/viewer
 #   pip: the project with its test extra (into $CXR_NODE_VENV)
 #   starts Redis and PostgreSQL on loopback when they are not already running
 # Extra arguments go to pytest.
@@ -13,7 +15,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
-command -v Orthanc >/dev/null || need_apt+=(orthanc orthanc-dicomweb)
+command -v Orthanc >/dev/null || need_apt+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+command -v chromium >/dev/null || need_apt+=(chromium)   # tests/viewer, driven by Playwright
+command -v npm >/dev/null || need_apt+=(npm)             # fetches the OHIF viewer below
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v pg_ctlcluster >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -37,6 +42,20 @@ fi
 for _ in $(seq 50); do port_open 6379 && port_open 5432 && break; sleep 0.2; done
 
 source "$REPO/deploy/install.sh" test
+
+# OHIF for tests/viewer: npm's @ohif/app ships the built app (dist/), fetched
+# once at install time; the tests serve it on loopback and never go online.
+OHIF_VERSION=3.13.2
+export CXR_NODE_OHIF_DIR="${CXR_NODE_OHIF_DIR:-$HOME/.cache/cxr-node/ohif-$OHIF_VERSION}"
+if [ ! -f "$CXR_NODE_OHIF_DIR/index.html" ]; then
+    echo "fetching @ohif/app@$OHIF_VERSION from npm" >&2
+    ohif_tmp="$(mktemp -d)"
+    (cd "$ohif_tmp" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null && tar xzf ohif-app-*.tgz)
+    mkdir -p "$CXR_NODE_OHIF_DIR"
+    cp -r "$ohif_tmp/package/dist/." "$CXR_NODE_OHIF_DIR/"
+    rm -rf "$ohif_tmp"
+fi
+export CXR_NODE_ARTIFACTS="${CXR_NODE_ARTIFACTS:-$REPO/tests/.artifacts}"   # screenshots
 
 # The tests use database "test" as user postgres; a fresh Debian cluster has
 # neither trust auth nor that database, so give postgres a password and create it.

@@ -21,7 +21,12 @@ class Orthanc:
 
     ae_title = "ORTHANC"
 
-    def __init__(self, root: Path, modalities: dict[str, tuple[str, str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
         binary = shutil.which("Orthanc")
         if binary is None:
             pytest.fail("Orthanc is not installed: apt-get install orthanc")
@@ -30,6 +35,7 @@ class Orthanc:
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.modalities = modalities or {}
+        self.extra_config = extra_config or {}  # e.g. plugins (tests/viewer loads DICOMweb)
         self.proc: subprocess.Popen[bytes] | None = None
         self.config = root / "orthanc.json"
         self.log = root / "orthanc.log"
@@ -57,6 +63,7 @@ class Orthanc:
             "OverwriteInstances": True,
             "HttpTimeout": 30,
         }
+        config.update(self.extra_config)
         self.config.write_text(json.dumps(config, indent=2))
 
     def start(self, timeout: float = 30.0) -> Orthanc:

@@ -1,9 +1,12 @@
 """Secondary Capture of the heatmap burned onto the X-ray (PS3.3 A.8.1).
 
 The pixels are ``result.image`` (the display image the maps refer to) in
-grey, the heatmap blended in colour where it is high, the lung outlines,
-and a legend with the predicted class, the probabilities and the severity
-scores. The legend never carries patient data. ``BurnedInAnnotation`` is
+grey, the heatmap blended in colour where it is high, the lung outlines;
+at the top left "NOT FOR DIAGNOSTIC USE", the predicted class and the
+severity, at the bottom left every probability, each lung's scores, the
+colour scale and the algorithm. Text is sized from the image height, so it
+keeps its size on screen when a viewer fits the image to its window. The
+text never carries patient data. ``BurnedInAnnotation`` is
 YES, ``ImageType`` DERIVED\\SECONDARY, the Source Image Sequence references
 the analysed image and the Contributing Equipment Sequence names the
 algorithm and its version.
@@ -19,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
-from skimage.segmentation import find_boundaries
+from skimage.measure import find_contours
 
 from models.result import CLASSES, AnalysisResult
 from node.dicom.codes import CLASS_LABELS, MANUFACTURER
@@ -38,11 +41,23 @@ logger = logging.getLogger(__name__)
 
 KIND = "sc"
 SERIES_DESCRIPTION = "CXR Node AI heatmap (not for primary diagnosis)"
+NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
 COLORMAP = "jet"
 MAX_ALPHA = 0.55  # opacity of the colour where the heatmap is 1
+MIN_HEAT = 0.25  # below this the X-ray is left grey (no wash of low values over the image)
 OUTLINE_RGB = (0, 255, 0)
+MODEL_GRID = 256  # the segmentation's input size; its masks are upsampled from it
+WARNING_RGB = (255, 220, 0)
+TEXT_RGB = (255, 255, 255)
+BOX_RGB = (0, 0, 0)
 MIN_FONT = 8  # pixels; below this the default font is unreadable
-LEGEND_MAX_WIDTH = 0.6  # fraction of the columns the legend may cover
+# Text height as a fraction of the image height: a viewer fits the image to its
+# window, so text in image pixels must grow with the image to keep its size on
+# screen. 1/40 of the rows is 25 screen pixels when 2000 rows show as 1000.
+HEADER_FONT = 1 / 40
+FOOTER_FONT = 1 / 52
+MAX_TEXT_WIDTH = 0.9  # fraction of the columns a text box may cover
+SCALE_SUFFIX = "high;  green: lung outline"
 
 
 def _colormap(values: np.ndarray) -> np.ndarray:
@@ -55,26 +70,46 @@ def _colormap(values: np.ndarray) -> np.ndarray:
 def blend_heatmap(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     """uint8 RGB of a grey image with the heatmap blended in colour.
 
-    The colour's weight grows with the heatmap, so where it is near 0 the
-    X-ray is left untouched.
+    The colour's weight grows with the heatmap from ``MIN_HEAT`` up, so
+    where the map is low the X-ray is left untouched.
     """
     grey = np.repeat(image.astype(np.float32)[..., None] / 255.0, 3, axis=2)
     heat = np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
-    alpha = (MAX_ALPHA * heat)[..., None]
+    alpha = (MAX_ALPHA * np.clip((heat - MIN_HEAT) / (1.0 - MIN_HEAT), 0.0, 1.0))[..., None]
     rgb = (1.0 - alpha) * grey + alpha * _colormap(heat)
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-def draw_outlines(rgb: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
-    """Draw the mask boundaries in place, a few pixels wide on large images."""
-    width = max(1, round(min(rgb.shape[:2]) / 400))
-    for mask in masks:
-        edge = find_boundaries(mask.astype(bool), mode="inner")
-        if width > 1:
-            from scipy.ndimage import binary_dilation  # noqa: PLC0415
+def outline_width(rows: int, columns: int) -> int:
+    """Outline width in pixels: about 2.5 screen pixels at any fit-to-window size."""
+    return max(1, round(max(rows, columns) / 400))
 
-            edge = binary_dilation(edge, iterations=width - 1)
-        rgb[edge] = OUTLINE_RGB
+
+def draw_outlines(rgb: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """Draw the outline of each mask, closed also where a mask meets the image edge.
+
+    The masks come upsampled from the model's grid, so their edges are
+    stairs; the outline is the 0.5 iso-line of the mask blurred by about
+    half a model pixel, which follows the mask without the steps.
+    """
+    from scipy.ndimage import gaussian_filter  # noqa: PLC0415
+
+    rows, columns = rgb.shape[:2]
+    width = outline_width(rows, columns)
+    sigma = max(rows, columns) / MODEL_GRID / 2
+    canvas = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(canvas)
+    for mask in masks:
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            continue
+        # Padded, so that a mask touching the border gets its edge there too.
+        padded = gaussian_filter(np.pad(mask, 1).astype(np.float32), sigma=sigma, mode="constant")
+        for contour in find_contours(padded, 0.5):
+            xy = [(float(c) - 1.0, float(r) - 1.0) for r, c in contour]
+            if len(xy) > 2:
+                draw.line(xy, fill=OUTLINE_RGB, width=width, joint="curve")
+    rgb[...] = np.asarray(canvas)
     return rgb
 
 
@@ -84,71 +119,123 @@ def _product(algorithm_name: str) -> str:
     return f"{MANUFACTURER} {algorithm_name}"
 
 
-def legend_lines(result: AnalysisResult, algorithm_name: str, algorithm_version: str) -> list[str]:
-    """Text of the burned-in legend: algorithm, class, probabilities, severity."""
+def header_lines(result: AnalysisResult) -> list[str]:
+    """Top of the image: the warning, the class and the severity, read first."""
     predicted = result.predicted_class
     severity = result.severity
-    probabilities = "  ".join(
-        f"{CLASS_LABELS[name]} {result.classification[name]:.2f}" for name in reversed(CLASSES)
-    )
     return [
-        "AI RESULT - NOT VERIFIED",
-        f"{_product(algorithm_name)} {algorithm_version}",
+        NOT_FOR_DIAGNOSIS,
         f"Class: {CLASS_LABELS[predicted]} (p = {result.classification[predicted]:.2f})",
-        probabilities,
         f"Severity: extent {severity.geographic_extent:.1f}/8  opacity {severity.opacity:.1f}/6",
-        f"R lung: extent {severity.right.extent:.1f}/4  opacity {severity.right.opacity:.1f}/3",
-        f"L lung: extent {severity.left.extent:.1f}/4  opacity {severity.left.opacity:.1f}/3",
-        f"Heatmap: {result.heatmap_method} (blue low, red high); green: lungs",
     ]
 
 
-def draw_legend(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
-    """Burn the legend into the top-left corner on a dark box, with a colour bar."""
-    rows, columns = rgb.shape[:2]
-    canvas = Image.fromarray(rgb)
-    draw = ImageDraw.Draw(canvas)
-    size = max(MIN_FONT, round(min(rows, columns) / 55))
+def footer_lines(result: AnalysisResult, algorithm_name: str, algorithm_version: str) -> list[str]:
+    """Bottom of the image: every probability, each lung, the scale, the algorithm."""
+    severity = result.severity
+    return [
+        "  ".join(f"{CLASS_LABELS[name]} {result.classification[name]:.2f}" for name in reversed(CLASSES)),
+        f"R lung: extent {severity.right.extent:.1f}/4  opacity {severity.right.opacity:.1f}/3   "
+        f"L lung: extent {severity.left.extent:.1f}/4  opacity {severity.left.opacity:.1f}/3",
+        f"Heatmap ({result.heatmap_method}): low",
+        f"{_product(algorithm_name)} {algorithm_version} - AI result, not verified",
+    ]
+
+
+def legend_lines(result: AnalysisResult, algorithm_name: str, algorithm_version: str) -> list[str]:
+    """Every line of text burned in, header then footer."""
+    return header_lines(result) + footer_lines(result, algorithm_name, algorithm_version)
+
+
+def _fitted_font(
+    draw: ImageDraw.ImageDraw, lines: list[str], size: int, max_width: float
+) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     font = ImageFont.load_default(size=size)
     widest = max(draw.textlength(line, font=font) for line in lines)
-    if widest > LEGEND_MAX_WIDTH * columns and size > MIN_FONT:
-        # Small images: shrink the text so the legend keeps clear of the lungs.
-        size = max(MIN_FONT, int(size * LEGEND_MAX_WIDTH * columns / widest))
-        font = ImageFont.load_default(size=size)
+    if widest > max_width and size > MIN_FONT:
+        # Narrow images: shrink the text until the widest line fits.
+        font = ImageFont.load_default(size=max(MIN_FONT, int(size * max_width / widest)))
+    return font
+
+
+def _font_size(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+    return int(getattr(font, "size", MIN_FONT))
+
+
+def _text_box(
+    canvas: Image.Image,
+    lines: list[str],
+    size: int,
+    top: bool,
+    colours: list[tuple[int, int, int]],
+    scale_line: str | None = None,
+) -> tuple[int, int, int, int]:
+    """Draw lines of text on a black box in the top or the bottom left corner.
+
+    On ``scale_line`` a gap for the heatmap's colour bar follows the text,
+    then ``SCALE_SUFFIX``. Returns the bar's (left, top, right, bottom), all
+    zero without a scale line.
+    """
+    draw = ImageDraw.Draw(canvas)
+    columns, rows = canvas.size
+    size = round(size)
+    bar_chars = 6  # the colour bar is as wide as six font sizes
+    sized = [line + " " * bar_chars * 2 + SCALE_SUFFIX if line == scale_line else line for line in lines]
+    font = _fitted_font(draw, sized, size, MAX_TEXT_WIDTH * columns)
+    size = _font_size(font)
     margin = max(2, size // 3)
     line_height = round(size * 1.25)
-    text_width = max(draw.textlength(line, font=font) for line in lines)
-    bar_height = max(4, size // 2)
-    box = (
-        margin,
-        margin,
-        min(columns - 1, round(2 * margin + text_width + margin)),
-        min(rows - 1, 3 * margin + line_height * len(lines) + bar_height + margin),
-    )
-    draw.rectangle(box, fill=(0, 0, 0))
-    y = 2 * margin
-    for line in lines:
-        draw.text((2 * margin, y), line, fill=(255, 255, 255), font=font)
+    bar_width = bar_chars * size
+    widths = [draw.textlength(line, font=font) for line in lines]
+    if scale_line is not None:
+        i = lines.index(scale_line)
+        widths[i] += 2 * margin + bar_width + draw.textlength(SCALE_SUFFIX, font=font)
+    right = min(columns - 1, round(3 * margin + max(widths)))
+    height = min(rows - 1 - 2 * margin, 2 * margin + line_height * len(lines))
+    y0 = margin if top else rows - 1 - margin - height
+    draw.rectangle((margin, y0, right, y0 + height), fill=BOX_RGB)
+    bar = (0, 0, 0, 0)
+    y = y0 + margin
+    for line, colour in zip(lines, colours, strict=True):
+        draw.text((2 * margin, y), line, fill=colour, font=font)
+        if line == scale_line:
+            x = round(2 * margin + draw.textlength(line, font=font) + margin)
+            bar = (x, y + size // 5, x + bar_width, y + size)
+            draw.text((x + bar_width + margin, y), SCALE_SUFFIX, fill=colour, font=font)
         y += line_height
+    return bar
+
+
+def draw_legend(
+    rgb: np.ndarray, header: list[str], footer: list[str], scale_line: str | None = None
+) -> np.ndarray:
+    """Burn the header (top left, larger) and the footer (bottom left) into the image."""
+    canvas = Image.fromarray(rgb)
+    rows = rgb.shape[0]
+    header_size = max(MIN_FONT, round(rows * HEADER_FONT))
+    footer_size = max(MIN_FONT, round(rows * FOOTER_FONT))
+    _text_box(canvas, header, header_size, True, [WARNING_RGB] + [TEXT_RGB] * (len(header) - 1))
+    bar = _text_box(canvas, footer, footer_size, False, [TEXT_RGB] * len(footer), scale_line)
     out = np.asarray(canvas).copy()
-    # Colour bar of the heatmap scale, 0 on the left, 1 on the right.
-    bar_left, bar_right = 2 * margin, max(2 * margin + 1, box[2] - margin)
-    bar_top = min(rows - 1, y + margin)
-    bar_bottom = min(rows, bar_top + bar_height)
-    if bar_bottom > bar_top and bar_right > bar_left:
-        ramp = _colormap(np.linspace(0.0, 1.0, bar_right - bar_left))
-        out[bar_top:bar_bottom, bar_left:bar_right] = np.rint(ramp * 255).astype(np.uint8)
+    rows, columns = out.shape[:2]
+    left, top, right, bottom = bar
+    right, bottom = min(right, columns), min(bottom, rows)  # tiny images: text cut, bar too
+    if right > left and bottom > top:
+        # Colour bar of the heatmap scale as blended at full strength, low on the left.
+        ramp = _colormap(np.linspace(MIN_HEAT, 1.0, right - left))
+        out[top:bottom, left:right] = np.rint(ramp * 255).astype(np.uint8)
     return out
 
 
 def render(result: AnalysisResult, algorithm_name: str, algorithm_version: str) -> np.ndarray:
-    """uint8 RGB (rows, columns, 3): heatmap blend, lung outlines, legend."""
+    """uint8 RGB (rows, columns, 3): heatmap blend, lung outlines, header and footer."""
     image = np.asarray(result.image)
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ResultMismatchError(f"result.image must be 2-D uint8, got {image.dtype} {image.shape}")
     rgb = blend_heatmap(image, np.asarray(result.heatmap))
     rgb = draw_outlines(rgb, [np.asarray(result.right_lung), np.asarray(result.left_lung)])
-    return draw_legend(rgb, legend_lines(result, algorithm_name, algorithm_version))
+    footer = footer_lines(result, algorithm_name, algorithm_version)
+    return draw_legend(rgb, header_lines(result), footer, scale_line=footer[2])
 
 
 def build_sc(

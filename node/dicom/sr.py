@@ -1,20 +1,22 @@
 """Comprehensive SR with a TID 1500 Measurement Report of one analysis.
 
-Content tree (PS3.16 TID 1500), one TID 1501 measurement group each for:
+Content tree (PS3.16 TID 1500), one TID 1410 planar ROI measurement group
+each for:
 
 - the predicted class (qualitative evaluation ``Classification`` = class concept);
 - each of the four classes (finding type = class concept, ``Probability``
   in UCUM ``1``);
 - severity of both lungs (geographic extent 0-8, opacity 0-6, lung area);
 - the right and the left lung (extent 0-4, opacity 0-3, lung area), told
-  apart by their finding site; where the lung mask is not empty these are
-  planar ROI groups (TID 1410) whose region is the lung outline, so a viewer
-  draws them on the image.
+  apart by their finding site, whose region is the lung outline.
 
-Every group carries a tracking identifier and UID (so viewers such as OHIF
-list it), the algorithm identification (TID 4019) and the source image
-(``Source image for measurement group``). The observer is a device
-(TID 1004) naming the algorithm. ``VerificationFlag`` is UNVERIFIED.
+Image-level groups have the whole image as their region, so that every group
+is on the image: OHIF draws them there with their values (see ``_group``).
+Every group carries a tracking identifier and UID, the algorithm
+identification (TID 4019) and, under its region, the source image. The
+Image Library (TID 1601) lists the source where its spacing is known. The
+observer is a device (TID 1004) naming the algorithm. ``VerificationFlag``
+is UNVERIFIED.
 """
 
 from __future__ import annotations
@@ -32,12 +34,10 @@ from highdicom.sr import (
     ImageRegion,
     Measurement,
     MeasurementReport,
-    MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
-    SourceImageForMeasurementGroup,
     SourceImageForRegion,
     TrackingIdentifier,
 )
@@ -47,7 +47,13 @@ from skimage.measure import approximate_polygon, find_contours
 
 from models.result import CLASSES, AnalysisResult
 from node.dicom import codes as cxr_codes
-from node.dicom.source import algorithm_equipment, check_result, check_source, evidence_header
+from node.dicom.source import (
+    algorithm_equipment,
+    check_result,
+    check_source,
+    evidence_header,
+    patient_orientation,
+)
 from node.dicom.uids import derive_device_uid, derive_series_uid, derive_uid, series_number
 
 logger = logging.getLogger(__name__)
@@ -75,23 +81,44 @@ def _num(name: CodedConcept, value: float, unit: CodedConcept) -> Measurement:
     return Measurement(name=name, value=float(value), unit=unit)
 
 
+def _polyline(source: Dataset, xy: np.ndarray) -> ImageRegion:
+    """A closed POLYLINE region on the source image."""
+    return ImageRegion(
+        graphic_type=GraphicTypeValues.POLYLINE,
+        graphic_data=xy,
+        source_image=SourceImageForRegion(
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+        ),
+    )
+
+
+def image_region(source: Dataset) -> ImageRegion:
+    """The whole image as a closed POLYLINE: the region of an image-level group."""
+    rows, columns = float(source.Rows), float(source.Columns)
+    xy = np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], dtype=np.float32)
+    return _polyline(source, xy)
+
+
 def _group(
     source: Dataset,
     algorithm_version: str,
     identifier: str,
     algorithm_id: AlgorithmIdentification,
+    region: ImageRegion | None = None,
     **kwargs: object,
-) -> MeasurementsAndQualitativeEvaluations:
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A TID 1410 group; image-level results have the whole image as their region.
+
+    Every group has a region: OHIF (3.13) places an SR's measurements on the
+    image through their regions and stops at the first group without one,
+    so a single TID 1501 group would hide every measurement of the report.
+    """
     tracking_uid = derive_uid(source.SOPInstanceUID, f"{KIND}:{identifier}", algorithm_version)
-    return MeasurementsAndQualitativeEvaluations(
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=identifier),
+        referenced_region=region or image_region(source),
         algorithm_id=algorithm_id,
-        source_images=[
-            SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=source.SOPClassUID,
-                referenced_sop_instance_uid=source.SOPInstanceUID,
-            )
-        ],
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -101,8 +128,8 @@ def build_measurement_groups(
     result: AnalysisResult,
     algorithm_id: AlgorithmIdentification,
     algorithm_version: str,
-) -> list[MeasurementsAndQualitativeEvaluations]:
-    """TID 1501 measurement groups of one result, in report order."""
+) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """TID 1410 measurement groups of one result, in report order."""
     groups = [
         _group(
             source,
@@ -159,30 +186,15 @@ def build_measurement_groups(
         ]
         if area is not None:
             measurements.append(_num(cxr_codes.AREA, area, cxr_codes.UNIT_CM2))
-        finding_sites = [FindingSite(cxr_codes.LUNG, laterality=laterality)]
-        region = lung_region(source, mask)
-        if region is None:
-            groups.append(
-                _group(
-                    source,
-                    algorithm_version,
-                    identifier,
-                    algorithm_id,
-                    finding_type=cxr_codes.ABNORMAL_OPACITY,
-                    finding_sites=finding_sites,
-                    measurements=measurements,
-                )
-            )
-            continue
-        # TID 1410: the lung outline as the ROI, so viewers draw the group.
-        tracking_uid = derive_uid(source.SOPInstanceUID, f"{KIND}:{identifier}", algorithm_version)
         groups.append(
-            PlanarROIMeasurementsAndQualitativeEvaluations(  # type: ignore[arg-type]
-                tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=identifier),
-                referenced_region=region,
+            _group(
+                source,
+                algorithm_version,
+                identifier,
+                algorithm_id,
+                region=lung_region(source, mask),  # the lung outline; the image if no mask
                 finding_type=cxr_codes.ABNORMAL_OPACITY,
-                algorithm_id=algorithm_id,
-                finding_sites=finding_sites,
+                finding_sites=[FindingSite(cxr_codes.LUNG, laterality=laterality)],
                 measurements=measurements,
             )
         )
@@ -210,32 +222,39 @@ def lung_region(source: Dataset, mask: np.ndarray) -> ImageRegion | None:
         [np.clip(contour[:, 1] + 0.5, 0, columns), np.clip(contour[:, 0] + 0.5, 0, rows)], axis=1
     ).astype(np.float32)
     xy[-1] = xy[0]  # closed polyline
-    return ImageRegion(
-        graphic_type=GraphicTypeValues.POLYLINE,
-        graphic_data=xy,
-        source_image=SourceImageForRegion(
-            referenced_sop_class_uid=source.SOPClassUID,
-            referenced_sop_instance_uid=source.SOPInstanceUID,
-        ),
-    )
+    return _polyline(source, xy)
 
 
-def _has_library_descriptors(header: Dataset) -> bool:
-    """Whether highdicom can describe the source in the Image Library (TID 1603).
+def model_parameters(models: dict[str, str]) -> list[str]:
+    """TID 4019 Algorithm Parameters: one ``"name@version (role)"`` TEXT item per model.
 
-    TID 1603 needs Patient Orientation and Imager Pixel Spacing, which CR
-    images often lack; the source stays referenced by every measurement
-    group and by the Current Requested Procedure Evidence Sequence.
+    TEXT is UT (PS3.3 C.17.3.2.1), so nothing is ever cut; the model's
+    name@version leads because displays shorten long items from the end
+    (dcmtk's ``dsrdump`` shows 27 characters and "..." by default) and the
+    version is what a reader needs to see.
     """
-    orientation = header.get("PatientOrientation")
-    spacing = header.get("ImagerPixelSpacing")
-    return bool(
-        orientation
-        and len(orientation) == 2
-        and spacing
-        and len(spacing) == 2
-        and all(float(v) > 0 for v in spacing)
-    )
+    return [f"{model} ({role})" for role, model in sorted(models.items())]
+
+
+def library_header(header: Dataset) -> Dataset | None:
+    """The source as highdicom's Image Library (TID 1601/1603) needs it, or None.
+
+    TID 1603 describes a projection image by its Patient Orientation and
+    Imager Pixel Spacing. CR often lacks both: the orientation then is the
+    radiological default the models assume (as in the SC and SEG), and the
+    spacing is the CR's Pixel Spacing (PS3.3 C.8.1.2 calls it the spacing at
+    the imaging plate, which is what Imager Pixel Spacing means). Without any
+    spacing there is no library. Viewers need it: OHIF finds the image on
+    which to draw the measurements in the Image Library, nowhere else.
+    """
+    spacing = header.get("ImagerPixelSpacing") or header.get("PixelSpacing")
+    if not (spacing and len(spacing) == 2 and all(float(v) > 0 for v in spacing)):
+        return None
+    library = Dataset()
+    library.update(header)
+    library.ImagerPixelSpacing = list(spacing)
+    library.PatientOrientation = list(patient_orientation(header))
+    return library
 
 
 def build_sr(
@@ -265,8 +284,7 @@ def build_sr(
     check_result(result)
     header = evidence_header(source)
 
-    # TID 4019: the models behind the version, one "role=name@version" parameter each.
-    parameters = [f"{role}={model}" for role, model in sorted(result.models.items())]
+    parameters = model_parameters(result.models)
     algorithm_id = AlgorithmIdentification(
         name=algorithm_name,
         version=algorithm_version,
@@ -282,11 +300,12 @@ def build_sr(
             model_name=algorithm_version,
         ),
     )
+    library = library_header(header)
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=cxr_codes.CHEST_XRAY,
         imaging_measurements=build_measurement_groups(header, result, algorithm_id, algorithm_version),
-        referenced_images=[header] if _has_library_descriptors(header) else None,
+        referenced_images=[library] if library is not None else None,
     )
     sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)
     sr = ComprehensiveSR(
@@ -316,4 +335,4 @@ def build_sr(
     return sr
 
 
-__all__ = ["build_sr", "build_measurement_groups", "tracking_class"]
+__all__ = ["build_sr", "build_measurement_groups", "model_parameters", "tracking_class"]

@@ -8,7 +8,15 @@ from pydicom.dataset import Dataset
 
 from models.result import AnalysisResult
 from node.dicom.exceptions import ResultMismatchError
-from node.dicom.sc import build_sc, legend_lines, render
+from node.dicom.sc import (
+    OUTLINE_RGB,
+    WARNING_RGB,
+    build_sc,
+    footer_lines,
+    legend_lines,
+    outline_width,
+    render,
+)
 from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result, roundtrip
 
 
@@ -49,34 +57,90 @@ def test_heatmap_changes_pixels_where_high(sc: Dataset, result: AnalysisResult) 
     assert not r == g == b, "colour expected where the heatmap is high"
     assert r > b  # jet: red at the top of the scale
     # Far from the heatmap, the lungs and the legend the X-ray is left grey.
-    far = (result.image.shape[0] - 2, result.image.shape[1] // 2)
+    far = (result.image.shape[0] // 2, result.image.shape[1] - 2)
     assert result.heatmap[far] < 1e-3
     assert tuple(pixels[far]) == (grey[far],) * 3
 
 
+def _is_outline(pixels: np.ndarray) -> np.ndarray:
+    return (pixels == OUTLINE_RGB).all(axis=-1)
+
+
 def test_lung_outline_drawn(sc: Dataset, result: AnalysisResult) -> None:
     pixels = sc.pixel_array
-    rows = np.nonzero(result.left_lung.any(axis=1))[0]
-    middle = (rows[0] + rows[-1]) // 2
-    cols = np.nonzero(result.left_lung[middle])[0]
-    # The outermost lung pixel on that row is on the outline (green).
-    assert tuple(pixels[middle, cols[-1]]) == (0, 255, 0)
+    width = outline_width(sc.Rows, sc.Columns)
+    for mask in (result.right_lung, result.left_lung):
+        rows = np.nonzero(mask.any(axis=1))[0]
+        middle = (rows[0] + rows[-1]) // 2
+        cols = np.nonzero(mask[middle])[0]
+        # The outline (green) runs along the outermost lung pixels of that row...
+        for col in (cols[0], cols[-1]):
+            assert _is_outline(pixels[middle, col - width : col + width + 1]).any(), (middle, col)
+        # ...and not through the middle of the lung.
+        assert not _is_outline(pixels[middle, (cols[0] + cols[-1]) // 2]).any()
+
+
+def test_outline_closed_at_image_edge(dx_source: Dataset) -> None:
+    """A mask that runs to the edge of the image is outlined along that edge too."""
+    result = make_result(dx_source)
+    result.right_lung[:, :40] = False
+    result.right_lung[100:200, :40] = True  # past the chest wall, to the border
+    pixels = render(result, ALGORITHM_NAME, ALGORITHM_VERSION)
+    assert _is_outline(pixels[120:180, 0]).all()
+    assert not _is_outline(pixels[120:180, 20]).any()
+
+
+def _text_heights(region: np.ndarray, colour: tuple[int, int, int], tolerance: int = 20) -> list[int]:
+    """Heights of the runs of rows holding pixels of one text colour (one run per text line)."""
+    rows = (np.abs(region.astype(int) - colour) <= tolerance).all(axis=-1).any(axis=1)
+    heights, run = [], 0
+    for has_text in rows:
+        if has_text:
+            run += 1
+        elif run:
+            heights.append(run)
+            run = 0
+    return heights + ([run] if run else [])
+
+
+def test_text_legible_at_fit_to_window(cr_source: Dataset) -> None:
+    """A ~2000-row CR shown 1000 pixels tall: text still about 12+ screen pixels tall."""
+    result = make_result(cr_source)
+    pixels = render(result, ALGORITHM_NAME, ALGORITHM_VERSION)
+    rows, columns = pixels.shape[:2]
+    assert rows > 1500
+    shown = 1000 / rows  # screen pixels per image pixel
+    header = pixels[: rows // 6, : columns // 2]
+    warning = _text_heights(header, WARNING_RGB)  # "NOT FOR DIAGNOSTIC USE", capitals
+    assert len(warning) == 1 and warning[0] * shown >= 12, warning
+    footer = pixels[-rows // 5 :, : columns * 9 // 10]
+    lines = _text_heights(footer, (255, 255, 255))
+    assert len(lines) == len(footer_lines(result, ALGORITHM_NAME, ALGORITHM_VERSION)), lines
+    assert min(lines) * shown >= 9, lines
+
+
+def test_not_for_diagnostic_use_burned_in(sc: Dataset) -> None:
+    pixels = sc.pixel_array
+    header = pixels[: sc.Rows // 5, : sc.Columns * 9 // 10]
+    # Small text is anti-aliased: yellow-ish, never grey (the source) or white (the rest).
+    assert len(_text_heights(header, WARNING_RGB, tolerance=70)) == 1, "one warning line (yellow) expected"
 
 
 def test_legend_burned_in_top_left(sc: Dataset, result: AnalysisResult) -> None:
     pixels = sc.pixel_array.astype(int)
-    corner = pixels[: sc.Rows // 12, : sc.Columns // 4]
+    corner = pixels[: sc.Rows // 6, : sc.Columns // 2]
     white = (corner >= 200).all(axis=-1)
     black = (corner == 0).all(axis=-1)
     assert white.sum() > 20 and black.sum() > 20, "light legend text on a dark box expected"
     # The source image there is a mid-grey ramp, never that light or that dark.
-    grey = result.image[: sc.Rows // 12, : sc.Columns // 4]
+    grey = result.image[: sc.Rows // 6, : sc.Columns // 2]
     assert grey.min() > 0 and grey.max() < 200
 
 
 def test_legend_text_has_result_and_no_patient_data(any_source: Dataset, result: AnalysisResult) -> None:
     lines = legend_lines(result, ALGORITHM_NAME, ALGORITHM_VERSION)
     text = "\n".join(lines)
+    assert lines[0] == "NOT FOR DIAGNOSTIC USE"
     assert "COVID-19 (p = 0.91)" in text
     assert f"{ALGORITHM_NAME} {ALGORITHM_VERSION}" in text
     assert "extent 5.2/8" in text and "opacity 3.5/6" in text

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
+from models.registry import ROLES, model_id
 from models.result import CLASSES, AnalysisResult
 from node.dicom.exceptions import ResultMismatchError, SourceDatasetError
 from node.dicom.sr import (
@@ -29,6 +32,7 @@ from tests.dicom.fakes import (
     numeric,
     roundtrip,
 )
+from tests.helpers import dcmtk, run
 
 CLASS_CODES = {
     "normal": ("SCT", "17621005"),
@@ -167,10 +171,42 @@ def test_non_projection_source_is_an_error(dx_source: Dataset) -> None:
         build_sr(ct, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION)
 
 
+def _parameters(group: Dataset) -> list[str]:
+    return [str(item.TextValue) for item in group.ContentSequence if concept(item) == ("DCM", "111002")]
+
+
 def test_models_listed_as_algorithm_parameters(sr: Dataset, result: AnalysisResult) -> None:
-    group = measurement_groups(sr)[TRACKING_CLASSIFICATION]
-    parameters = [item.TextValue for item in group.ContentSequence if concept(item) == ("DCM", "111002")]
-    assert parameters == [f"{role}={model}" for role, model in sorted(result.models.items())]
+    for identifier, group in measurement_groups(sr).items():
+        # TID 4019 row 3: one TEXT item per model, name@version first, role after.
+        expected = [f"{model} ({role})" for role, model in sorted(result.models.items())]
+        assert _parameters(group) == expected, identifier
+
+
+def test_shipped_model_versions_in_full(
+    dx_source: Dataset, tmp_path: Path, validate: Callable[[Dataset, str], list[str]]
+) -> None:
+    """Regression: dsrdump showed 'classification=cxr-resnet4@...'.
+
+    The TEXT items (UT) always held the whole value; dsrdump shortens items
+    over 30 characters to 27 and '...' unless given +Pl. With the model
+    first, every shipped name@version reads in full even there.
+    """
+    shipped = {role: model_id(role) for role in ROLES}
+    result = make_result(dx_source)
+    result.models = shipped
+    ds = build_sr(dx_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)
+    assert validate(ds, "sr") == []
+    back = roundtrip(ds)
+    for identifier, group in measurement_groups(back).items():
+        parameters = _parameters(group)
+        assert len(parameters) == len(ROLES), identifier
+        for role, model in shipped.items():
+            assert f"{model} ({role})" in parameters, (identifier, role)
+    path = tmp_path / "sr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    shown = run([dcmtk("dsrdump"), str(path)]).stdout
+    for model in shipped.values():
+        assert shown.count(f'"Algorithm Parameters")="{model}') == len(measurement_groups(back)), model
 
 
 def test_lung_groups_outline_the_lungs(sr: Dataset, result: AnalysisResult) -> None:
@@ -190,3 +226,32 @@ def test_lung_groups_outline_the_lungs(sr: Dataset, result: AnalysisResult) -> N
         assert area == pytest.approx(mask.sum(), rel=0.03), identifier
         # Its centroid is on the right side of the image for that lung.
         assert (x.mean() < columns / 2) == (identifier == TRACKING_RIGHT)
+
+
+def test_every_group_has_a_region_on_the_source(sr: Dataset, any_source: Dataset) -> None:
+    """OHIF stops placing an SR's measurements at the first group without a region."""
+    image = [0, 0, any_source.Columns, 0, any_source.Columns, any_source.Rows, 0, any_source.Rows, 0, 0]
+    for identifier, group in measurement_groups(sr).items():
+        [scoord] = [item for item in group.ContentSequence if item.ValueType == "SCOORD"]
+        [source] = scoord.ContentSequence
+        assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == any_source.SOPInstanceUID
+        if identifier not in (TRACKING_RIGHT, TRACKING_LEFT):
+            assert [float(v) for v in scoord.GraphicData] == image, identifier
+
+
+def _library_images(sr: Dataset) -> list[Dataset]:
+    libraries = [item for item in content_items(sr) if concept(item) == ("DCM", "111028")]
+    return [item for library in libraries for item in content_items(library) if item.ValueType == "IMAGE"]
+
+
+def test_image_library_lists_the_source(sr: Dataset, any_source: Dataset) -> None:
+    """OHIF finds the image to show an SR on in the Image Library (TID 1601)."""
+    [image] = _library_images(sr)
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == any_source.SOPInstanceUID
+
+
+def test_no_image_library_without_spacing(dx_source: Dataset) -> None:
+    source = copy.deepcopy(dx_source)
+    del source.PixelSpacing, source.ImagerPixelSpacing
+    sr = build_sr(source, make_result(source, spacing=False), ALGORITHM_NAME, ALGORITHM_VERSION)
+    assert _library_images(roundtrip(sr)) == []

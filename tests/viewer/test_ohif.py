@@ -1,0 +1,191 @@
+"""A radiologist's view: OHIF in headless Chromium opens a study that went through the node.
+
+The study is a real pydicom-data CR chest analysed by ``cxr-node analyze
+--out`` (SR, SC, SEG), stored in a real Orthanc with its DICOMweb plugin.
+OHIF (npm's prebuilt ``@ohif/app``) is served on loopback; Debian's
+``chromium`` is driven by Playwright (no browser is downloaded). Screenshots
+go to ``$CXR_NODE_ARTIFACTS/viewer`` (default ``tests/.artifacts/viewer``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom import dcmread
+
+from node.dicom.sr import TRACKING_LEFT, TRACKING_RIGHT
+from tests.dicom.fakes import measurement_groups, numeric
+from tests.helpers import CLI, pydicom_data_file, with_new_uids, write
+from tests.orthanc import Orthanc
+from tests.viewer.ohif import OhifServer, dicomweb_config, ohif_dir
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.orthanc,
+    pytest.mark.viewer,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is missing (deploy/test.sh installs it)"),
+]
+VIEWPORT = {"width": 1400, "height": 1000}
+# Software WebGL: headless, no GPU.
+CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
+LOAD_TIMEOUT_MS = 60_000
+SERIES = ("CXR Node AI heatmap", "CXR Node AI measurement report", "CXR Node AI lung segmentation")
+
+
+def artifacts_dir() -> Path:
+    root = Path(os.environ.get("CXR_NODE_ARTIFACTS", Path(__file__).resolve().parents[1] / ".artifacts"))
+    path = root / "viewer"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A CR chest and what ``cxr-node analyze --out`` made of it."""
+    tmp = tmp_path_factory.mktemp("viewer")
+    ds = with_new_uids(dcmread(pydicom_data_file("RG1_UNCI.dcm")))
+    ds.PixelSpacing = [0.16, 0.16]  # the sample's 0\0 is invalid; a real CR has a spacing
+    source = write(ds, tmp / "cr.dcm")
+    done = subprocess.run(
+        [*CLI, "analyze", str(source), "--json", "--out", str(tmp / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.splitlines()[0])
+    assert result["eligible"] and len(result["outputs"]) == 3, result
+    return {"source": source, "result": result, "study_instance_uid": ds.StudyInstanceUID, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def viewer(study: dict[str, object]) -> Iterator[str]:
+    """Orthanc (DICOMweb) holding the study, OHIF in front of it; yields OHIF's URL."""
+    orthanc = Orthanc(Path(str(study["tmp"])) / "orthanc", extra_config=dicomweb_config()).start()
+    server = None
+    try:
+        files = [Path(str(study["source"]))] + [Path(p) for p in study["result"]["outputs"]]  # type: ignore[index]
+        for path in files:
+            assert orthanc.post("/instances", path.read_bytes())["Status"] == "Success", path
+        server = OhifServer(ohif_dir(), orthanc.url).start()
+        yield server.url
+    finally:
+        if server is not None:
+            server.stop()
+        orthanc.stop()
+
+
+def _coloured_fraction(png: Path) -> float:
+    """Fraction of pixels that are clearly coloured (not grey): the heatmap, outlines, segments."""
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return float((spread > 60).mean())
+
+
+def _bright_fraction(png: Path) -> float:
+    """Fraction of pixels that are not near black: an image is on the viewport."""
+    grey = np.asarray(Image.open(png).convert("L"))
+    return float((grey > 40).mean())
+
+
+def _viewport_until(page, png: Path, check, timeout_s: float = 30.0) -> float:  # type: ignore[no-untyped-def]
+    """Screenshot the viewport until ``check(png)`` is truthy (polled, never a blind wait)."""
+    viewport = page.locator(".cornerstone-viewport-element").first
+    deadline = time.monotonic() + timeout_s
+    value = 0.0
+    while time.monotonic() < deadline:
+        viewport.screenshot(path=png)
+        value = check(png)
+        if value:
+            return value
+        page.wait_for_timeout(500)
+    return value
+
+
+@pytest.fixture(scope="module")
+def page(viewer: str, study: dict[str, object]) -> Iterator[object]:
+    """OHIF open on the study in headless chromium, the guided tour dismissed."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+        page.goto(f"{viewer}/viewer?StudyInstanceUIDs={study['study_instance_uid']}")
+        # First visit: OHIF's guided tour covers the viewport.
+        page.get_by_text("Skip all").click(timeout=LOAD_TIMEOUT_MS)
+        yield page
+        browser.close()
+
+
+def test_study_browser_lists_our_series(page) -> None:  # type: ignore[no-untyped-def]
+    for description in (
+        "CXR Node AI heatmap",
+        "CXR Node AI measurement report",
+        "CXR Node AI lung segmentation",
+    ):
+        assert page.get_by_text(description).count() >= 1, description
+
+
+def test_heatmap_sc_displays(page) -> None:  # type: ignore[no-untyped-def]
+    page.get_by_text("CXR Node AI heatmap").first.dblclick()
+    sc = _viewport_until(page, artifacts_dir() / "ohif-sc.png", lambda png: _coloured_fraction(png) > 0.05)
+    assert sc > 0.05, "the heatmap SC does not show in colour"
+
+
+# OHIF 3.13 cannot overlay a SEG on a projection image: its loader reads Image
+# Orientation (Patient) from the SEG's Plane Orientation functional group, which a
+# SEG without a Frame of Reference (a CR's) may not have; and Orthanc 1.10's DICOMweb
+# refuses the frames of a 1-bit SEG ("Bad file format"). Kept as a check so that it
+# reports when a viewer upgrade makes it pass.
+@pytest.mark.xfail(reason="OHIF 3.13 shows the CR under 'Loading SEG...' and never the segments")
+def test_lung_seg_overlays(page) -> None:  # type: ignore[no-untyped-def]
+    out = artifacts_dir()
+    page.get_by_text("CXR Node AI lung segmentation").first.dblclick()
+    seg = _viewport_until(page, out / "ohif-seg.png", lambda png: _coloured_fraction(png) > 0.02, 15)
+    page.screenshot(path=out / "ohif-seg-page.png")
+    assert seg > 0.02, "the lung SEG does not overlay the CR"
+
+
+def _lung_scores(study: dict[str, object]) -> list[float]:
+    """Geographic extent and opacity of each lung, as stored in our SR."""
+    [sr] = [Path(p) for p in study["result"]["outputs"] if Path(p).name.startswith("sr-")]  # type: ignore[index]
+    groups = measurement_groups(dcmread(sr))
+    return [
+        numeric(groups[identifier], *concept)[0]
+        for identifier in (TRACKING_RIGHT, TRACKING_LEFT)
+        for concept in (("99CXRNODE", "GEOEXTENT"), ("99CXRNODE", "OPACITY"))
+    ]
+
+
+def test_sr_drawn_with_our_numbers(page, study: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+    """OHIF's SR viewport: the CR, each lung outlined, its scores as text beside it."""
+    out = artifacts_dir()
+    page.get_by_text("CXR Node AI measurement report").first.dblclick()
+    shown = _viewport_until(page, out / "ohif-sr.png", lambda png: _bright_fraction(png) > 0.2)
+    assert shown > 0.2, "OHIF's SR viewport shows no image: see ohif-sr.png"
+    # Annotation labels are SVG text over the image.
+    labels = page.locator("svg text")
+    page.wait_for_function("document.querySelectorAll('svg text').length > 0", timeout=LOAD_TIMEOUT_MS)
+    text = " ".join(labels.all_text_contents())
+    page.locator(".cornerstone-viewport-element").first.screenshot(path=out / "ohif-sr.png")
+    page.screenshot(path=out / "ohif-sr-page.png")
+    (out / "ohif-sr-labels.txt").write_text(text)
+    extent_right, opacity_right, extent_left, opacity_left = _lung_scores(study)
+    for label in (
+        f"Geographic extent score: {extent_right:.2f}",
+        f"Opacity score: {opacity_right:.2f}",
+        f"Geographic extent score: {extent_left:.2f}",
+        f"Opacity score: {opacity_left:.2f}",
+    ):
+        assert label in text, (label, text[:500])
