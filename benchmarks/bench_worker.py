@@ -35,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-WIDTHS = (9, 7, 12, 15, 8)
+WIDTHS = (9, 7, 10, 12, 15, 8)
 
 
 def make_studies(source: str, folder: Path, count: int) -> list[tuple[str, str]]:
@@ -61,15 +61,19 @@ def _run_one(uid: str, path: str, out_dir: Path, database: bool) -> dict[str, fl
         if analysis is None:
             raise RuntimeError(f"analysis of {uid} failed (see the log)")
         return analysis.stages
+    from contextlib import nullcontext
+
     from pydicom import dcmread
 
-    from workers.pipeline import _timed, analyze_image, write_outputs
+    from workers.pipeline import _timed, analyze_image, model_batcher, write_outputs
 
     stages: dict[str, float] = {}
-    with _timed(stages, "read"):
-        ds = dcmread(path)
-    result = analyze_image(ds, stages=stages)
-    write_outputs(ds, result, out_dir, stages)
+    batcher = model_batcher()
+    with batcher.task() if batcher is not None else nullcontext():
+        with _timed(stages, "read"):
+            ds = dcmread(path)
+        result = analyze_image(ds, stages=stages, batcher=batcher)
+        write_outputs(ds, result, out_dir, stages)
     return stages
 
 
@@ -77,14 +81,17 @@ def worker(
     home: str,
     device: str,
     threads: int,
+    batch_window_ms: float,
     database: bool,
     warm: tuple[str, str],
+    tasks: int,
     jobs: Any,
     results: Any,
     ready: Any,
 ) -> None:
     """One worker process: warm up (models load), then take studies until the queue says stop."""
     os.environ["CXR_NODE_HOME"] = home
+    os.environ["CXR_NODE_BATCH_WINDOW_MS"] = str(batch_window_ms)
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the Analyzer picks cuda whenever it sees one
     import torch
@@ -97,10 +104,21 @@ def worker(
     _run_one(*warm, Path(home) / "outputs", database)
     ready.wait()
     cpu0 = time.process_time()
-    while (job := jobs.get()) is not None:
-        stages = _run_one(*job, Path(home) / "outputs", database)
-        results.put(stages)
-    results.put({"cpu_s": time.process_time() - cpu0})
+
+    def take() -> None:  # one Celery task thread
+        while (job := jobs.get()) is not None:
+            results.put(_run_one(*job, Path(home) / "outputs", database))
+
+    pool = [threading.Thread(target=take) for _ in range(tasks)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    from workers.pipeline import model_batcher
+
+    batcher = model_batcher()
+    # The warm-up study ran alone: its batch of 1 is left out.
+    results.put({"cpu_s": time.process_time() - cpu0, "batches": batcher.batch_sizes[1:] if batcher else []})
 
 
 class GpuSampler(threading.Thread):
@@ -128,14 +146,21 @@ def run_setup(args: argparse.Namespace, processes: int, root: Path) -> dict[str,
     jobs, results, ready = ctx.Queue(), ctx.Queue(), ctx.Barrier(processes + 1)
     for job in queued:
         jobs.put(job)
-    for _ in range(processes):
+    for _ in range(processes * args.tasks):
         jobs.put(None)
     threads = args.threads or max(1, (os.cpu_count() or 1) // processes)
     procs = [
         ctx.Process(
             target=worker,
-            args=(str(root / f"home-{processes}-{i}"), args.device, threads, args.database, warm[i])
-            + (jobs, results, ready),
+            args=(
+                str(root / f"home-{processes}-{i}"),
+                args.device,
+                threads,
+                args.batch_window_ms,
+                args.database,
+                warm[i],
+            )
+            + (args.tasks, jobs, results, ready),
         )
         for i in range(processes)
     ]
@@ -152,11 +177,13 @@ def run_setup(args: argparse.Namespace, processes: int, root: Path) -> dict[str,
     started = time.perf_counter()
     per_study: list[dict[str, float]] = []
     cpu_s = 0.0
+    batches: list[int] = []
     finished = 0
     while finished < processes:
         item = results.get(timeout=1800)
         if "cpu_s" in item:
             cpu_s += item["cpu_s"]
+            batches += item["batches"]
             finished += 1
         else:
             per_study.append(item)
@@ -174,11 +201,13 @@ def run_setup(args: argparse.Namespace, processes: int, root: Path) -> dict[str,
         "gpu_util": statistics.mean(sampler.samples) if sampler and sampler.samples else None,
         "in_models": model_s / (elapsed * processes),
         "threads": threads,
+        "batch": statistics.mean(batches) if batches else 1.0,
     }
 
 
 def print_stages(per_study: list[dict[str, float]]) -> None:
     from workers.pipeline import STAGES
+
     totals = [sum(s.values()) for s in per_study]
     print(f"{'stage':<12} | {'median ms':>9} | {'mean ms':>9} | {'share':>6}")
     print(f"{'-' * 12}-|-{'-' * 9}-|-{'-' * 9}-|-{'-' * 6}")
@@ -203,6 +232,12 @@ def main() -> None:
         "--threads", type=int, default=0, help="torch threads per process (default: cores / processes)"
     )
     parser.add_argument("--no-database", dest="database", action="store_false")
+    parser.add_argument(
+        "--tasks", type=int, default=1, help="task threads per process (Celery's --pool threads -c N)"
+    )
+    parser.add_argument(
+        "--batch-window-ms", type=float, default=0.0, help="micro-batching window (0: one forward per study)"
+    )
     args = parser.parse_args()
     import torch
 
@@ -210,7 +245,8 @@ def main() -> None:
     counts = [int(n) for n in args.processes.split(",")]
     print(
         f"# worker only: {args.studies} studies of {Path(args.source).name}, device {args.device}, "
-        f"{os.cpu_count()} cores, database {'SQLite' if args.database else 'none'}"
+        f"{os.cpu_count()} cores, database {'SQLite' if args.database else 'none'}, "
+        f"{args.tasks} task thread(s) per process, batch window {args.batch_window_ms:g} ms"
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,13 +255,20 @@ def main() -> None:
             if i == 0:
                 print(f"\n## per stage, {n} process(es), {r['threads']} torch thread(s) each")
                 print_stages(r["per_study"])
-                head = ("processes", "threads", "studies/hour", "CPU s / model s", "GPU busy")
+                head = ("processes", "threads", "mean batch", "studies/hour", "CPU s / model s", "GPU busy")
                 print("\n" + " | ".join(f"{h:>{w}}" for h, w in zip(head, WIDTHS, strict=True)))
                 print("-|-".join("-" * w for w in WIDTHS))
             busy = "-"
             if args.device == "cuda":
                 busy = f"{r['gpu_util']:.0f} %" if r["gpu_util"] is not None else f"~{r['in_models']:.0%}"
-            cells = (n, r["threads"], f"{r['per_hour']:.0f}", f"{r['cpu_per_model']:.1f}", busy)
+            cells = (
+                n,
+                r["threads"],
+                f"{r['batch']:.1f}",
+                f"{r['per_hour']:.0f}",
+                f"{r['cpu_per_model']:.1f}",
+                busy,
+            )
             print(" | ".join(f"{c:>{w}}" for c, w in zip(cells, WIDTHS, strict=True)), flush=True)
             rows.append(r)
 

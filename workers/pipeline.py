@@ -6,6 +6,7 @@ decode -> eligibility -> models (segmentation, classification, severity, heatmap
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ from node.audit.log import instance_uids
 from node.audit.models import Instance, InstanceState, utcnow
 from node.export import OutputFile, add_to_outbox, deliver_due
 from node.settings import Settings, get_settings
+from workers.batching import MicroBatcher
 from workers.exceptions import PermanentError, TemporaryError
 
 LOGGER = logging.getLogger(__name__)
@@ -107,12 +109,32 @@ class Analysis:
         return out
 
 
+@functools.lru_cache(maxsize=4)
+def _batcher(window_ms: float, max_batch: int) -> MicroBatcher[Any, AnalysisResult]:
+    from models.inference import get_analyzer
+
+    return MicroBatcher(get_analyzer().analyze_batch, window_ms / 1000, max_batch)
+
+
+def model_batcher(settings: Settings | None = None) -> MicroBatcher[Any, AnalysisResult] | None:
+    """The process's micro-batcher when ``batch_window_ms`` is set, else None."""
+    settings = settings or get_settings()
+    if settings.batch_window_ms <= 0:
+        return None
+    return _batcher(settings.batch_window_ms, settings.batch_max)
+
+
 def analyze_image(
-    source: Dataset | Path | str, heatmap: str = "gradcam", stages: dict[str, float] | None = None
+    source: Dataset | Path | str,
+    heatmap: str = "gradcam",
+    stages: dict[str, float] | None = None,
+    batcher: MicroBatcher[Any, AnalysisResult] | None = None,
 ) -> AnalysisResult:
     """Run every model on one image (a DICOM data set or a PNG/JPEG path).
 
-    ``stages``, when given, receives the seconds spent in decode, preprocess and models.
+    ``stages``, when given, receives the seconds spent in decode, preprocess and
+    models. With a ``batcher`` (Grad-CAM heatmaps only), the networks run in its
+    thread, together with the images other task threads hand over meanwhile.
     """
     from models.exceptions import ImageError
     from models.inference import get_analyzer
@@ -124,7 +146,10 @@ def analyze_image(
         except ImageError as exc:
             raise PermanentError(str(exc)) from exc
     t = time.perf_counter()
-    result = get_analyzer().analyze(loaded, heatmap=heatmap)
+    if batcher is not None and heatmap == "gradcam":
+        result = batcher.submit(loaded)
+    else:
+        result = get_analyzer().analyze(loaded, heatmap=heatmap)
     if stages is not None:
         preprocess = float(result.extra.get("timings_s", {}).get("preprocess", 0.0))
         stages["preprocess"] = stages.get("preprocess", 0.0) + preprocess
@@ -240,6 +265,20 @@ def process_instance(
     the instance marked failed.
     """
     settings = settings or get_settings()
+    batcher = model_batcher(settings)
+    if batcher is None:
+        return _process(sop_instance_uid, path, attempt, settings, None)
+    with batcher.task():
+        return _process(sop_instance_uid, path, attempt, settings, batcher)
+
+
+def _process(
+    sop_instance_uid: str,
+    path: str,
+    attempt: int,
+    settings: Settings,
+    batcher: MicroBatcher[Any, AnalysisResult] | None,
+) -> Analysis | None:
     started = time.monotonic()
     stages: dict[str, float] = {}
     try:
@@ -262,7 +301,7 @@ def process_instance(
             audit.record(EventKind.INSTANCE_INELIGIBLE, Outcome.INFO, str(decision.reason), **uids)
             return None
         t = time.monotonic()
-        result = analyze_image(ds, stages=stages)
+        result = analyze_image(ds, stages=stages, batcher=batcher)
         model_ms = (time.monotonic() - t) * 1000
         outputs = write_outputs(ds, result, settings.outputs_path, stages)
         with _timed(stages, "database"):
