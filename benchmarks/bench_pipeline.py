@@ -137,6 +137,9 @@ def main() -> None:
     print(f"{'-' * 28}-|-" + "-|-".join("-" * 8 for _ in (*STAGES, "outside")))
     for name, r in breakdown:
         stages = r["stages"]
+        if not stages:  # a node from before the worker logged its stages
+            print(f"{name:<28} | (no stage lines in the worker's log)")
+            continue
         cells = [
             statistics.median([st.get(k, 0.0) for st in stages]) * 1000 if stages else 0.0 for k in STAGES
         ]
