@@ -112,11 +112,12 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     parser.add_argument(
-        "--setups", default="embedded,redis1,redis2", help="which of embedded,redis1,redis2,redis4"
+        "--setups", default="embedded,redis1,redis2", help="which of embedded,embedded2,redis1,redis2,redis4"
     )
     args = parser.parse_args()
     known = {
         "embedded": ("embedded, 1 worker process", 1, None),
+        "embedded2": ("embedded, 2 worker processes", 2, None),
         "redis1": ("Redis, 1 worker process", 1, args.redis),
         "redis2": ("Redis, 2 worker processes", 2, args.redis),
         "redis4": ("Redis, 4 worker processes", 4, args.redis),
