@@ -50,9 +50,7 @@ def run(count: int, associations: int) -> tuple[float, int]:
             with ThreadPoolExecutor(associations) as pool:
                 results = [
                     r
-                    for rs in pool.map(
-                        lambda chunk: send_datasets(chunk, destination, "BENCH"), chunks
-                    )
+                    for rs in pool.map(lambda chunk: send_datasets(chunk, destination, "BENCH"), chunks)
                     for r in rs
                 ]
             elapsed = time.perf_counter() - started
@@ -84,9 +82,7 @@ def main() -> None:
             rates.append(rate)
             failures += failed
         rate = statistics.median(rates)
-        print(
-            f"{associations:>12} | {rate:>11.1f} | {rate * bytes_each / 1e6:>7.1f} | {failures:>6}"
-        )
+        print(f"{associations:>12} | {rate:>11.1f} | {rate * bytes_each / 1e6:>7.1f} | {failures:>6}")
 
 
 if __name__ == "__main__":

@@ -9,16 +9,21 @@ worker` processes. Prints a table.
 Latency: studies sent one at a time, each timed from the start of storescu to
 the moment its SR is listed in Orthanc (polled every 0.1 s), p50 and p95.
 Throughput: all studies sent at once, studies per hour until the last SR.
+Per stage: the worker logs each study's stages (``workers.pipeline.STAGES``);
+the rest of the end-to-end latency (C-STORE, ingest, broker, Orthanc's own
+storing) is "outside the worker".
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,7 +48,22 @@ def sr_arrived(orthanc: Orthanc, study: str) -> bool:
     return result_counts(orthanc, study)[0] >= 1
 
 
-def run_setup(name: str, workers: int, broker: str | None, studies: int) -> dict[str, float]:
+_DONE = re.compile(r"SOP instance \S+ done in ([\d.]+) s \((.*)\)")
+
+
+def worker_stages(log: Path, skip: int) -> list[dict[str, float]]:
+    """Seconds per stage of every study the workers logged, after the first ``skip``."""
+    found = []
+    for match in _DONE.finditer(log.read_text(errors="replace")):
+        stages = {}
+        for part in match.group(2).split(", "):
+            name, ms, _ = part.split(" ")
+            stages[name] = float(ms) / 1000
+        found.append(stages)
+    return found[skip:]
+
+
+def run_setup(name: str, workers: int, broker: str | None, studies: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         orthanc = Orthanc(root / "orthanc").start()
@@ -73,6 +93,7 @@ def run_setup(name: str, workers: int, broker: str | None, studies: int) -> dict
             for _, study in batch:
                 wait_until(lambda s=study: sr_arrived(orthanc, s), timeout=1800, interval=0.2)
             elapsed = time.perf_counter() - started
+            stages = worker_stages(node.log, skip=workers)
         finally:
             node.stop()
             orthanc.stop()
@@ -81,6 +102,8 @@ def run_setup(name: str, workers: int, broker: str | None, studies: int) -> dict
         "p50": statistics.median(latencies),
         "p95": q[18],
         "per_hour": studies / elapsed * 3600,
+        "stages": stages,
+        "latencies": latencies,
     }
 
 
@@ -88,18 +111,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    parser.add_argument(
+        "--setups", default="embedded,redis1,redis2", help="which of embedded,embedded2,redis1,redis2,redis4"
+    )
     args = parser.parse_args()
-    setups = [
-        ("embedded, 1 worker process", 1, None),
-        ("Redis, 1 worker process", 1, args.redis),
-        ("Redis, 2 worker processes", 2, args.redis),
-    ]
+    known = {
+        "embedded": ("embedded, 1 worker process", 1, None),
+        "embedded2": ("embedded, 2 worker processes", 2, None),
+        "redis1": ("Redis, 1 worker process", 1, args.redis),
+        "redis2": ("Redis, 2 worker processes", 2, args.redis),
+        "redis4": ("Redis, 4 worker processes", 4, args.redis),
+    }
+    setups = [known[k] for k in args.setups.split(",")]
+    breakdown = []
     print(f"# end-to-end: C-STORE of a 7.2 MB CR chest -> SR in Orthanc; {args.studies} studies; CPU only")
     print(f"{'setup':<28} | {'p50 s':>6} | {'p95 s':>6} | {'studies/hour':>12}")
     print(f"{'-' * 28}-|-{'-' * 6}-|-{'-' * 6}-|-{'-' * 12}")
     for name, workers, broker in setups:
         r = run_setup(name, workers, broker, args.studies)
         print(f"{name:<28} | {r['p50']:>6.2f} | {r['p95']:>6.2f} | {r['per_hour']:>12.0f}", flush=True)
+        breakdown.append((name, r))
+    from workers.pipeline import STAGES
+
+    print("\n# per stage, median ms per study (latency runs and throughput runs together)")
+    print(f"{'setup':<28} | " + " | ".join(f"{s:>8}" for s in (*STAGES, "outside")))
+    print(f"{'-' * 28}-|-" + "-|-".join("-" * 8 for _ in (*STAGES, "outside")))
+    for name, r in breakdown:
+        stages = r["stages"]
+        if not stages:  # a node from before the worker logged its stages
+            print(f"{name:<28} | (no stage lines in the worker's log)")
+            continue
+        cells = [
+            statistics.median([st.get(k, 0.0) for st in stages]) * 1000 if stages else 0.0 for k in STAGES
+        ]
+        # Of a latency run: the end-to-end time the worker did not account for.
+        inside = [sum(st.values()) for st in stages[: len(r["latencies"])]]
+        outside = statistics.median(r["latencies"]) - statistics.median(inside) if inside else 0.0
+        print(f"{name:<28} | " + " | ".join(f"{c:>8.0f}" for c in (*cells, outside * 1000)))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     )
     model_queue: str = "models"
 
+    # GPU workers (workers/batching.py): with `--pool threads -c N`, studies that
+    # arrive together share one forward pass; 0 runs one forward per study.
+    batch_window_ms: float = Field(0.0, ge=0, description="wait this long for studies to batch")
+    batch_max: int = Field(16, ge=1)
+
     # Export
     destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
     export_max_attempts: int = Field(8, ge=1)

@@ -6,11 +6,14 @@ decode -> eligibility -> models (segmentation, classification, severity, heatmap
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +31,26 @@ from node.audit.log import instance_uids
 from node.audit.models import Instance, InstanceState, utcnow
 from node.export import OutputFile, add_to_outbox, deliver_due
 from node.settings import Settings, get_settings
+from workers.batching import MicroBatcher
 from workers.exceptions import PermanentError, TemporaryError
 
 LOGGER = logging.getLogger(__name__)
 
 ALGORITHM_NAME = "CXR Node"
+
+# Stages of one study in the worker, in order (benchmarks print them).
+STAGES = ("read", "decode", "preprocess", "models", "build", "write", "database", "export")
+
+
+@contextmanager
+def _timed(stages: dict[str, float] | None, name: str) -> Iterator[None]:
+    """Add the block's wall time to ``stages[name]`` (seconds)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        if stages is not None:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
 
 
 def algorithm_version(model_ids: dict[str, str]) -> str:
@@ -62,6 +80,7 @@ class Analysis:
     extra_outputs: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per STAGES entry
 
     def as_json(self) -> dict[str, Any]:
         """The ARCHITECTURE.md contract (plus ``error`` when the input failed)."""
@@ -90,34 +109,73 @@ class Analysis:
         return out
 
 
-def analyze_image(source: Dataset | Path | str, heatmap: str = "gradcam") -> AnalysisResult:
-    """Run every model on one image (a DICOM data set or a PNG/JPEG path)."""
+@functools.lru_cache(maxsize=4)
+def _batcher(window_ms: float, max_batch: int) -> MicroBatcher[Any, AnalysisResult]:
+    from models.inference import get_analyzer
+
+    return MicroBatcher(get_analyzer().analyze_batch, window_ms / 1000, max_batch)
+
+
+def model_batcher(settings: Settings | None = None) -> MicroBatcher[Any, AnalysisResult] | None:
+    """The process's micro-batcher when ``batch_window_ms`` is set, else None."""
+    settings = settings or get_settings()
+    if settings.batch_window_ms <= 0:
+        return None
+    return _batcher(settings.batch_window_ms, settings.batch_max)
+
+
+def analyze_image(
+    source: Dataset | Path | str,
+    heatmap: str = "gradcam",
+    stages: dict[str, float] | None = None,
+    batcher: MicroBatcher[Any, AnalysisResult] | None = None,
+) -> AnalysisResult:
+    """Run every model on one image (a DICOM data set or a PNG/JPEG path).
+
+    ``stages``, when given, receives the seconds spent in decode, preprocess and
+    models. With a ``batcher`` (Grad-CAM heatmaps only), the networks run in its
+    thread, together with the images other task threads hand over meanwhile.
+    """
     from models.exceptions import ImageError
     from models.inference import get_analyzer
     from models.preprocessing import load_image
 
-    try:
-        loaded = load_image(source)
-    except ImageError as exc:
-        raise PermanentError(str(exc)) from exc
-    return get_analyzer().analyze(loaded, heatmap=heatmap)
+    with _timed(stages, "decode"):
+        try:
+            loaded = load_image(source)
+        except ImageError as exc:
+            raise PermanentError(str(exc)) from exc
+    t = time.perf_counter()
+    if batcher is not None and heatmap == "gradcam":
+        result = batcher.submit(loaded)
+    else:
+        result = get_analyzer().analyze(loaded, heatmap=heatmap)
+    if stages is not None:
+        preprocess = float(result.extra.get("timings_s", {}).get("preprocess", 0.0))
+        stages["preprocess"] = stages.get("preprocess", 0.0) + preprocess
+        stages["models"] = stages.get("models", 0.0) + time.perf_counter() - t - preprocess
+    return result
 
 
-def write_outputs(ds: Dataset, result: AnalysisResult, out_dir: Path) -> list[OutputFile]:
+def write_outputs(
+    ds: Dataset, result: AnalysisResult, out_dir: Path, stages: dict[str, float] | None = None
+) -> list[OutputFile]:
     """Build the SR, SC (and SEG) for ``ds`` and write them atomically under ``out_dir``."""
     from node.dicom.outputs import build_outputs
 
     version = algorithm_version(result.models)
-    built = build_outputs(ds, result, ALGORITHM_NAME, version)
+    with _timed(stages, "build"):
+        built = build_outputs(ds, result, ALGORITHM_NAME, version)
     study_dir = out_dir / str(ds.StudyInstanceUID)
     study_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for kind, output in built.items():
         path = study_dir / f"{kind}-{output.SOPInstanceUID}.dcm"
-        fd, tmp = tempfile.mkstemp(dir=study_dir, suffix=".part")
-        os.close(fd)
-        output.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
+        with _timed(stages, "write"):
+            fd, tmp = tempfile.mkstemp(dir=study_dir, suffix=".part")
+            os.close(fd)
+            output.save_as(tmp, enforce_file_format=True)
+            os.replace(tmp, path)
         files.append(
             OutputFile(
                 kind=kind,
@@ -207,9 +265,25 @@ def process_instance(
     the instance marked failed.
     """
     settings = settings or get_settings()
+    batcher = model_batcher(settings)
+    if batcher is None:
+        return _process(sop_instance_uid, path, attempt, settings, None)
+    with batcher.task():
+        return _process(sop_instance_uid, path, attempt, settings, batcher)
+
+
+def _process(
+    sop_instance_uid: str,
+    path: str,
+    attempt: int,
+    settings: Settings,
+    batcher: MicroBatcher[Any, AnalysisResult] | None,
+) -> Analysis | None:
     started = time.monotonic()
+    stages: dict[str, float] = {}
     try:
-        ds = dcmread(path)
+        with _timed(stages, "read"):
+            ds = dcmread(path)
     except FileNotFoundError:
         _fail(sop_instance_uid, None, f"spool file {path} is missing", started)
         return None
@@ -218,37 +292,39 @@ def process_instance(
         return None
     uids = instance_uids(ds, sop_instance_uid)
     try:
-        _set_state(sop_instance_uid, InstanceState.RUNNING)
-        audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}", **uids)
+        with _timed(stages, "database"):
+            _set_state(sop_instance_uid, InstanceState.RUNNING)
+            audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}", **uids)
         decision = routing.decide(ds, settings.min_patient_age)
         if not decision.eligible:  # routing changed since it was queued
             _set_state(sop_instance_uid, InstanceState.INELIGIBLE, decision.reason)
             audit.record(EventKind.INSTANCE_INELIGIBLE, Outcome.INFO, str(decision.reason), **uids)
             return None
         t = time.monotonic()
-        result = analyze_image(ds)
+        result = analyze_image(ds, stages=stages, batcher=batcher)
         model_ms = (time.monotonic() - t) * 1000
-        outputs = write_outputs(ds, result, settings.outputs_path)
-        for output in outputs:
+        outputs = write_outputs(ds, result, settings.outputs_path, stages)
+        with _timed(stages, "database"):
+            for output in outputs:
+                audit.record(
+                    EventKind.RESULT_CREATED,
+                    Outcome.SUCCESS,
+                    f"{output.kind} {output.sop_instance_uid} ({result.predicted_class})",
+                    study_instance_uid=uids["study_instance_uid"],
+                    sop_instance_uid=sop_instance_uid,
+                    duration_ms=model_ms,
+                )
+            add_to_outbox(outputs, settings)
+            _set_state(sop_instance_uid, InstanceState.DONE)
+            elapsed = time.monotonic() - started
             audit.record(
-                EventKind.RESULT_CREATED,
+                EventKind.JOB_SUCCEEDED,
                 Outcome.SUCCESS,
-                f"{output.kind} {output.sop_instance_uid} ({result.predicted_class})",
-                study_instance_uid=uids["study_instance_uid"],
-                sop_instance_uid=sop_instance_uid,
-                duration_ms=model_ms,
+                f"{result.predicted_class} p={result.classification[result.predicted_class]:.2f}; "
+                f"extent {result.severity.geographic_extent:.1f}/8 opacity {result.severity.opacity:.1f}/6",
+                duration_ms=elapsed * 1000,
+                **uids,
             )
-        add_to_outbox(outputs, settings)
-        _set_state(sop_instance_uid, InstanceState.DONE)
-        elapsed = time.monotonic() - started
-        audit.record(
-            EventKind.JOB_SUCCEEDED,
-            Outcome.SUCCESS,
-            f"{result.predicted_class} p={result.classification[result.predicted_class]:.2f}; "
-            f"extent {result.severity.geographic_extent:.1f}/8 opacity {result.severity.opacity:.1f}/6",
-            duration_ms=elapsed * 1000,
-            **uids,
-        )
     except OperationalError as exc:  # database locked or briefly away
         audit.record(EventKind.JOB_RETRIED, Outcome.WARNING, f"database: {exc.orig}", **uids)
         raise TemporaryError(str(exc.orig)) from exc
@@ -261,10 +337,17 @@ def process_instance(
         return None
     # Deliver now rather than at the exporter's next tick; failures stay in the outbox.
     if settings.destinations:
-        try:
-            deliver_due(settings, source_sop_instance_uid=sop_instance_uid)
-        except Exception:
-            LOGGER.exception("immediate export of %s failed; the outbox will retry", sop_instance_uid)
+        with _timed(stages, "export"):
+            try:
+                deliver_due(settings, source_sop_instance_uid=sop_instance_uid)
+            except Exception:
+                LOGGER.exception("immediate export of %s failed; the outbox will retry", sop_instance_uid)
+    LOGGER.info(
+        "SOP instance %s done in %.2f s (%s)",
+        sop_instance_uid,
+        time.monotonic() - started,
+        ", ".join(f"{k} {stages[k] * 1000:.0f} ms" for k in STAGES if k in stages),
+    )
     return Analysis(
         input=path,
         sop_instance_uid=sop_instance_uid,
@@ -272,6 +355,7 @@ def process_instance(
         result=result,
         outputs=outputs,
         seconds=time.monotonic() - started,
+        stages=stages,
     )
 
 

@@ -14,6 +14,7 @@ algorithm and its version.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -62,9 +63,25 @@ SCALE_SUFFIX = "high;  green: lung outline"
 
 def _colormap(values: np.ndarray) -> np.ndarray:
     """RGB in [0, 1] of values in [0, 1] through the colormap."""
+    return _colormap_lut()[_colormap_index(np.asarray(values, dtype=np.float32))]
+
+
+@functools.lru_cache(maxsize=1)
+def _colormap_lut() -> np.ndarray:
     import matplotlib  # noqa: PLC0415  (heavy; only needed here)
 
-    return np.asarray(matplotlib.colormaps[COLORMAP](values)[..., :3], dtype=np.float32)
+    cmap = matplotlib.colormaps[COLORMAP]
+    # Integer input reads the table as it is: the same entries matplotlib picks for floats.
+    return np.asarray(cmap(np.arange(cmap.N))[:, :3], dtype=np.float32)
+
+
+def _colormap_index(values: np.ndarray) -> np.ndarray:
+    """The table index matplotlib computes for float values in [0, 1] (Colormap.__call__)."""
+    n = len(_colormap_lut())
+    scaled = values * np.float32(n)
+    np.minimum(scaled, n - 1, out=scaled)  # 1.0 maps to the last entry, as in matplotlib
+    np.maximum(scaled, 0, out=scaled)
+    return scaled.astype(np.intp)
 
 
 def blend_heatmap(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
@@ -73,11 +90,17 @@ def blend_heatmap(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     The colour's weight grows with the heatmap from ``MIN_HEAT`` up, so
     where the map is low the X-ray is left untouched.
     """
-    grey = np.repeat(image.astype(np.float32)[..., None] / 255.0, 3, axis=2)
+    # (1 - a) * grey + a * colour, computed in place in float32 on full-resolution
+    # images (about 3.6 Mpixel): the same numbers as the plain expression, a third of the time.
     heat = np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
     alpha = (MAX_ALPHA * np.clip((heat - MIN_HEAT) / (1.0 - MIN_HEAT), 0.0, 1.0))[..., None]
-    rgb = (1.0 - alpha) * grey + alpha * _colormap(heat)
-    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    rgb = _colormap(heat)
+    rgb *= alpha
+    rgb += (1.0 - alpha) * (image.astype(np.float32) / 255.0)[..., None]
+    rgb *= 255.0
+    np.rint(rgb, out=rgb)
+    np.clip(rgb, 0, 255, out=rgb)
+    return rgb.astype(np.uint8)
 
 
 def outline_width(rows: int, columns: int) -> int:
