@@ -16,10 +16,14 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_DIR.parent / "shared" / "data"
 DEFAULT_OUT = Path(__file__).resolve().parent / "weights"
 
-train_app = typer.Typer(help="Train the models (CPU is fine; seeds fixed, patient-grouped splits).")
+train_app = typer.Typer(
+    help="Train the models (about 7 min on a GPU, hours on a CPU; fixed seeds, patient-grouped splits)."
+)
 eval_app = typer.Typer(help="Print held-out, patient-grouped evaluation metrics.")
 
-DataOpt = typer.Option(DEFAULT_DATA, "--data", help="development data directory (cxr-collection, nih-sample)")
+DataOpt = typer.Option(
+    DEFAULT_DATA, "--data", help="development data directory (cxr-collection, nih-sample, nih-extra, nlm-tb)"
+)
 OutOpt = typer.Option(DEFAULT_OUT, "--out", help="where weights and task JSON go")
 SeedOpt = typer.Option(0, "--seed")
 JsonOpt = typer.Option(False, "--json", help="print one JSON object")
@@ -35,156 +39,176 @@ def _setup(verbose: bool = True) -> None:
     )
 
 
-def _register(out: Path) -> None:
-    from models.registry import REGISTRY_PATH, write_registry
+def _fit(data: Path, out: Path, quick: bool, seed: int) -> dict[str, Any]:
+    """Build the corpus cache and run :mod:`models.fit` (all models share one encoder, so
+    they are trained together), then ship the result when ``out`` is the package's weights."""
+    from models import fit, release
+    from models.corpus import build_cache
 
-    target = REGISTRY_PATH if out.resolve() == DEFAULT_OUT.resolve() else out / "registry.json"
-    write_registry(out, target)
-    typer.echo(f"registry written: {target}")
+    work = out / "fit" if out.resolve() == DEFAULT_OUT.resolve() else out
+    cache = (
+        build_cache(data, work / "corpus256.npz")
+        if not (work / "corpus256.npz").is_file()
+        else work / "corpus256.npz"
+    )
+    report = fit.main(cache, work, quick=quick, seed=seed)
+    if out.resolve() == DEFAULT_OUT.resolve():
+        release.main(work)
+        typer.echo("weights and registry written to models/")
+    return report
+
+
+QuickOpt = typer.Option(False, "--quick", help="tiny smoke run (minutes on a CPU); numbers mean nothing")
 
 
 @train_app.command("segmentation")
 def train_segmentation(
-    data: Path = DataOpt, out: Path = OutOpt, epochs: int = typer.Option(18, "--epochs"), seed: int = SeedOpt
+    data: Path = DataOpt, out: Path = OutOpt, seed: int = SeedOpt, quick: bool = QuickOpt
 ) -> None:
-    """Train the lung U-Net and evaluate it on held-out patients."""
+    """Pretrain the encoder and train every model (one run: they share the encoder); print LungNet's part."""
     _setup()
-    from models.tasks.segmentation import train
-
-    out.mkdir(parents=True, exist_ok=True)
-    info = train(data, out, epochs=epochs, seed=seed)
-    _register(out)
-    typer.echo(json.dumps({"dice": info["metrics"]["dice"], "hausdorff_px": info["metrics"]["hausdorff_px"]}))
+    report = _fit(data, out, quick, seed)
+    typer.echo(json.dumps(report["segmentation"]))
 
 
 @train_app.command("classification")
 def train_classification(
-    data: Path = DataOpt,
-    out: Path = OutOpt,
-    epochs: int = typer.Option(20, "--epochs"),
-    seed: int = SeedOpt,
-    folds: int = typer.Option(5, "--folds"),
-    part: str = typer.Option("all", "--part", help="all | final | cv | assemble (metrics from saved folds)"),
-    fold: list[int] = typer.Option(  # noqa: B008
-        None, "--fold", help="run only these CV folds (0-based; repeatable)"
-    ),
+    data: Path = DataOpt, out: Path = OutOpt, seed: int = SeedOpt, quick: bool = QuickOpt
 ) -> None:
-    """Train the final classifier and run patient-grouped k-fold CV for its metrics.
-
-    Needs the lung segmenter's weights in ``--out`` (the mask channel).
-    """
+    """Pretrain the encoder and train every model (one run); print the classifier's part."""
     _setup()
-    from models.tasks.classification import train
-
-    out.mkdir(parents=True, exist_ok=True)
-    info = train(data, out, epochs=epochs, seed=seed, folds=folds, part=part, fold_ids=fold or None)
-    _register(out)
-    typer.echo(json.dumps({k: info.get("metrics", {}).get(k) for k in ("auc", "accuracy")}))
+    report = _fit(data, out, quick, seed)
+    typer.echo(json.dumps(report["classification"]))
 
 
 @train_app.command("severity")
 def train_severity(
-    data: Path = DataOpt,
-    out: Path = OutOpt,
-    epochs: int = typer.Option(40, "--epochs"),
-    seed: int = SeedOpt,
-    reuse_opacity: bool = typer.Option(
-        False, "--reuse-opacity", help="keep the opacity U-Net already in --out"
-    ),
+    data: Path = DataOpt, out: Path = OutOpt, seed: int = SeedOpt, quick: bool = QuickOpt
 ) -> None:
-    """Train the opacity U-Net, run the 50-split protocol and fit the severity ridge.
-
-    Needs the lung segmenter's weights in ``--out``.
-    """
+    """Pretrain the encoder and train every model (one run); print the severity protocols."""
     _setup()
-    from models.tasks.severity import train
-
-    out.mkdir(parents=True, exist_ok=True)
-    info = train(data, out, epochs=epochs, seed=seed, reuse_opacity=reuse_opacity)
-    _register(out)
-    m = info["severity"]["metrics"]
-    typer.echo(json.dumps({k: m[k] for k in ("geographic_extent", "opacity", "baseline")}))
-
-
-def _stored(role: str) -> dict[str, Any]:
-    from models.registry import entry
-
-    return entry(role)
+    report = _fit(data, out, quick, seed)
+    typer.echo(json.dumps(report["severity"]))
 
 
 def _emit(obj: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(obj))
-    else:
-        typer.echo(json.dumps(obj, indent=2))
+    typer.echo(json.dumps(obj) if as_json else json.dumps(obj, indent=2))
 
 
-def segmentation_summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
-    return {
-        "task": "segmentation",
-        "model": model,
-        "protocol": "held-out patients (severity-scored patients + 10% of the rest), never trained on",
-        "dice": metrics["dice"],
-        "dice_right": metrics["dice_right"],
-        "dice_left": metrics["dice_left"],
-        "hausdorff_mm": None,
-        "hausdorff_px": metrics["hausdorff_px"],
-        "n_images": metrics["n_images"],
-        "n_patients": metrics["n_patients"],
-        "note": metrics["note"],
-    }
+def _pooled(per_source: dict[str, Any], key: str) -> float:
+    """Image-weighted mean over sources of a ``{"mean", "n"}`` metric."""
+    items = [v[key] for k, v in per_source.items() if isinstance(v, dict) and key in v]
+    n = sum(i["n"] for i in items)
+    return round(sum(i["mean"] * i["n"] for i in items) / n, 4) if n else float("nan")
 
 
 @eval_app.command("segmentation")
 def eval_segmentation(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool = RecomputeOpt) -> None:
-    """Lung Dice and Hausdorff distance on held-out patients."""
+    """Lung Dice and Hausdorff distance per source on held-out patients."""
     _setup(verbose=not as_json)
-    e = _stored("segmentation")
-    metrics = e["metrics"]
-    if recompute:
-        from models.datasets import CACHE_SIZE, build_cache
-        from models.registry import build_model
-        from models.tasks.segmentation import evaluate_model, heldout_mask
+    from models.registry import entry, model_id
 
-        arrays = build_cache(data, Path("/tmp/cxr-models") / f"cache{CACHE_SIZE}.npz")
-        metrics = evaluate_model(
-            build_model("segmentation"), data, arrays, heldout_mask(arrays, e["training"]["seed"])
+    heldout = entry("segmentation")["metrics"]["heldout"]
+    if recompute:
+        import numpy as np
+
+        from models.corpus import STYLE_NONE, cached
+        from models.fit import run_lungnet, segmentation_holdout, segmentation_metrics
+        from models.registry import build_model
+
+        arrays = cached(data)
+        idx = np.nonzero(segmentation_holdout(arrays) & (arrays["style"] != STYLE_NONE))[0]
+        import torch
+
+        images = torch.from_numpy(arrays["image"])
+        heldout = segmentation_metrics(
+            arrays, idx, run_lungnet(build_model("segmentation"), images, idx, "cpu")
         )
-    _emit(segmentation_summary(metrics, f"{e['name']}@{e['version']}"), as_json)
+    per_source = {k: v for k, v in heldout.items() if k != "opacity_dice"}
+    _emit(
+        {
+            "task": "segmentation",
+            "model": model_id("segmentation"),
+            "protocol": "held-out patients (every severity-scored patient + a hashed 15% of the others)",
+            "dice": _pooled(per_source, "dice"),
+            "hausdorff_mm": None,
+            "hausdorff_px": _pooled(per_source, "hausdorff_px"),
+            "per_source": per_source,
+            "opacity_dice": heldout.get("opacity_dice"),
+            "recomputed": recompute,
+        },
+        as_json,
+    )
 
 
 @eval_app.command("classification")
 def eval_classification(
     data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool = RecomputeOpt
 ) -> None:
-    """Per-class AUC (bootstrap CI), accuracy, confusion, COVID-19 sens/spec at 98% sensitivity."""
+    """Per-class AUC (bootstrap CI), accuracy, per source, calibration, COVID-19 at 98% sensitivity.
+
+    ``--recompute`` recomputes every number from the shipped out-of-fold predictions
+    (retraining the folds is ``python -m models.fit``, a GPU run)."""
     _setup(verbose=not as_json)
-    e = _stored("classification")
-    metrics = dict(e.get("metrics", {}))
+    from models.registry import entry, model_id
+
+    metrics = dict(entry("classification")["metrics"])
     if recompute:
-        import tempfile
+        import numpy as np
 
-        from models.tasks.classification import train
+        from models.release import classification_metrics
 
-        with tempfile.TemporaryDirectory() as tmp:
-            for f in ("lung-unet.pt",):
-                (Path(tmp) / f).write_bytes((DEFAULT_OUT / f).read_bytes())
-            metrics = train(data, Path(tmp), epochs=e["training"]["epochs"], seed=e["training"]["seed"])[
-                "metrics"
-            ]
-    metrics["model"] = f"{e['name']}@{e['version']}"
+        with np.load(DEFAULT_OUT / "classification-oof.npz", allow_pickle=False) as z:
+            fresh = classification_metrics({k: z[k] for k in z.files})
+        metrics.update(fresh)
+    metrics["model"] = model_id("classification")
+    metrics["recomputed"] = recompute
     _emit(metrics, as_json)
 
 
 @eval_app.command("severity")
 def eval_severity(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool = RecomputeOpt) -> None:
-    """Cohen et al.'s 50 random 50/50 patient-grouped splits, beside the training-mean baseline."""
+    """Cohen et al.'s 50 random 50/50 splits on the 94 (the seed's table), and a patient-grouped
+    5-fold CV on all 234, each beside the training-mean baseline."""
     _setup(verbose=not as_json)
-    e = _stored("severity")
-    metrics = dict(e["metrics"])
-    if recompute:
-        from models.tasks.severity import evaluate_shipped
+    from models.registry import entry, model_id
+    from models.release import SEVERITY_FEATURES
 
-        metrics = evaluate_shipped(data, seed=e["training"]["seed"])
-    metrics["model"] = f"{e['name']}@{e['version']}"
-    _emit(metrics, as_json)
+    e = entry("severity")
+    protocols = e["metrics"][SEVERITY_FEATURES]
+    if recompute:
+        import numpy as np
+        import torch
+
+        from models.corpus import cached, scored
+        from models.fit import run_lungnet, severity_matrix, severity_protocols
+        from models.registry import build_model
+
+        arrays = cached(data)
+        sev = np.nonzero(scored(arrays))[0]
+        pred = run_lungnet(build_model("segmentation"), torch.from_numpy(arrays["image"]), sev, "cpu")
+        feats = severity_matrix(arrays["image"][sev], {k: v for k, v in pred.items()})
+        targets = {
+            "geographic_extent": arrays["extent"][sev].astype(float),
+            "opacity": arrays["opacity"][sev].astype(float),
+        }
+        protocols = severity_protocols(
+            feats, targets, arrays["patient"][sev], arrays["in_cohen_2020"][sev], 50, e["training"]["seed"]
+        )
+    c94 = protocols["cohen94"]
+    _emit(
+        {
+            "task": "severity",
+            "model": model_id("severity"),
+            "protocol": "50 random 50/50 patient-grouped splits of Cohen et al.'s 94 images; ridge refitted "
+            "on each training half",
+            "geographic_extent": c94["geographic_extent"],
+            "opacity": c94["opacity"],
+            "baseline": c94["baseline"],
+            "cohen94_plus_extended": protocols["cohen94_plus_extended"],
+            "cv234": protocols["cv234"],
+            "n_images": e["metrics"]["n_images"],
+            "recomputed": recompute,
+        },
+        as_json,
+    )

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from models.preprocessing import LoadedImage, display_uint8, preprocess
-from models.result import CLASSES, AnalysisResult
+from models.result import CLASSES, AnalysisResult, LungSeverity, Severity
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +71,15 @@ class Analyzer:
 
     def load_all(self) -> None:
         """Load (and verify) every model now instead of on first use."""
-        from models.registry import ROLES
+        from models.registry import INFERENCE_ROLES
 
-        for role in ROLES:
+        for role in INFERENCE_ROLES:
             self.model(role)
 
     def model_ids(self) -> dict[str, str]:
-        from models.registry import model_id
+        from models.registry import INFERENCE_ROLES, model_id
 
-        roles = ("segmentation", "classification", "severity", "opacity", "severity_backbone")
-        return {r: model_id(r, self.registry) for r in roles}
+        return {r: model_id(r, self.registry) for r in INFERENCE_ROLES}
 
     def analyze(self, loaded: LoadedImage, heatmap: str = "gradcam") -> AnalysisResult:
         """Segment, classify, score severity and explain one image.
@@ -99,10 +98,10 @@ class Analyzer:
         """
         import torch
 
-        from models.classification import classifier_input
         from models.explain import METHODS, explain, to_unit
+        from models.fit import severity_matrix
+        from models.networks import OPACITY, V7_LEFT, V7_RIGHT, lung_crop, lung_features, uncrop
         from models.segmentation import clean_lung_masks
-        from models.severity import severity_features, to_severity
 
         if heatmap not in METHODS:
             raise ValueError(f"unknown heatmap method {heatmap!r}; choose one of {METHODS}")
@@ -119,34 +118,46 @@ class Analyzer:
 
         t = time.perf_counter()
         with torch.no_grad():
-            lung_prob = torch.sigmoid(self.model("segmentation")(x256)).cpu().numpy()
-        lungs = np.stack([clean_lung_masks(p) for p in lung_prob])
+            maps, class_logits, feats = self.model("segmentation").forward_all(x256)
+            prob = torch.sigmoid(maps).cpu().numpy()
+        lungs = np.stack([clean_lung_masks(p[[V7_RIGHT, V7_LEFT]]) for p in prob])
         timings["segmentation"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        xc = torch.from_numpy(classifier_input(img8, lungs)).to(self.device)
+        crops = [lung_crop(img8[i], lungs[i]) for i in range(n)]
+        xc = torch.from_numpy(np.stack([c for c, _ in crops])[:, None]).to(self.device)
         clf = self.model("classification")
+        temperature = float(self.registry["models"]["classification"].get("temperature", 1.0))
         with torch.no_grad():
-            probs = torch.softmax(clf(xc), 1).cpu().numpy()
+            probs = torch.softmax(clf(xc) / temperature, 1).cpu().numpy()
         timings["classification"] = time.perf_counter() - t
 
         t = time.perf_counter()
         with torch.no_grad():
-            opac = torch.sigmoid(self.model("opacity")(x256))[:, 0].cpu().numpy()
-            logits = self.model("severity_backbone")(xc).cpu().numpy()
-        ridge = self.model("severity")
+            pooled = lung_features(feats, torch.from_numpy(lungs).float().to(self.device)).cpu().numpy()
+        per_lung = severity_matrix(
+            img8, {"maps": prob, "lungs": lungs, "logits": class_logits.cpu().numpy(), "pooled": pooled}
+        )
+        pred = self.model("severity").predict(per_lung)
         severities = [
-            to_severity(
-                ridge.predict(severity_features(img8[i], lungs[i], opac[i], logits[i])), lungs[i], opac[i]
+            Severity(
+                float(pred["geographic_extent"]["total"][i]),
+                float(pred["opacity"]["total"][i]),
+                LungSeverity(
+                    float(pred["geographic_extent"]["right"][i]), float(pred["opacity"]["right"][i])
+                ),
+                LungSeverity(float(pred["geographic_extent"]["left"][i]), float(pred["opacity"]["left"][i])),
             )
             for i in range(n)
         ]
+        opac = prob[:, OPACITY]
         timings["severity"] = time.perf_counter() - t
 
         t = time.perf_counter()
         targets = [int(np.argmax(p)) for p in probs]
         heats = [
-            to_unit(geoms[i].to_input(explain(clf, xc[i : i + 1], targets[i], heatmap))) for i in range(n)
+            to_unit(geoms[i].to_input(uncrop(explain(clf, xc[i : i + 1], targets[i], heatmap), crops[i][1])))
+            for i in range(n)
         ]
         timings["heatmap"] = time.perf_counter() - t  # renormalised: padding is cut away
 

@@ -20,28 +20,9 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 REGISTRY_PATH = PACKAGE_DIR / "registry.json"
 WEIGHTS_DIR = PACKAGE_DIR / "weights"
-ROLES = ("segmentation", "classification", "opacity", "severity_backbone", "severity")
-# role -> (task json written by training, key inside it or None)
-TASK_FILES = {
-    "segmentation": ("lung-unet.json", None),
-    "classification": ("cxr-resnet4.json", None),
-    "opacity": ("severity.json", "opacity"),
-    "severity_backbone": ("severity.json", "backbone"),
-    "severity": ("severity.json", "severity"),
-}
-# How the shipped weights were made (1 torch thread per process on a shared 2-core machine;
-# the classifier's final model and CV folds ran as --part final / --part cv --fold ... in parallel).
-_CMD = (
-    "CXR_NODE_TORCH_THREADS=1 cxr-node train {} --data ../shared/data --out models/weights "
-    "--epochs {} --seed 0"
-)
-TRAIN_COMMANDS = {
-    "segmentation": _CMD.format("segmentation", 18),
-    "classification": _CMD.format("classification", 20),
-    "opacity": _CMD.format("severity", 40),
-    "severity_backbone": _CMD.format("severity", 40),
-    "severity": _CMD.format("severity", 40),
-}
+ROLES = ("encoder", "segmentation", "classification", "severity")
+# Roles the node runs on every image (the encoder is shipped for provenance and fine-tuning).
+INFERENCE_ROLES = ("segmentation", "classification", "severity")
 
 
 def load_registry(path: Path | None = None) -> dict[str, Any]:
@@ -95,24 +76,20 @@ def build_model(
     """Instantiate ``role``'s network from its registry ``arch`` and load verified weights."""
     import torch
 
-    from models.classification import SmallResNet
-    from models.segmentation import UNet
+    from models.networks import CropClassifier, Encoder, LungNet
 
     e = entry(role, registry)
     path = verified_path(role, weights_dir, registry)
     arch = dict(e["arch"])
     cls = arch.pop("class")
+    widths = tuple(arch.get("widths", (32, 64, 128, 256)))
     model: torch.nn.Module
-    if cls == "UNet":
-        model = UNet(
-            arch["in_channels"],
-            arch["out_channels"],
-            arch["base"],
-            arch.get("depth", 4),
-            arch.get("input_stride", 1),
-        )
-    elif cls == "SmallResNet":
-        model = SmallResNet(arch["in_channels"], len(e["labels"]), tuple(arch["widths"]))
+    if cls == "LungNet":
+        model = LungNet(widths)
+    elif cls == "CropClassifier":
+        model = CropClassifier(widths, len(e["labels"]))
+    elif cls == "Encoder":
+        model = Encoder(widths)
     else:
         raise RegistryError(f"role {role!r}: unknown architecture {cls!r}")
     try:
@@ -126,29 +103,7 @@ def build_model(
 
 def load_ridge(weights_dir: Path | None = None, registry: dict[str, Any] | None = None) -> Any:
     """The severity ridge (JSON coefficients) after its SHA-256 check."""
-    from models.severity import RidgeModel
+    from models.severity import LungRidge
 
     path = verified_path("severity", weights_dir, registry)
-    return RidgeModel.from_json(json.loads(path.read_text()))
-
-
-def write_registry(weights_dir: Path, path: Path | None = None) -> dict[str, Any]:
-    """Compose ``registry.json`` from the task JSON files that training wrote in ``weights_dir``."""
-    path = Path(path or REGISTRY_PATH)
-    reg: dict[str, Any] = {"models": {}}
-    if path.is_file():
-        reg = load_registry(path)
-    for role, (fname, key) in TASK_FILES.items():
-        f = Path(weights_dir) / fname
-        if not f.is_file():
-            continue
-        info = json.loads(f.read_text())
-        info = info[key] if key else info
-        info.setdefault("training", {})["command"] = TRAIN_COMMANDS[role]
-        # Sanity: the recorded hash must match the file we ship.
-        actual = sha256_file(Path(weights_dir) / info["file"])
-        if actual != info["sha256"]:
-            raise WeightsChecksumError(Path(weights_dir) / info["file"], info["sha256"], actual)
-        reg["models"][role] = info
-    path.write_text(json.dumps(reg, indent=2) + "\n")
-    return reg
+    return LungRidge.from_json(json.loads(path.read_text()))

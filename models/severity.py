@@ -1,86 +1,31 @@
-"""Cohen et al. 2020 severity scores from lung and opacity masks.
+"""Cohen et al. 2020 severity scores (geographic extent 0-8, opacity 0-6) from per-lung features.
 
-Geographic extent (0-8) and opacity (0-6) are predicted by ridge regressions on
-per-lung features: the opacity segmenter's involvement fractions (overall and
-per lung third) and intensity statistics inside the predicted lungs, plus the
-four logits of a backbone classifier trained without any scored patient. The
-ridge coefficients are stored as JSON (no pickles). Per-lung scores apportion
-the total by each lung's share of predicted involvement: the data has no
-per-lung ground truth, so they are not validated.
+Features of each lung (``models.fit.severity_matrix``): LungNet's opacity
+involvement (overall and per lung third), intensity statistics, area, half of
+the four class logits, and LungNet's encoder features averaged over the lung.
+A per-lung additive ridge (:class:`LungRidge`) turns them into scores; its
+coefficients are stored as JSON (no pickles).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from models.result import LungSeverity, Severity
-
-logger = logging.getLogger(__name__)
-
-TARGETS = {"geographic_extent": 8.0, "opacity": 6.0}
-
-
-def _lung_features(img: np.ndarray, lung: np.ndarray, opac: np.ndarray) -> list[float]:
-    if lung.sum() < 20:
-        return [0.0] * 10
-    rows = np.nonzero(lung.any(axis=1))[0]
-    thirds = np.array_split(np.arange(rows[0], rows[-1] + 1), 3)
-    zone = []
-    for t in thirds:
-        z = np.zeros_like(lung)
-        z[t] = lung[t]
-        zone.append(float(opac[z].mean()) if z.any() else 0.0)
-    vals = img[lung]
-    return [
-        float(opac[lung].mean()),
-        float((opac[lung] > 0.5).mean()),
-        *zone,
-        float(vals.mean()),
-        float(vals.std()),
-        float(np.percentile(vals, 25)),
-        float(np.percentile(vals, 75)),
-        float(lung.mean()),
-    ]
-
-
-LOGIT_NAMES = [f"logit_{c}" for c in ("normal", "other_disease", "pneumonia", "covid19")]
-FEATURE_NAMES = [
-    f"{side}_{n}"
-    for side in ("right", "left")
-    for n in (
-        "opac_mean",
-        "opac_frac",
-        "opac_upper",
-        "opac_middle",
-        "opac_lower",
-        "int_mean",
-        "int_std",
-        "int_p25",
-        "int_p75",
-        "area",
-    )
-] + LOGIT_NAMES
-
-
-def severity_features(
-    image: np.ndarray, lungs: np.ndarray, opacity_prob: np.ndarray, logits: np.ndarray
-) -> np.ndarray:
-    """Feature vector (:data:`FEATURE_NAMES`) from a 256-px image (uint8 or [-1024, 1024]),
-    lungs (2,H,W), opacity probability (H,W) and the backbone classifier's 4 logits."""
-    img = np.asarray(image, np.float32)
-    img = img / 255.0 if np.asarray(image).dtype == np.uint8 else (img + 1024.0) / 2048.0
-    lungs = np.asarray(lungs).astype(bool)
-    per_lung = _lung_features(img, lungs[0], opacity_prob) + _lung_features(img, lungs[1], opacity_prob)
-    return np.array(per_lung + [float(v) for v in np.ravel(logits)], np.float32)
+PER_LUNG_MAX = {"geographic_extent": 4.0, "opacity": 3.0}
 
 
 @dataclass
-class RidgeModel:
-    """Standardise then linear: ``y = (x - mean) / scale @ coef + intercept`` per target."""
+class LungRidge:
+    """Per-lung additive ridge: ``score(lung) = (phi(lung) - mean / 2) / scale @ coef + intercept / 2``.
+
+    Fitted on the sum of both lungs' features against the image's total score,
+    so the per-lung scores are learned (their sum is the fitted total) rather
+    than apportioned afterwards; each lung is clipped to Cohen's per-lung range
+    (extent 0-4, opacity 0-3) and the total is the sum of the clipped lungs.
+    """
 
     mean: np.ndarray
     scale: np.ndarray
@@ -91,14 +36,14 @@ class RidgeModel:
     @classmethod
     def fit(
         cls,
-        x: np.ndarray,
+        feats: np.ndarray,
         targets: dict[str, np.ndarray],
-        alphas: tuple[float, ...] = (0.1, 1, 3, 10, 30, 100),
-    ) -> RidgeModel:
+        alphas: tuple[float, ...] = (0.3, 1, 3, 10, 30, 100, 300, 1000, 3000, 10000),
+    ) -> LungRidge:
         from sklearn.linear_model import RidgeCV
 
-        mean = x.mean(0)
-        scale = x.std(0) + 1e-6
+        x = feats[:, 0] + feats[:, 1]
+        mean, scale = x.mean(0), x.std(0) + 1e-6
         z = (x - mean) / scale
         coef, inter, alpha = {}, {}, {}
         for k, y in targets.items():
@@ -106,13 +51,27 @@ class RidgeModel:
             coef[k], inter[k], alpha[k] = r.coef_.astype(np.float64), float(r.intercept_), float(r.alpha_)
         return cls(mean, scale, coef, inter, alpha)
 
-    def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        z = (np.atleast_2d(x) - self.mean) / self.scale
-        return {k: np.clip(z @ self.coef[k] + self.intercept[k], 0.0, TARGETS[k]) for k in self.coef}
+    def predict(self, feats: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        feats = np.asarray(feats, np.float64)
+        if feats.ndim == 2:
+            feats = feats[None]
+        out = {}
+        for k in self.coef:
+            per = [
+                np.clip(
+                    ((feats[:, j] - self.mean / 2) / self.scale) @ self.coef[k] + self.intercept[k] / 2,
+                    0,
+                    PER_LUNG_MAX[k],
+                )
+                for j in (0, 1)
+            ]
+            out[k] = {"right": per[0], "left": per[1], "total": per[0] + per[1]}
+        return out
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, feature_names: list[str] | None = None) -> dict[str, Any]:
         return {
-            "features": FEATURE_NAMES,
+            "kind": "per-lung additive ridge",
+            "features": feature_names,
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
             "coef": {k: v.tolist() for k, v in self.coef.items()},
@@ -121,7 +80,7 @@ class RidgeModel:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> RidgeModel:
+    def from_json(cls, d: dict[str, Any]) -> LungRidge:
         return cls(
             np.array(d["mean"]),
             np.array(d["scale"]),
@@ -129,15 +88,3 @@ class RidgeModel:
             {k: float(v) for k, v in d["intercept"].items()},
             d.get("alpha", {}),
         )
-
-
-def to_severity(pred: dict[str, np.ndarray], lungs: np.ndarray, opacity_prob: np.ndarray) -> Severity:
-    """Totals from the ridge; per-lung scores by each lung's share of predicted involvement."""
-    ext = float(np.ravel(pred["geographic_extent"])[0])
-    opa = float(np.ravel(pred["opacity"])[0])
-    lungs = np.asarray(lungs).astype(bool)
-    inv = [float(opacity_prob[m].sum()) if m.any() else 0.0 for m in lungs]
-    share = 0.5 if sum(inv) < 1e-3 else inv[0] / sum(inv)
-    right = LungSeverity(min(4.0, ext * share), min(3.0, opa * share))
-    left = LungSeverity(min(4.0, ext * (1 - share)), min(3.0, opa * (1 - share)))
-    return Severity(ext, opa, right, left)

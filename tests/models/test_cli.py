@@ -18,7 +18,7 @@ def test_cli_import_does_not_import_torch() -> None:
 @pytest.mark.parametrize(
     ("task", "keys"),
     [
-        ("segmentation", {"task", "dice", "hausdorff_px"}),
+        ("segmentation", {"task", "dice", "hausdorff_px", "per_source"}),
         (
             "classification",
             {
@@ -29,9 +29,14 @@ def test_cli_import_does_not_import_torch() -> None:
                 "covid19_at_98_sensitivity",
                 "within_collection_covid19_vs_pneumonia_auc",
                 "confusion",
+                "per_source",
+                "leave_one_source_out",
+                "source_probe",
+                "calibration",
+                "gradcam",
             },
         ),
-        ("severity", {"task", "protocol", "geographic_extent", "opacity", "baseline"}),
+        ("severity", {"task", "protocol", "geographic_extent", "opacity", "baseline", "cv234"}),
     ],
 )
 def test_eval_json(task: str, keys: set[str]) -> None:
@@ -51,3 +56,14 @@ def test_train_help_lists_commands() -> None:
     out = CliRunner().invoke(train_app, ["--help"]).output
     for cmd in ("segmentation", "classification", "severity"):
         assert cmd in out
+
+
+def test_classification_recompute_matches_stored() -> None:
+    """Every stored classification number is recomputed from the shipped out-of-fold predictions."""
+    from models.cli import eval_app
+
+    stored = json.loads(CliRunner().invoke(eval_app, ["classification", "--json"]).output)
+    fresh = json.loads(CliRunner().invoke(eval_app, ["classification", "--json", "--recompute"]).output)
+    assert fresh["recomputed"] is True
+    for key in ("auc", "accuracy", "covid19_at_98_sensitivity", "per_source", "calibration", "confusion"):
+        assert fresh[key] == stored[key], key

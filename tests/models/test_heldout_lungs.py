@@ -15,7 +15,7 @@ MARGIN = 0.05
 
 
 def test_heldout_lung_dice(analyzer, heldout_slice) -> None:
-    card = entry("segmentation")["metrics"]["dice"]["mean"]
+    card = entry("segmentation")["metrics"]["heldout"]["cxr"]["dice"]["mean"]
     scores, right_left = [], []
     for row in heldout_slice:
         loaded = load_image(DATA_DIR / row["image"])

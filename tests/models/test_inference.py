@@ -74,3 +74,23 @@ def test_get_analyzer_is_cached() -> None:
     from models.inference import get_analyzer
 
     assert get_analyzer() is get_analyzer()
+
+
+def test_per_lung_scores_are_learned_and_add_up(analyzer, jpeg_path: Path) -> None:
+    s = analyzer.analyze(load_image(jpeg_path)).severity
+    assert s.right.extent + s.left.extent == pytest.approx(s.geographic_extent, abs=1e-6)
+    assert s.right.opacity + s.left.opacity == pytest.approx(s.opacity, abs=1e-6)
+
+
+def test_heatmap_stays_on_the_lung_crop(analyzer, heldout_slice) -> None:
+    """Grad-CAM comes from the lung crop: no heat at the image's borders, where text and markers sit."""
+    from .conftest import DATA_DIR
+
+    for row in heldout_slice[:3]:
+        res = analyzer.analyze(load_image(DATA_DIR / row["image"]))
+        lungs = res.right_lung | res.left_lung
+        rows, cols = np.nonzero(lungs.any(1))[0], np.nonzero(lungs.any(0))[0]
+        heat = res.heatmap.copy()
+        pad = max(lungs.shape) // 5
+        heat[max(rows[0] - pad, 0) : rows[-1] + pad, max(cols[0] - pad, 0) : cols[-1] + pad] = 0
+        assert heat.max() == 0.0

@@ -1,8 +1,8 @@
 """Regenerate the held-out test slice: ``python tests/data/models/make_slice.py [DATA]``.
 
-Takes 8 images of patients that the lung segmenter never saw (models.tasks.
-segmentation.heldout_mask, seed 0: severity-scored patients + 10 % of the
-rest), 4 with radiologists' right/left masks and 4 with V7 masks, from
+Takes 8 images of patients that the lung segmenter never saw
+(``models.fit.segmentation_holdout``: severity-scored patients + a hashed 15 %
+of the rest), 4 with radiologists' right/left masks and 4 with V7 masks, from
 different patients, resized to at most 256 px (JPEG q90 / PNG masks).
 """
 
@@ -18,17 +18,17 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
-from models.datasets import CACHE_SIZE, build_cache, split_lungs  # noqa: E402
-from models.tasks.segmentation import heldout_mask  # noqa: E402
+from models.corpus import STYLE_RADIOLOGIST, STYLE_V7, cached, split_lungs  # noqa: E402
+from models.fit import segmentation_holdout  # noqa: E402
 
 
 def main(data: Path) -> None:
-    arrays = build_cache(data, Path("/tmp/cxr-models") / f"cache{CACHE_SIZE}.npz")
-    held = heldout_mask(arrays, 0)
+    arrays = cached(data)
+    held = segmentation_holdout(arrays)
     rows = []
     seen: set[str] = set()
-    for src, want in ((2, 4), (1, 4)):
-        for i in np.nonzero(held & (arrays["lung_src"] == src))[0]:
+    for src, want in ((STYLE_RADIOLOGIST, 4), (STYLE_V7, 4)):
+        for i in np.nonzero(held & (arrays["style"] == src))[0]:
             if sum(r[2] == src for r in rows) >= want:
                 break
             if arrays["patient"][i] in seen:
@@ -40,7 +40,7 @@ def main(data: Path) -> None:
         stem = Path(rel).stem
         img = Image.open(data / rel).convert("L")
         root = data / "cxr-collection"
-        if src == 2:
+        if src == STYLE_RADIOLOGIST:
             r = np.asarray(Image.open(root / "segmentations/right-lung" / f"{stem}.png")) == 255
             l_ = np.asarray(Image.open(root / "segmentations/left-lung" / f"{stem}.png")) == 255
         else:
@@ -60,7 +60,7 @@ def main(data: Path) -> None:
                 "right": f"{stem}.right.png",
                 "left": f"{stem}.left.png",
                 "patient": patient,
-                "mask_source": "radiologists" if src == 2 else "v7-split",
+                "mask_source": "radiologists" if src == STYLE_RADIOLOGIST else "v7-split",
             }
         )
     with (HERE / "index.csv").open("w", newline="") as fh:
