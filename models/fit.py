@@ -167,6 +167,15 @@ def to_input(img8: torch.Tensor) -> torch.Tensor:
     return img8.float()[:, None] / 127.5 * 1024.0 - 1024.0
 
 
+def _step(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor) -> float:
+    """One optimiser and scheduler step; the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 # --- 1. pretraining ------------------------------------------------------------------------
 
 
@@ -193,7 +202,7 @@ def pretrain(images: torch.Tensor, plan: Plan, seed: int, dev: str) -> tuple[Enc
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=plan.pretrain_steps, pct_start=0.1)
     t0, losses = time.time(), []
-    for _step in range(plan.pretrain_steps):
+    for _ in range(plan.pretrain_steps):
         idx = torch.randint(0, len(images), (plan.pretrain_batch,), generator=gen, device=dev)
         x = to_input(images[idx])
         views = []
@@ -206,11 +215,7 @@ def pretrain(images: torch.Tensor, plan: Plan, seed: int, dev: str) -> tuple[Enc
             z1 = proj(enc(views[0])[-1].mean(dim=(2, 3)))
             z2 = proj(enc(views[1])[-1].mean(dim=(2, 3)))
             loss = nt_xent(z1, z2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss))
+        losses.append(_step(opt, sched, loss))
     log = {
         "steps": plan.pretrain_steps,
         "batch": plan.pretrain_batch,
@@ -221,6 +226,13 @@ def pretrain(images: torch.Tensor, plan: Plan, seed: int, dev: str) -> tuple[Enc
     }
     logger.info("pretraining: %s", log)
     return enc.eval(), log
+
+
+def _start(net: Any, encoder: Encoder | None, seed: int, dev: str) -> tuple[Any, torch.Generator]:
+    """``net`` (built just after seeding), with the pretrained encoder's weights if any, on ``dev``."""
+    if encoder is not None:
+        net.encoder.load_state_dict(encoder.state_dict())
+    return net.to(dev).to(memory_format=torch.channels_last), torch.Generator(device=dev).manual_seed(seed)
 
 
 # --- 2. LungNet ----------------------------------------------------------------------------
@@ -254,11 +266,7 @@ def train_lungnet(
     dev: str,
 ) -> tuple[LungNet, dict[str, Any]]:
     torch.manual_seed(seed)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    net = LungNet()
-    if encoder is not None:
-        net.encoder.load_state_dict(encoder.state_dict())
-    net = net.to(dev).to(memory_format=torch.channels_last)
+    net, gen = _start(LungNet(), encoder, seed, dev)
     maps_np, weight_np = lung_targets(arrays, train_idx)
     maps, weight = torch.from_numpy(maps_np).to(dev), torch.from_numpy(weight_np).to(dev)
     labels = torch.from_numpy(arrays["label"][train_idx]).to(dev)
@@ -291,11 +299,7 @@ def train_lungnet(
         ce = F.cross_entropy(logits, lab.clamp_min(0), weight=cls_w, reduction="none")
         ce = (ce * (lab >= 0)).sum() / (lab >= 0).sum().clamp_min(1)
         loss = bce + dice + 0.3 * ce
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss))
+        losses.append(_step(opt, sched, loss))
     log = {
         "epochs": plan.lung_epochs,
         "steps": steps,
@@ -409,11 +413,7 @@ def train_classifier(
     dev: str,
 ) -> CropClassifier:
     torch.manual_seed(seed)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    net = CropClassifier()
-    if encoder is not None:
-        net.encoder.load_state_dict(encoder.state_dict())
-    net = net.to(dev).to(memory_format=torch.channels_last)
+    net, gen = _start(CropClassifier(), encoder, seed, dev)
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(float)
     w = torch.from_numpy(1.0 / np.maximum(counts[labels], 1)).to(dev)  # class-balanced sampling
     y_all = torch.from_numpy(labels).to(dev)
@@ -427,10 +427,7 @@ def train_classifier(
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
             logits = net(x.contiguous(memory_format=torch.channels_last))
         loss = F.cross_entropy(logits.float(), y_all[b], label_smoothing=0.05)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        _step(opt, sched, loss)
     return net.eval()
 
 

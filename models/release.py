@@ -141,6 +141,11 @@ def severity_ridge(fit_dir: Path) -> tuple[Any, dict[str, Any]]:
     }
 
 
+def _head(weights: Path, name: str, file: str) -> dict[str, Any]:
+    """The first fields of a registry entry: name, version, weights file and its SHA-256."""
+    return {"name": name, "version": VERSION, "file": file, "sha256": sha256_file(weights / file)}
+
+
 def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_PATH) -> dict[str, Any]:
     fit = json.loads((fit_dir / "fit.json").read_text())
     weights.mkdir(parents=True, exist_ok=True)
@@ -159,10 +164,7 @@ def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_P
     training = {"seed": fit["seed"], "device": fit["device"], "command": FIT_COMMAND}
     reg: dict[str, Any] = {"models": {}}
     reg["models"]["encoder"] = {
-        "name": "cxr-encoder",
-        "version": VERSION,
-        "file": "cxr-encoder.pt",
-        "sha256": sha256_file(weights / "cxr-encoder.pt"),
+        **_head(weights, "cxr-encoder", "cxr-encoder.pt"),
         "arch": {"class": "Encoder", **arch},
         "input_size": 160,
         "labels": [],
@@ -171,10 +173,7 @@ def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_P
         "metrics": {"note": "no metrics of its own: see the downstream pretraining ablations"},
     }
     reg["models"]["segmentation"] = {
-        "name": "lung-net",
-        "version": VERSION,
-        "file": "lung-net.pt",
-        "sha256": sha256_file(weights / "lung-net.pt"),
+        **_head(weights, "lung-net", "lung-net.pt"),
         "arch": {"class": "LungNet", **arch},
         "input_size": 256,
         "labels": ["right_lung", "left_lung", "right_lung_nlm", "left_lung_nlm", "opacity"],
@@ -196,10 +195,7 @@ def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_P
         },
     }
     reg["models"]["classification"] = {
-        "name": "crop-classifier",
-        "version": VERSION,
-        "file": "crop-classifier.pt",
-        "sha256": sha256_file(weights / "crop-classifier.pt"),
+        **_head(weights, "crop-classifier", "crop-classifier.pt"),
         "arch": {"class": "CropClassifier", **arch},
         "input_size": 192,
         "labels": list(CLASSES),
@@ -214,10 +210,7 @@ def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_P
     }
     sev_metrics = {k: v for k, v in sev.items() if k != "split0"}
     reg["models"]["severity"] = {
-        "name": "severity-ridge",
-        "version": VERSION,
-        "file": "severity-ridge.json",
-        "sha256": sha256_file(ridge_path),
+        **_head(weights, "severity-ridge", "severity-ridge.json"),
         "arch": {"class": "LungRidge", "features": SEVERITY_FEATURES},
         "input_size": 256,
         "labels": ["geographic_extent", "opacity"],
