@@ -38,7 +38,7 @@ pytestmark = [
 VIEWPORT = {"width": 1400, "height": 1000}
 # Software WebGL: headless, no GPU.
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
-LOAD_TIMEOUT_MS = 60_000
+LOAD_TIMEOUT_MS = 120_000  # generous: OHIF under a loaded 2-core CI machine
 SERIES = ("CXR Node AI heatmap", "CXR Node AI measurement report", "CXR Node AI lung segmentation")
 
 
@@ -139,8 +139,11 @@ def test_study_browser_lists_our_series(page) -> None:  # type: ignore[no-untype
 
 def test_heatmap_sc_displays(page) -> None:  # type: ignore[no-untyped-def]
     page.get_by_text("CXR Node AI heatmap").first.dblclick()
-    sc = _viewport_until(page, artifacts_dir() / "ohif-sc.png", lambda png: _coloured_fraction(png) > 0.05)
-    assert sc > 0.05, "the heatmap SC does not show in colour"
+    # The heatmap is tinted only where it is high, so a few per cent of the viewport is coloured;
+    # a grey-rendered SC has next to none.
+    png = artifacts_dir() / "ohif-sc.png"
+    _viewport_until(page, png, lambda png: _coloured_fraction(png) > 0.02)
+    assert _coloured_fraction(png) > 0.02, "the heatmap SC does not show in colour"
 
 
 # OHIF 3.13 cannot overlay a SEG on a projection image: its loader reads Image
