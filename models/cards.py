@@ -75,11 +75,24 @@ def plot_roc(oof: dict[str, np.ndarray], out: Path) -> None:
     for k, c in enumerate(LABELS):
         fpr, tpr, _ = roc_curve(y == k, prob[:, k])
         ax.plot(fpr, tpr, label=f"{c} (AUC {roc_auc_score(y == k, prob[:, k]):.3f})")
+    _finish(
+        plt,
+        fig,
+        ax,
+        out,
+        ("1 - specificity", "sensitivity"),
+        "one-vs-rest ROC, out-of-fold (patient-grouped 5-fold)",
+        "lower right",
+    )
+
+
+def _finish(plt: Any, fig: Any, ax: Any, out: Path, labels: tuple[str, str], title: str, loc: str) -> None:
+    """Diagonal, axis labels, title and legend; saved small."""
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title("one-vs-rest ROC, out-of-fold (patient-grouped 5-fold)", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc=loc)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -89,27 +102,22 @@ def plot_reliability(oof: dict[str, np.ndarray], out: Path) -> None:
     plt = _plt()
     y = oof["label"]
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    edges = np.linspace(0, 1, 11)
+    from models.release import reliability
+
     for key, name in (("logits_pretrained", "before"), ("logits_calibrated", "after temperature")):
-        p = _softmax(oof[key])
-        conf, hit = p.max(1), p.argmax(1) == y
-        b = np.clip(np.digitize(conf, edges) - 1, 0, 9)
-        xs, ys, ece = [], [], 0.0
-        for i in range(10):
-            m = b == i
-            if m.any():
-                xs.append(conf[m].mean())
-                ys.append(hit[m].mean())
-                ece += m.mean() * abs(conf[m].mean() - hit[m].mean())
-        ax.plot(xs, ys, "o-", label=f"{name} (ECE {ece:.3f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel("confidence (max softmax)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("reliability, out-of-fold, 10 bins", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+        rel = reliability(_softmax(oof[key]), y)
+        xs = [row["confidence"] for row in rel["bins"]]
+        ys = [row["accuracy"] for row in rel["bins"]]
+        ax.plot(xs, ys, "o-", label=f"{name} (ECE {rel['ece']:.3f})")
+    _finish(
+        plt,
+        fig,
+        ax,
+        out,
+        ("confidence (max softmax)", "accuracy"),
+        "reliability, out-of-fold, 10 bins",
+        "upper left",
+    )
 
 
 def plot_severity(metrics: dict[str, Any], truth: dict[str, np.ndarray], out: Path) -> None:
