@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from models.evaluation import softmax
 from models.registry import REGISTRY_PATH, WEIGHTS_DIR
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
@@ -48,12 +49,6 @@ def _ok(good: bool) -> str:
     return "meets" if good else "**short**"
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
 def _plt():
     import matplotlib
 
@@ -70,7 +65,7 @@ def plot_roc(oof: dict[str, np.ndarray], out: Path) -> None:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _plt()
-    y, prob = oof["label"], _softmax(oof["logits_calibrated"])
+    y, prob = oof["label"], softmax(oof["logits_calibrated"])
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     for k, c in enumerate(LABELS):
         fpr, tpr, _ = roc_curve(y == k, prob[:, k])
@@ -105,7 +100,7 @@ def plot_reliability(oof: dict[str, np.ndarray], out: Path) -> None:
     from models.release import reliability
 
     for key, name in (("logits_pretrained", "before"), ("logits_calibrated", "after temperature")):
-        rel = reliability(_softmax(oof[key]), y)
+        rel = reliability(softmax(oof[key]), y)
         xs = [row["confidence"] for row in rel["bins"]]
         ys = [row["accuracy"] for row in rel["bins"]]
         ax.plot(xs, ys, "o-", label=f"{name} (ECE {rel['ece']:.3f})")

@@ -45,14 +45,13 @@ def _fit(data: Path, out: Path, quick: bool, seed: int) -> dict[str, Any]:
     from models import fit, release
     from models.corpus import build_cache
 
-    work = out / "fit" if out.resolve() == DEFAULT_OUT.resolve() else out
-    cache = (
-        build_cache(data, work / "corpus256.npz")
-        if not (work / "corpus256.npz").is_file()
-        else work / "corpus256.npz"
-    )
+    ship = out.resolve() == DEFAULT_OUT.resolve()
+    work = out / "fit" if ship else out
+    cache = work / "corpus256.npz"
+    if not cache.is_file():
+        build_cache(data, cache)
     report = fit.main(cache, work, quick=quick, seed=seed)
-    if out.resolve() == DEFAULT_OUT.resolve():
+    if ship:
         release.main(work)
         typer.echo("weights and registry written to models/")
     return report
@@ -111,6 +110,7 @@ def eval_segmentation(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: 
     heldout = entry("segmentation")["metrics"]["heldout"]
     if recompute:
         import numpy as np
+        import torch
 
         from models.corpus import STYLE_NONE, cached
         from models.fit import run_lungnet, segmentation_holdout, segmentation_metrics
@@ -118,8 +118,6 @@ def eval_segmentation(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: 
 
         arrays = cached(data)
         idx = np.nonzero(segmentation_holdout(arrays) & (arrays["style"] != STYLE_NONE))[0]
-        import torch
-
         images = torch.from_numpy(arrays["image"])
         heldout = segmentation_metrics(
             arrays, idx, run_lungnet(build_model("segmentation"), images, idx, "cpu")
@@ -180,20 +178,22 @@ def eval_severity(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool
         import numpy as np
         import torch
 
-        from models.corpus import cached, scored
-        from models.fit import run_lungnet, severity_matrix, severity_protocols
+        from models.corpus import cached, scored, severity_targets
+        from models.fit import run_lungnet, severity_protocols
         from models.registry import build_model
+        from models.severity import severity_matrix
 
         arrays = cached(data)
         sev = np.nonzero(scored(arrays))[0]
         pred = run_lungnet(build_model("segmentation"), torch.from_numpy(arrays["image"]), sev, "cpu")
-        feats = severity_matrix(arrays["image"][sev], {k: v for k, v in pred.items()})
-        targets = {
-            "geographic_extent": arrays["extent"][sev].astype(float),
-            "opacity": arrays["opacity"][sev].astype(float),
-        }
+        feats = severity_matrix(arrays["image"][sev], pred)
         protocols = severity_protocols(
-            feats, targets, arrays["patient"][sev], arrays["in_cohen_2020"][sev], 50, e["training"]["seed"]
+            feats,
+            severity_targets(arrays, sev),
+            arrays["patient"][sev],
+            arrays["in_cohen_2020"][sev],
+            50,
+            e["training"]["seed"],
         )
     c94 = protocols["cohen94"]
     _emit(

@@ -257,12 +257,12 @@ def _cache_one(args: tuple[str, Record]) -> tuple[bytes, np.ndarray, np.ndarray]
     return encode_jpeg(img8), np.packbits(lungs, axis=-1), np.packbits(opac, axis=-1)
 
 
-def build_cache(data: Path, cache: Path, workers: int = 2, limit: int | None = None) -> Path:
+def build_cache(data: Path, cache: Path, workers: int = 2) -> Path:
     """Preprocess every indexed image and mask into one compressed ``.npz`` (no pickles)."""
     from tqdm import tqdm
 
     cache = Path(cache)
-    records = build_index(data)[:limit]
+    records = build_index(data)
     jobs = [(str(data), r) for r in records]
     with ProcessPoolExecutor(workers) as pool:
         results = list(tqdm(pool.map(_cache_one, jobs, chunksize=16), total=len(jobs), desc="cache"))
@@ -320,3 +320,11 @@ def scored_patients(arrays: dict[str, np.ndarray]) -> np.ndarray:
     model whose output feeds the severity score, so no scored patient leaks)."""
     pats = set(arrays["patient"][scored(arrays)].tolist())
     return np.isin(arrays["patient"], list(pats))
+
+
+def severity_targets(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The Cohen scores of images ``idx``: geographic extent 0-8 and opacity on the 0-6 scale."""
+    return {
+        "geographic_extent": arrays["extent"][idx].astype(float),
+        "opacity": arrays["opacity"][idx].astype(float),
+    }

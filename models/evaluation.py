@@ -68,3 +68,10 @@ def regression_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
         "mae": float(np.abs(y - p).mean()),
         "mse": float(((y - p) ** 2).mean()),
     }
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits (N, C)."""
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)

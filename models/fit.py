@@ -48,7 +48,9 @@ from models.corpus import (
     load_cache,
     scored,
     scored_patients,
+    severity_targets,
 )
+from models.evaluation import softmax
 from models.networks import (
     NLM_LEFT,
     NLM_RIGHT,
@@ -60,6 +62,7 @@ from models.networks import (
     LungNet,
 )
 from models.result import CLASSES
+from models.severity import severity_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +273,7 @@ def train_lungnet(
     maps_np, weight_np = lung_targets(arrays, train_idx)
     maps, weight = torch.from_numpy(maps_np).to(dev), torch.from_numpy(weight_np).to(dev)
     labels = torch.from_numpy(arrays["label"][train_idx]).to(dev)
+    train_rows = torch.from_numpy(train_idx).to(dev)
     counts = np.bincount(arrays["label"][train_idx][arrays["label"][train_idx] >= 0], minlength=len(CLASSES))
     cls_w = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(CLASSES), dtype=torch.float32, device=dev)
     # The opacity map has far fewer examples: each batch draws them more often.
@@ -282,7 +286,7 @@ def train_lungnet(
     t0, losses = time.time(), []
     for _ in range(steps):
         b = torch.multinomial(p, plan.lung_batch, replacement=True, generator=gen)
-        x, y = augment(to_input(images[train_idx_t(train_idx, dev)[b]]), maps[b].float(), gen, strong=True)
+        x, y = augment(to_input(images[train_rows[b]]), maps[b].float(), gen, strong=True)
         assert y is not None
         w = weight[b][:, :, None, None]
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
@@ -311,41 +315,17 @@ def train_lungnet(
     return net.eval(), log
 
 
-_IDX_CACHE: dict[int, torch.Tensor] = {}
-
-
-def train_idx_t(idx: np.ndarray, dev: str) -> torch.Tensor:
-    key = id(idx)
-    if key not in _IDX_CACHE:
-        _IDX_CACHE[key] = torch.from_numpy(idx).to(dev)
-    return _IDX_CACHE[key]
-
-
-@torch.no_grad()
 def run_lungnet(
     net: LungNet, images: torch.Tensor, idx: np.ndarray, dev: str, batch: int = 64
 ) -> dict[str, np.ndarray]:
-    """Sigmoid maps (N, 5, H, W) float16, logits (N, 4), per-lung pooled features (N, 2, C)."""
-    from models.networks import lung_features
-    from models.segmentation import clean_lung_masks
+    """:func:`models.segmentation.lungnet_outputs` of ``images[idx]`` in batches (maps kept as float16)."""
+    from models.segmentation import lungnet_outputs
 
-    maps, logits, pooled, lungs = [], [], [], []
-    for i in range(0, len(idx), batch):
-        x = to_input(images[train_idx_t(idx, dev)[i : i + batch]])
-        out, lg, feats = net.forward_all(x)
-        prob = torch.sigmoid(out)
-        masks = np.stack([clean_lung_masks(p[[V7_RIGHT, V7_LEFT]]) for p in prob.float().cpu().numpy()])
-        m = torch.from_numpy(masks).float().to(dev)
-        pooled.append(lung_features([f.float() for f in feats], m).cpu().numpy())
-        maps.append(prob.half().cpu().numpy())
-        logits.append(lg.float().cpu().numpy())
-        lungs.append(masks)
-    return {
-        "maps": np.concatenate(maps),
-        "logits": np.concatenate(logits),
-        "pooled": np.concatenate(pooled),
-        "lungs": np.concatenate(lungs),
-    }
+    rows = torch.from_numpy(idx).to(dev)
+    parts = [lungnet_outputs(net, to_input(images[rows[i : i + batch]])) for i in range(0, len(idx), batch)]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out["maps"] = out["maps"].astype(np.float16)
+    return out
 
 
 def segmentation_metrics(
@@ -472,59 +452,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
 # --- 4. severity ---------------------------------------------------------------------------
-
-
-def _scalar_lung_features(img8: np.ndarray, lung: np.ndarray, opac: np.ndarray) -> list[float]:
-    """Involvement (overall, per third), intensity statistics and area of one lung."""
-    if lung.sum() < 20:
-        return [0.0] * 10
-    rows = np.nonzero(lung.any(axis=1))[0]
-    zone = []
-    for t in np.array_split(np.arange(rows[0], rows[-1] + 1), 3):
-        z = np.zeros_like(lung)
-        z[t] = lung[t]
-        zone.append(float(opac[z].mean()) if z.any() else 0.0)
-    vals = img8[lung].astype(np.float32) / 255.0
-    return [
-        float(opac[lung].mean()),
-        float((opac[lung] > 0.5).mean()),
-        *zone,
-        float(vals.mean()),
-        float(vals.std()),
-        float(np.percentile(vals, 25)),
-        float(np.percentile(vals, 75)),
-        float(lung.mean()),
-    ]
-
-
-def severity_matrix(images8: np.ndarray, pred: dict[str, np.ndarray], pooled: bool = True) -> np.ndarray:
-    """Per-lung features (N, 2, F): scalar involvement/intensity features, the four class
-    logits (half to each lung) and, with ``pooled``, the encoder features averaged over the lung."""
-    rows = []
-    for j, img in enumerate(images8):
-        opac = pred["maps"][j][OPACITY].astype(np.float32)
-        per = []
-        for k in range(2):
-            f = _scalar_lung_features(img, pred["lungs"][j][k].astype(bool), opac)
-            f += list(pred["logits"][j] / 2.0)
-            if pooled:
-                f += list(pred["pooled"][j][k])
-            per.append(f)
-        rows.append(per)
-    return np.asarray(rows, np.float32)
-
-
-def _protocol_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    from models.evaluation import regression_scores
-
-    return regression_scores(y, p)
 
 
 def severity_protocols(
@@ -540,7 +468,7 @@ def severity_protocols(
     patients added), and a patient-grouped 5-fold CV on all 234 (10 repeats)."""
     from sklearn.model_selection import GroupShuffleSplit
 
-    from models.evaluation import mean_std
+    from models.evaluation import mean_std, regression_scores
     from models.severity import LungRidge
 
     names = ("pearson", "r2", "mae", "mse")
@@ -562,12 +490,12 @@ def severity_protocols(
             model = LungRidge.fit(feats[train_rows], {k: v[train_rows] for k, v in targets.items()})
             pred = model.predict(feats[te])
             for k, y in targets.items():
-                for m, v in _protocol_scores(y[te], pred[k]["total"]).items():
+                for m, v in regression_scores(y[te], pred[k]["total"]).items():
                     res[name][k][m].append(v)
                 if name == "cohen94" and s == 0:
                     first[k] = {"true": y[te].tolist(), "pred": pred[k]["total"].tolist()}
         for k, y in targets.items():
-            for m, v in _protocol_scores(y[te], np.full(len(te), y[tr].mean())).items():
+            for m, v in regression_scores(y[te], np.full(len(te), y[tr].mean())).items():
                 base["cohen94"][k][m].append(v)
     rng = np.random.default_rng(seed)
     patients = np.unique(groups)
@@ -584,9 +512,9 @@ def severity_protocols(
                 oof[k][rep, te] = pred[k]["total"]
                 base_pred[k][te] = float(yk[tr].mean())
         for k, y in targets.items():
-            for m, v in _protocol_scores(y, oof[k][rep]).items():
+            for m, v in regression_scores(y, oof[k][rep]).items():
                 res["cv234"][k][m].append(v)
-            for m, v in _protocol_scores(y, base_pred[k]).items():
+            for m, v in regression_scores(y, base_pred[k]).items():
                 base["cv234"][k][m].append(v)
     out: dict[str, Any] = {}
     for name, r in res.items():
@@ -604,8 +532,10 @@ def severity_protocols(
 def _save(out: Path, name: str, net: torch.nn.Module) -> str:
     """Save a state_dict (CPU tensors only) and return its SHA-256."""
     path = out / name
+    from models.registry import sha256_file
+
     torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def main(
@@ -669,10 +599,7 @@ def main(
 
     # 4 (early: it needs only LungNet). severity
     sev = np.nonzero(scored(arrays))[0]
-    targets = {
-        "geographic_extent": arrays["extent"][sev].astype(float),
-        "opacity": arrays["opacity"][sev].astype(float),
-    }
+    targets = severity_targets(arrays, sev)
     groups, cohen = arrays["patient"][sev], arrays["in_cohen_2020"][sev]
     report["severity"] = {"n_images": int(len(sev)), "n_patients": int(len(set(groups.tolist())))}
     sev_feats: dict[str, np.ndarray] = {}

@@ -99,9 +99,9 @@ class Analyzer:
         import torch
 
         from models.explain import METHODS, explain, to_unit
-        from models.fit import severity_matrix
-        from models.networks import OPACITY, V7_LEFT, V7_RIGHT, lung_crop, lung_features, uncrop
-        from models.segmentation import clean_lung_masks
+        from models.networks import OPACITY, lung_crop, uncrop
+        from models.segmentation import lungnet_outputs
+        from models.severity import severity_matrix
 
         if heatmap not in METHODS:
             raise ValueError(f"unknown heatmap method {heatmap!r}; choose one of {METHODS}")
@@ -117,10 +117,8 @@ class Analyzer:
         timings["preprocess"] = time.perf_counter() - t  # as the training cache
 
         t = time.perf_counter()
-        with torch.no_grad():
-            maps, class_logits, feats = self.model("segmentation").forward_all(x256)
-            prob = torch.sigmoid(maps).cpu().numpy()
-        lungs = np.stack([clean_lung_masks(p[[V7_RIGHT, V7_LEFT]]) for p in prob])
+        net_out = lungnet_outputs(self.model("segmentation"), x256)
+        lungs = net_out["lungs"]
         timings["segmentation"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -133,11 +131,7 @@ class Analyzer:
         timings["classification"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        with torch.no_grad():
-            pooled = lung_features(feats, torch.from_numpy(lungs).float().to(self.device)).cpu().numpy()
-        per_lung = severity_matrix(
-            img8, {"maps": prob, "lungs": lungs, "logits": class_logits.cpu().numpy(), "pooled": pooled}
-        )
+        per_lung = severity_matrix(img8, net_out)
         pred = self.model("severity").predict(per_lung)
         severities = [
             Severity(
@@ -150,7 +144,7 @@ class Analyzer:
             )
             for i in range(n)
         ]
-        opac = prob[:, OPACITY]
+        opac = net_out["maps"][:, OPACITY]
         timings["severity"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from models.evaluation import softmax
 from models.registry import REGISTRY_PATH, WEIGHTS_DIR, sha256_file
 from models.result import CLASSES
 
@@ -31,12 +32,6 @@ FIT_COMMAND = (
     "then python -m models.release --fit DIR"
 )
 TARGET_SENSITIVITY = 0.98
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def reliability(prob: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, Any]:

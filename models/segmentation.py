@@ -1,4 +1,4 @@
-"""Lung masks from LungNet's probability maps (:mod:`models.networks`)."""
+"""Lung masks, and everything else the node reads off LungNet (:mod:`models.networks`)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,20 @@ def clean_lung_masks(prob: Any, threshold: float = 0.5) -> np.ndarray:
             m = labels == (int(np.argmax(sizes)) + 1)
         out[k] = ndimage.binary_fill_holes(m)
     return out
+
+
+def lungnet_outputs(net: Any, x: Any) -> dict[str, np.ndarray]:
+    """One LungNet pass over ``x`` (N, 1, 256, 256): sigmoid maps (N, 5, H, W), class logits
+    (N, 4), cleaned lung masks (N, 2, H, W) and encoder features pooled over each lung (N, 2, C).
+    Training, evaluation and the node all go through here."""
+    import torch
+
+    from models.networks import V7_LEFT, V7_RIGHT, lung_features
+
+    with torch.no_grad():
+        out, logits, feats = net.forward_all(x)
+        prob = torch.sigmoid(out).float().cpu().numpy()
+        lungs = np.stack([clean_lung_masks(p[[V7_RIGHT, V7_LEFT]]) for p in prob])
+        masks = torch.from_numpy(lungs).float().to(x.device)
+        pooled = lung_features([f.float() for f in feats], masks).cpu().numpy()
+    return {"maps": prob, "logits": logits.float().cpu().numpy(), "pooled": pooled, "lungs": lungs}

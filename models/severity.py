@@ -1,6 +1,6 @@
 """Cohen et al. 2020 severity scores (geographic extent 0-8, opacity 0-6) from per-lung features.
 
-Features of each lung (``models.fit.severity_matrix``): LungNet's opacity
+Features of each lung (:func:`severity_matrix`): LungNet's opacity
 involvement (overall and per lung third), intensity statistics, area, half of
 the four class logits, and LungNet's encoder features averaged over the lung.
 A per-lung additive ridge (:class:`LungRidge`) turns them into scores; its
@@ -13,6 +13,50 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+def scalar_lung_features(img8: np.ndarray, lung: np.ndarray, opac: np.ndarray) -> list[float]:
+    """Involvement (overall, per third), intensity statistics and area of one lung."""
+    if lung.sum() < 20:
+        return [0.0] * 10
+    rows = np.nonzero(lung.any(axis=1))[0]
+    zone = []
+    for t in np.array_split(np.arange(rows[0], rows[-1] + 1), 3):
+        z = np.zeros_like(lung)
+        z[t] = lung[t]
+        zone.append(float(opac[z].mean()) if z.any() else 0.0)
+    vals = img8[lung].astype(np.float32) / 255.0
+    return [
+        float(opac[lung].mean()),
+        float((opac[lung] > 0.5).mean()),
+        *zone,
+        float(vals.mean()),
+        float(vals.std()),
+        float(np.percentile(vals, 25)),
+        float(np.percentile(vals, 75)),
+        float(lung.mean()),
+    ]
+
+
+def severity_matrix(images8: np.ndarray, pred: dict[str, np.ndarray], pooled: bool = True) -> np.ndarray:
+    """Per-lung features (N, 2, F) from :func:`models.segmentation.lungnet_outputs`: scalar
+    involvement/intensity features, the four class logits (half to each lung) and, with
+    ``pooled``, the encoder features averaged over the lung."""
+    from models.networks import OPACITY
+
+    rows = []
+    for j, img in enumerate(images8):
+        opac = pred["maps"][j][OPACITY].astype(np.float32)
+        per = []
+        for k in range(2):
+            f = scalar_lung_features(img, pred["lungs"][j][k].astype(bool), opac)
+            f += list(pred["logits"][j] / 2.0)
+            if pooled:
+                f += list(pred["pooled"][j][k])
+            per.append(f)
+        rows.append(per)
+    return np.asarray(rows, np.float32)
+
 
 PER_LUNG_MAX = {"geographic_extent": 4.0, "opacity": 3.0}
 
