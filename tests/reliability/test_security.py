@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def test_logs_and_audit_carry_no_patient_data(orthanc: Orthanc, cr_chest: Path, 
         node.stop()
     text = node.log.read_text() + audit + send.stdout + send.stderr
     assert "DEBUG" in node.log.read_text()  # the logs were verbose, and still:
+    # Random 2.25 UIDs are long digit runs that can contain a value such as "1951" by chance;
+    # the UIDs themselves are allowed in logs, so look for the values everywhere else.
+    text = re.sub(r"\b\d+(?:\.\d+){2,}\b", "<uid>", text)
     for value in (*PATIENT.values(), "Zyxwvut", "Secretname", "98765", "1951", "19519999", "Qwertyonly"):
         assert value not in text, f"{value!r} leaked into the logs"
     assert "instance.received" in audit and "export.sent" in audit
