@@ -61,10 +61,12 @@ class Analyzer:
     def model(self, role: str) -> Any:
         """The loaded model of ``role`` (verified SHA-256), loaded on first call."""
         if role not in self._models:
-            from models.registry import build_model, load_ridge
+            from models.registry import build_model, load_projection, load_ridge
 
             if role == "severity":
                 self._models[role] = load_ridge(self.weights_dir, self.registry)
+            elif role == "retrieval":
+                self._models[role] = load_projection(self.weights_dir, self.registry)
             else:
                 self._models[role] = build_model(role, self.device, self.weights_dir, self.registry)
         return self._models[role]
@@ -145,7 +147,8 @@ class Analyzer:
             for i in range(n)
         ]
         opac = net_out["maps"][:, OPACITY]
-        timings["severity"] = time.perf_counter() - t
+        embeddings = self.model("retrieval").transform(net_out["pooled"])
+        timings["severity"] = time.perf_counter() - t  # and the retrieval embedding
 
         t = time.perf_counter()
         targets = [int(np.argmax(p)) for p in probs]
@@ -174,6 +177,7 @@ class Analyzer:
                     models=self.model_ids(),
                     pixel_spacing_mm=loaded.pixel_spacing_mm,
                     heatmap_method=heatmap,
+                    embedding=embeddings[i],
                     extra={
                         "covid19_threshold": thr,
                         "covid19_positive": p_covid >= thr,

@@ -20,9 +20,9 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 REGISTRY_PATH = PACKAGE_DIR / "registry.json"
 WEIGHTS_DIR = PACKAGE_DIR / "weights"
-ROLES = ("encoder", "segmentation", "classification", "severity")
+ROLES = ("encoder", "segmentation", "classification", "severity", "retrieval")
 # Roles the node runs on every image (the encoder is shipped for provenance and fine-tuning).
-INFERENCE_ROLES = ("segmentation", "classification", "severity")
+INFERENCE_ROLES = ("segmentation", "classification", "severity", "retrieval")
 
 
 def load_registry(path: Path | None = None) -> dict[str, Any]:
@@ -107,3 +107,10 @@ def load_ridge(weights_dir: Path | None = None, registry: dict[str, Any] | None 
 
     path = verified_path("severity", weights_dir, registry)
     return LungRidge.from_json(json.loads(path.read_text()))
+
+
+def load_projection(weights_dir: Path | None = None, registry: dict[str, Any] | None = None) -> Any:
+    """The retrieval embedding's projection (an ``.npz`` of arrays, no pickles) after its SHA-256 check."""
+    from models.retrieval import Projection
+
+    return Projection.load(verified_path("retrieval", weights_dir, registry))

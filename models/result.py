@@ -7,6 +7,7 @@ Deliberately free of torch so the node can import it cheaply.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,98 @@ class Severity:
         }
 
 
+@dataclass(frozen=True)
+class PriorCase:
+    """An image the node analysed earlier, as its archive keeps it (UIDs and results only)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    study_date: date | None
+    predicted_class: str
+    geographic_extent: float
+    opacity: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "sop_instance_uid": self.sop_instance_uid,
+            "study_instance_uid": self.study_instance_uid,
+            "study_date": self.study_date.isoformat() if self.study_date else None,
+            "predicted_class": self.predicted_class,
+            "geographic_extent": round(self.geographic_extent, 3),
+            "opacity": round(self.opacity, 3),
+        }
+
+
+@dataclass(frozen=True)
+class SimilarCase:
+    """One of the nearest earlier images in the retrieval embedding (cosine distance 0-2)."""
+
+    case: PriorCase
+    distance: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.case.as_json(), "distance": round(self.distance, 4)}
+
+
+@dataclass(frozen=True)
+class SeverityChange:
+    """This image's severity minus that of an earlier study of the same patient."""
+
+    since: str  # "previous" or "first"
+    case: PriorCase
+    days: int | None  # from the earlier study date to this one; None when a date is missing
+    geographic_extent: float
+    opacity: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "study_date": self.case.study_date.isoformat() if self.case.study_date else None,
+            "sop_instance_uid": self.case.sop_instance_uid,
+            "days": self.days,
+            "geographic_extent_change": round(self.geographic_extent, 3),
+            "opacity_change": round(self.opacity, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Triage:
+    """The configured urgency rule's decision for one image."""
+
+    urgent: bool
+    reasons: tuple[str, ...]  # the rule's conditions that held, e.g. "extent 5.1 >= 4"
+    rule: str  # the rule, e.g. "covid19 p >= 0.076 or extent >= 4"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"urgent": self.urgent, "reasons": list(self.reasons), "rule": self.rule}
+
+
+@dataclass
+class CaseContext:
+    """What the node's archive adds to one analysis: similar earlier cases of other patients,
+    the patient's course (earlier studies, oldest first) and the triage decision."""
+
+    similar: list[SimilarCase] = field(default_factory=list)
+    course: list[PriorCase] = field(default_factory=list)
+    changes: list[SeverityChange] = field(default_factory=list)
+    triage: Triage | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "similar_cases": [s.as_json() for s in self.similar],
+            "longitudinal": {
+                "earlier_studies": len(self.course),
+                "changes": [c.as_json() for c in self.changes],
+                "course": [c.as_json() for c in self.course],
+            }
+            if self.course
+            else None,
+            "triage": self.triage.as_json() if self.triage else None,
+        }
+
+
 @dataclass
 class AnalysisResult:
     """Everything the models say about one frontal chest X-ray.
@@ -59,6 +152,8 @@ class AnalysisResult:
     models: dict[str, str]  # role -> "name@version"
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, column) spacing
     heatmap_method: str = "gradcam"
+    embedding: np.ndarray | None = None  # float32 (DIM,) unit vector for similar-case retrieval
+    context: CaseContext | None = None  # set by the node from its archive (node.archive)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -171,7 +171,9 @@ def analyze(
     failed = 0
     bar = tqdm(paths, desc="analyze", unit="image", disable=len(paths) < 2, file=sys.stderr)
     for path in bar:
-        analysis = analyze_path(path, out, heatmap=heatmap, min_age=settings.min_patient_age)
+        analysis = analyze_path(
+            path, out, heatmap=heatmap, min_age=settings.min_patient_age, settings=settings
+        )
         failed += analysis.error is not None
         record = analysis.as_json()
         if as_json:

@@ -44,6 +44,7 @@ COUNTERS: dict[str, tuple[str, str | None, str]] = {
     "jobs_queued": ("job.queued", "success", "Analysis tasks sent to the broker"),
     "instances_analysed": ("job.succeeded", None, "Analyses that produced outputs"),
     "jobs_failed": ("job.failed", None, "Analyses that failed for good"),
+    "studies_urgent": ("triage.urgent", None, "Analyses the triage rule marked urgent"),
     "exports_sent": ("export.sent", None, "Outputs delivered to a destination"),
     "exports_dead": ("export.dead", None, "Outputs given up on after every attempt"),
 }

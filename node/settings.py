@@ -138,6 +138,20 @@ class Settings(BaseSettings):
     export_max_attempts: int = Field(8, ge=1)
     export_backoff_seconds: float = Field(5.0, gt=0)
 
+    # The node's archive (node/archive.py): similar earlier cases, the patient's course, triage.
+    similar_cases: int = Field(5, ge=0, le=50, description="nearest earlier images listed; 0: none")
+    similar_same_patient: bool = Field(False, description="also list the patient's own earlier images")
+    patient_key_file: Path | None = Field(
+        None, description="secret keying the patient hash (default: <home>/patient-key, made on first use)"
+    )
+    triage_rule: str = Field(
+        "covid19 >= auto or extent >= 4",
+        description="'or'-joined 'metric >= value' conditions; metrics: normal, other_disease, pneumonia, "
+        "covid19 (value 'auto': the 98 %-sensitivity threshold), extent, opacity, extent_increase, "
+        "opacity_increase (since the previous study); empty: no triage",
+    )
+    triage_webhook: str | None = Field(None, description="POST urgent studies (UIDs only) as JSON here")
+
     # Monitoring: GET /metrics (Prometheus) and /health on this address; port 0 disables.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9110, ge=0, le=65535, description="0: no metrics/health endpoint")
@@ -202,6 +216,14 @@ class Settings(BaseSettings):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name.upper()}: {path} is not a file")
         return self
+
+    @field_validator("triage_rule")
+    @classmethod
+    def _check_triage_rule(cls, v: str) -> str:
+        from node.triage import parse_rule
+
+        parse_rule(v)  # ValueError names the bad condition
+        return v
 
     @property
     def tls_enabled(self) -> bool:

@@ -185,3 +185,50 @@ def queued_messages(settings) -> list[dict]:  # type: ignore[no-untyped-def]
         args, kwargs, _ = body
         messages.append({"task": envelope["headers"]["task"], "kwargs": kwargs})
     return messages
+
+
+def dx_from_picture(
+    picture: Path,
+    *,
+    patient_id: str,
+    study_date: str,
+    issuer: str = "TESTS",
+    patient_name: str = "Test^Course",
+) -> Dataset:
+    """A DX For Presentation built from a PNG/JPEG of the shared data (8-bit MONOCHROME2),
+    in a new study of ``patient_id`` on ``study_date`` (DA)."""
+    from PIL import Image
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+
+    pixels = np.asarray(Image.open(picture).convert("L"), dtype=np.uint8)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = new_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = new_uid(), new_uid()
+    ds.PatientName, ds.PatientID, ds.IssuerOfPatientID = patient_name, patient_id, issuer
+    ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "", "O", "060Y"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = study_date, "090000", "", "1"
+    ds.ReferringPhysicianName = ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "DX", 1, 1
+    ds.Manufacturer = "CXR Node tests"
+    ds.BodyPartExamined, ds.ViewPosition = "CHEST", "AP"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.PatientOrientation = ["R", "F"]
+    ds.ImagerPixelSpacing = [0.4, 0.4]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign = "LOG", 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    ds.WindowCenter, ds.WindowWidth = 128, 256
+    ds.LossyImageCompression = "01"  # from a JPEG
+    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    ds.BurnedInAnnotation = "NO"
+    ds.PixelData = pixels.tobytes()
+    return ds

@@ -23,11 +23,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy.exc import OperationalError
 
-from models.result import AnalysisResult
-from node import audit, routing
+from models.result import AnalysisResult, CaseContext
+from node import archive, audit, routing, triage
 from node.audit import EventKind, Outcome
 from node.audit.db import session_scope
-from node.audit.log import instance_uids
+from node.audit.log import InstanceUIDs, instance_uids
 from node.audit.models import Instance, InstanceState, utcnow
 from node.export import OutputFile, add_to_outbox, deliver_due
 from node.settings import Settings, get_settings
@@ -39,7 +39,7 @@ LOGGER = logging.getLogger(__name__)
 ALGORITHM_NAME = "CXR Node"
 
 # Stages of one study in the worker, in order (benchmarks print them).
-STAGES = ("read", "decode", "preprocess", "models", "build", "write", "database", "export")
+STAGES = ("read", "decode", "preprocess", "models", "archive", "build", "write", "database", "export")
 
 
 @contextmanager
@@ -104,6 +104,7 @@ class Analysis:
             out["lungs"] = r.lungs_json()
             out["models"] = dict(r.models)
             out["heatmap"] = r.heatmap_method
+            out.update((r.context or CaseContext()).as_json())
         if self.error is not None:
             out["error"] = self.error
         return out
@@ -189,9 +190,14 @@ def write_outputs(
 
 
 def analyze_path(
-    path: Path, out_dir: Path | None = None, heatmap: str = "gradcam", min_age: int = 18
+    path: Path,
+    out_dir: Path | None = None,
+    heatmap: str = "gradcam",
+    min_age: int = 18,
+    settings: Settings | None = None,
 ) -> Analysis:
-    """``cxr-node analyze`` for one file: no network, no broker, no database."""
+    """``cxr-node analyze`` for one file: no network, no broker; the node's archive (similar
+    cases, the patient's course) is read where it exists, never written."""
     started = time.monotonic()
     analysis = Analysis(input=str(path), sop_instance_uid=None, eligible=False)
     try:
@@ -210,6 +216,16 @@ def analyze_path(
                 return analysis
         analysis.eligible = True
         analysis.result = analyze_image(ds if ds is not None else path, heatmap)
+        settings = settings or get_settings()
+        if ds is not None:
+            analysis.result.context = archive.case_context(
+                ds, analysis.result, settings, use_archive=archive.readable(settings)
+            )
+        else:
+            auto = float(analysis.result.extra.get("covid19_threshold", 0.5))
+            analysis.result.context = CaseContext(
+                triage=triage.evaluate(settings.triage_rule, analysis.result, [], auto)
+            )
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             if ds is not None:
@@ -291,6 +307,7 @@ def _process(
         _fail(sop_instance_uid, None, f"spool file unreadable: {exc}", started)
         return None
     uids = instance_uids(ds, sop_instance_uid)
+    urgency = None
     try:
         with _timed(stages, "database"):
             _set_state(sop_instance_uid, InstanceState.RUNNING)
@@ -303,6 +320,8 @@ def _process(
         t = time.monotonic()
         result = analyze_image(ds, stages=stages, batcher=batcher)
         model_ms = (time.monotonic() - t) * 1000
+        with _timed(stages, "archive"):
+            result.context = archive.case_context(ds, result, settings)
         outputs = write_outputs(ds, result, settings.outputs_path, stages)
         with _timed(stages, "database"):
             for output in outputs:
@@ -315,6 +334,11 @@ def _process(
                     duration_ms=model_ms,
                 )
             add_to_outbox(outputs, settings)
+            with session_scope(settings.db_url) as session:
+                archive.record(session, ds, result, settings)
+            urgency = result.context.triage if result.context else None
+            if urgency is not None and urgency.urgent:
+                audit.record(EventKind.TRIAGE_URGENT, Outcome.WARNING, "; ".join(urgency.reasons), **uids)
             _set_state(sop_instance_uid, InstanceState.DONE)
             elapsed = time.monotonic() - started
             audit.record(
@@ -342,6 +366,8 @@ def _process(
                 deliver_due(settings, source_sop_instance_uid=sop_instance_uid)
             except Exception:
                 LOGGER.exception("immediate export of %s failed; the outbox will retry", sop_instance_uid)
+    if urgency is not None and urgency.urgent and settings.triage_webhook:
+        _notify_urgent(settings.triage_webhook, result, uids)
     LOGGER.info(
         "SOP instance %s done in %.2f s (%s)",
         sop_instance_uid,
@@ -357,6 +383,27 @@ def _process(
         seconds=time.monotonic() - started,
         stages=stages,
     )
+
+
+def _notify_urgent(url: str, result: AnalysisResult, uids: InstanceUIDs) -> None:
+    """POST the urgent study to the webhook (UIDs and results, no patient data); audited."""
+    decision = result.context.triage if result.context else None
+    payload = {
+        "event": "cxr-node.triage.urgent",
+        **uids,
+        "reasons": list(decision.reasons) if decision else [],
+        "rule": decision.rule if decision else "",
+        "predicted_class": result.predicted_class,
+        "covid19_probability": round(result.classification["covid19"], 4),
+        "geographic_extent": round(result.severity.geographic_extent, 2),
+        "opacity": round(result.severity.opacity, 2),
+    }
+    try:
+        triage.notify(url, payload)
+    except OSError as exc:
+        audit.record(EventKind.TRIAGE_NOTIFIED, Outcome.FAILURE, f"webhook: {exc}", **uids)
+    else:
+        audit.record(EventKind.TRIAGE_NOTIFIED, Outcome.SUCCESS, "webhook", **uids)
 
 
 def _fail(sop_instance_uid: str, study_instance_uid: str | None, message: str, started: float) -> None:

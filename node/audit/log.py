@@ -40,6 +40,8 @@ class EventKind(StrEnum):
     JOB_FAILED = "job.failed"
     JOB_RETRIED = "job.retried"
     RESULT_CREATED = "result.created"
+    TRIAGE_URGENT = "triage.urgent"
+    TRIAGE_NOTIFIED = "triage.notified"
     EXPORT_SENT = "export.sent"
     EXPORT_FAILED = "export.failed"
     EXPORT_DEAD = "export.dead"

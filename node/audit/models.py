@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -116,3 +128,32 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ArchivedAnalysis(Base):
+    """One analysed image in the node's archive: what similar-case retrieval searches and
+    what a patient's course is read from.
+
+    UIDs, dates and results only. ``patient_key`` is a keyed hash of Patient ID and
+    Issuer of Patient ID (:func:`node.archive.patient_key`), never the ID itself; it
+    stays inside the node and is never logged or exported.
+    """
+
+    __tablename__ = "analyses"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    patient_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    study_date: Mapped[date | None] = mapped_column(Date)
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    predicted_class: Mapped[str] = mapped_column(String(16))
+    covid19_probability: Mapped[float] = mapped_column(Float)
+    geographic_extent: Mapped[float] = mapped_column(Float)
+    opacity: Mapped[float] = mapped_column(Float)
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    embedding_model: Mapped[str] = mapped_column(String(64), index=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

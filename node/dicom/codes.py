@@ -68,3 +68,14 @@ CHEST_XRAY = CodedConcept(value="399208008", scheme_designator="SCT", meaning="P
 UNIT_ONE = CodedConcept.from_code(codes.UCUM.NoUnits)  # "1"
 UNIT_SCORE = CodedConcept(value="{score}", scheme_designator="UCUM", meaning="score")
 UNIT_CM2 = CodedConcept(value="cm2", scheme_designator="UCUM", meaning="square centimeter")
+
+# Similar cases, the patient's course and triage (issue 11).
+EMBEDDING_DISTANCE = _private("EMBDIST", "Cosine distance in the retrieval embedding")
+EXTENT_CHANGE = _private("GEOEXTENTCHG", "Change in geographic extent score")
+OPACITY_CHANGE = _private("OPACITYCHG", "Change in opacity score")
+INTERVAL = _private("INTERVAL", "Time since the earlier study")
+SIMILAR_CASE = _private("SIMILARCASE", "Similar earlier case")
+TRIAGE = _private("TRIAGE", "Triage priority")
+URGENT = CodedConcept(value="103391001", scheme_designator="SCT", meaning="Urgent")
+ROUTINE = CodedConcept(value="50811001", scheme_designator="SCT", meaning="Routine")
+UNIT_DAY = CodedConcept(value="d", scheme_designator="UCUM", meaning="day")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from datetime import date
 
 import numpy as np
 from highdicom.sc import SCImage
@@ -36,6 +37,7 @@ from node.dicom.source import (
     patient_orientation,
     source_reference,
 )
+from node.dicom.trend import draw_trend, trend_points
 from node.dicom.uids import derive_series_uid, derive_uid, series_number
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ MIN_HEAT = 0.25  # below this the X-ray is left grey (no wash of low values over
 OUTLINE_RGB = (0, 255, 0)
 MODEL_GRID = 256  # the segmentation's input size; its masks are upsampled from it
 WARNING_RGB = (255, 220, 0)
+URGENT_RGB = (255, 64, 64)
+URGENT = "URGENT (triage rule)"
 TEXT_RGB = (255, 255, 255)
 BOX_RGB = (0, 0, 0)
 MIN_FONT = 8  # pixels; below this the default font is unreadable
@@ -143,14 +147,23 @@ def _product(algorithm_name: str) -> str:
 
 
 def header_lines(result: AnalysisResult) -> list[str]:
-    """Top of the image: the warning, the class and the severity, read first."""
+    """Top of the image: the warning, the class and the severity, read first; then the
+    triage flag and the change since the patient's previous study, when there are."""
     predicted = result.predicted_class
     severity = result.severity
-    return [
+    lines = [
         NOT_FOR_DIAGNOSIS,
         f"Class: {CLASS_LABELS[predicted]} (p = {result.classification[predicted]:.2f})",
         f"Severity: extent {severity.geographic_extent:.1f}/8  opacity {severity.opacity:.1f}/6",
     ]
+    context = result.context
+    if context is not None and context.triage is not None and context.triage.urgent:
+        lines.append(f"{URGENT}: {', '.join(r.split(' >= ')[0] for r in context.triage.reasons)}")
+    if context is not None and context.changes:
+        change = context.changes[0]
+        when = change.case.study_date.isoformat() if change.case.study_date else "?"
+        lines.append(f"Since {when}: extent {change.geographic_extent:+.1f}  opacity {change.opacity:+.1f}")
+    return lines
 
 
 def footer_lines(result: AnalysisResult, algorithm_name: str, algorithm_version: str) -> list[str]:
@@ -237,7 +250,8 @@ def draw_legend(
     rows = rgb.shape[0]
     header_size = max(MIN_FONT, round(rows * HEADER_FONT))
     footer_size = max(MIN_FONT, round(rows * FOOTER_FONT))
-    _text_box(canvas, header, header_size, True, [WARNING_RGB] + [TEXT_RGB] * (len(header) - 1))
+    colours = [WARNING_RGB] + [URGENT_RGB if line.startswith(URGENT) else TEXT_RGB for line in header[1:]]
+    _text_box(canvas, header, header_size, True, colours)
     bar = _text_box(canvas, footer, footer_size, False, [TEXT_RGB] * len(footer), scale_line)
     out = np.asarray(canvas).copy()
     rows, columns = out.shape[:2]
@@ -250,14 +264,22 @@ def draw_legend(
     return out
 
 
-def render(result: AnalysisResult, algorithm_name: str, algorithm_version: str) -> np.ndarray:
-    """uint8 RGB (rows, columns, 3): heatmap blend, lung outlines, header and footer."""
+def render(
+    result: AnalysisResult, algorithm_name: str, algorithm_version: str, today: date | None = None
+) -> np.ndarray:
+    """uint8 RGB (rows, columns, 3): heatmap blend, lung outlines, header and footer, and the
+    patient's course (:mod:`node.dicom.trend`) when there are earlier studies and ``today``."""
     image = np.asarray(result.image)
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ResultMismatchError(f"result.image must be 2-D uint8, got {image.dtype} {image.shape}")
     rgb = blend_heatmap(image, np.asarray(result.heatmap))
     rgb = draw_outlines(rgb, [np.asarray(result.right_lung), np.asarray(result.left_lung)])
     footer = footer_lines(result, algorithm_name, algorithm_version)
+    points = trend_points(result, today)
+    if len(points) > 1:
+        canvas = Image.fromarray(rgb)
+        draw_trend(canvas, points)
+        rgb = np.asarray(canvas).copy()
     return draw_legend(rgb, header_lines(result), footer, scale_line=footer[2])
 
 
@@ -287,7 +309,9 @@ def build_sc(
     check_source(source, result)
     check_result(result)
     header = evidence_header(source)
-    pixels = render(result, algorithm_name, algorithm_version)
+    from node.archive import study_date  # noqa: PLC0415  (the archive's notion of a study's date)
+
+    pixels = render(result, algorithm_name, algorithm_version, today=study_date(source)[0])
     laterality = str(source.get("Laterality") or "")
     sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)
     sc = SCImage.from_ref_dataset(

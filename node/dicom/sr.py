@@ -38,14 +38,16 @@ from highdicom.sr import (
     ObserverContext,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
+    SourceImageForMeasurement,
     SourceImageForRegion,
+    TimePointContext,
     TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from skimage.measure import approximate_polygon, find_contours
 
-from models.result import CLASSES, AnalysisResult
+from models.result import CLASSES, AnalysisResult, PriorCase
 from node.dicom import codes as cxr_codes
 from node.dicom.source import (
     algorithm_equipment,
@@ -67,9 +69,20 @@ TRACKING_CLASSIFICATION = "classification"
 TRACKING_SEVERITY = "severity both lungs"
 TRACKING_RIGHT = "severity right lung"
 TRACKING_LEFT = "severity left lung"
+TRACKING_TRIAGE = "triage"
 
 # Douglas-Peucker tolerance of the lung outlines, in pixels.
 OUTLINE_TOLERANCE_PX = 1.0
+
+
+def tracking_change(since: str) -> str:
+    """Tracking identifier of the change since the patient's ``previous`` or ``first`` study."""
+    return f"change since {since} study"
+
+
+def tracking_similar(rank: int) -> str:
+    """Tracking identifier of the ``rank``-th most similar earlier case (from 1)."""
+    return f"similar case {rank}"
 
 
 def tracking_class(name: str) -> str:
@@ -201,6 +214,127 @@ def build_measurement_groups(
     return groups
 
 
+def _study_label(case: PriorCase) -> str:
+    return f"study of {case.study_date.isoformat()}" if case.study_date else "study of unknown date"
+
+
+def context_groups(
+    source: Dataset,
+    result: AnalysisResult,
+    algorithm_id: AlgorithmIdentification,
+    algorithm_version: str,
+) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """TID 1410 groups of what the node's archive adds (:mod:`node.archive`), after the image's own.
+
+    - ``triage``: qualitative evaluation Triage priority = Urgent / Routine (SCT);
+    - ``change since previous study`` / ``... first study``: change in extent and
+      opacity and the interval in days, each measurement's source the earlier
+      image, the group's time point that study's date (TID 1502);
+    - ``similar case N``: the earlier image's cosine distance in the retrieval
+      embedding, its extent and opacity (source: that image), its class, its date.
+
+    Every group keeps this image as its region (see :func:`_group`); the
+    earlier images are referenced by their measurements and listed as evidence.
+    """
+    context = result.context
+    if context is None:
+        return []
+    groups = []
+    if context.triage is not None:
+        groups.append(
+            _group(
+                source,
+                algorithm_version,
+                TRACKING_TRIAGE,
+                algorithm_id,
+                qualitative_evaluations=[
+                    QualitativeEvaluation(
+                        name=cxr_codes.TRIAGE,
+                        value=cxr_codes.URGENT if context.triage.urgent else cxr_codes.ROUTINE,
+                    )
+                ],
+            )
+        )
+    for change in context.changes:
+        ref = [SourceImageForMeasurement(change.case.sop_class_uid, change.case.sop_instance_uid)]
+        measurements = [
+            Measurement(
+                cxr_codes.EXTENT_CHANGE, change.geographic_extent, cxr_codes.UNIT_SCORE, referenced_images=ref
+            ),
+            Measurement(
+                cxr_codes.OPACITY_CHANGE, change.opacity, cxr_codes.UNIT_SCORE, referenced_images=ref
+            ),
+        ]
+        if change.days is not None:
+            measurements.append(
+                Measurement(cxr_codes.INTERVAL, change.days, cxr_codes.UNIT_DAY, referenced_images=ref)
+            )
+        groups.append(
+            _group(
+                source,
+                algorithm_version,
+                tracking_change(change.since),
+                algorithm_id,
+                time_point_context=TimePointContext(time_point=f"{change.since} {_study_label(change.case)}"),
+                finding_type=cxr_codes.ABNORMAL_OPACITY,
+                finding_sites=[FindingSite(cxr_codes.LUNG)],
+                measurements=measurements,
+            )
+        )
+    for rank, similar in enumerate(context.similar, 1):
+        case = similar.case
+        ref = [SourceImageForMeasurement(case.sop_class_uid, case.sop_instance_uid)]
+        groups.append(
+            _group(
+                source,
+                algorithm_version,
+                tracking_similar(rank),
+                algorithm_id,
+                time_point_context=TimePointContext(time_point=_study_label(case)),
+                finding_type=cxr_codes.SIMILAR_CASE,
+                measurements=[
+                    Measurement(
+                        cxr_codes.EMBEDDING_DISTANCE,
+                        similar.distance,
+                        cxr_codes.UNIT_ONE,
+                        referenced_images=ref,
+                    ),
+                    Measurement(
+                        cxr_codes.GEOGRAPHIC_EXTENT,
+                        case.geographic_extent,
+                        cxr_codes.UNIT_SCORE,
+                        referenced_images=ref,
+                    ),
+                    Measurement(cxr_codes.OPACITY, case.opacity, cxr_codes.UNIT_SCORE, referenced_images=ref),
+                ],
+                qualitative_evaluations=[
+                    QualitativeEvaluation(
+                        name=cxr_codes.CLASSIFICATION, value=cxr_codes.CLASS_CONCEPTS[case.predicted_class]
+                    )
+                ],
+            )
+        )
+    return groups
+
+
+def context_evidence(result: AnalysisResult) -> list[Dataset]:
+    """Minimal headers of the earlier images the context groups reference (Pertinent Other Evidence)."""
+    context = result.context
+    if context is None:
+        return []
+    cases = {c.case.sop_instance_uid: c.case for c in context.changes}
+    cases.update({s.case.sop_instance_uid: s.case for s in context.similar})
+    evidence = []
+    for case in cases.values():
+        ds = Dataset()
+        ds.StudyInstanceUID = case.study_instance_uid
+        ds.SeriesInstanceUID = case.series_instance_uid
+        ds.SOPClassUID = case.sop_class_uid
+        ds.SOPInstanceUID = case.sop_instance_uid
+        evidence.append(ds)
+    return evidence
+
+
 def lung_region(source: Dataset, mask: np.ndarray) -> ImageRegion | None:
     """Outline of the largest part of a lung mask as a closed POLYLINE.
 
@@ -304,12 +438,13 @@ def build_sr(
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=cxr_codes.CHEST_XRAY,
-        imaging_measurements=build_measurement_groups(header, result, algorithm_id, algorithm_version),
+        imaging_measurements=build_measurement_groups(header, result, algorithm_id, algorithm_version)
+        + context_groups(header, result, algorithm_id, algorithm_version),
         referenced_images=[library] if library is not None else None,
     )
     sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)
     sr = ComprehensiveSR(
-        evidence=[header],
+        evidence=[header, *context_evidence(result)],
         content=report[0],
         series_instance_uid=derive_series_uid(source.StudyInstanceUID, KIND, algorithm_version),
         series_number=series_number(KIND),

@@ -1,0 +1,293 @@
+"""The node's archive of analysed images: similar earlier cases, the patient's course, triage.
+
+Every analysed image leaves one row in ``analyses`` (:class:`ArchivedAnalysis`):
+UIDs, study date, results, the triage decision and its retrieval embedding
+(:mod:`models.retrieval`). Before the outputs of a new image are built,
+:func:`case_context` reads the archive:
+
+- **similar cases** (Keidar et al. 2021): the ``similar_cases`` nearest earlier
+  images by cosine distance, from a FAISS inner-product index that each
+  process keeps in memory and brings up to date from the database by row id
+  before every query (so several workers on several hosts share one archive
+  through PostgreSQL). The patient's own images are left out unless
+  ``similar_same_patient`` is set.
+- **the patient's course** (Cohen et al. 2020's stated use): earlier studies of
+  the same patient (Patient ID + Issuer of Patient ID), oldest first, and the
+  change in extent and opacity since the previous and since the first.
+- **triage** (:mod:`node.triage`).
+
+The patient is known only as a keyed hash (HMAC-SHA256 under a secret file of
+the node), so the archive holds no patient ID; workers that share an archive
+must share that file (``patient_key_file``). Nothing here logs patient data.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import threading
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from models.result import AnalysisResult, CaseContext, PriorCase, SeverityChange, SimilarCase
+from node import triage
+from node.audit.db import session_scope
+from node.audit.models import ArchivedAnalysis
+from node.settings import Settings
+
+LOGGER = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=8)
+def _secret(path: Path) -> bytes:
+    """The node's patient-key secret, made (mode 0600) on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    secret = path.read_text().strip().encode()
+    if len(secret) < 32:
+        raise ValueError(f"patient key file {path} holds fewer than 32 characters")
+    return secret
+
+
+def patient_key(ds: Dataset, settings: Settings) -> str | None:
+    """Keyed hash of Patient ID and Issuer of Patient ID; None without a Patient ID."""
+    patient_id = str(ds.get("PatientID") or "").strip()
+    if not patient_id:
+        return None
+    issuer = str(ds.get("IssuerOfPatientID") or "").strip()
+    secret = _secret(settings.patient_key_file or settings.home / "patient-key")
+    return hmac.new(secret, f"{issuer}\x00{patient_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def study_date(ds: Dataset) -> tuple[date | None, str | None]:
+    """The study's date (Study, else Series, Acquisition or Content Date) and time, if readable."""
+    for date_kw, time_kw in (
+        ("StudyDate", "StudyTime"),
+        ("SeriesDate", "SeriesTime"),
+        ("AcquisitionDate", "AcquisitionTime"),
+        ("ContentDate", "ContentTime"),
+    ):
+        text = str(ds.get(date_kw) or "").strip()
+        try:
+            day = datetime.strptime(text, "%Y%m%d").date()
+        except ValueError:
+            continue
+        return day, (str(ds.get(time_kw) or "").strip()[:16] or None)
+    return None, None
+
+
+def _prior(row: ArchivedAnalysis) -> PriorCase:
+    return PriorCase(
+        sop_instance_uid=row.sop_instance_uid,
+        sop_class_uid=row.sop_class_uid,
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        study_date=row.study_date,
+        predicted_class=row.predicted_class,
+        geographic_extent=row.geographic_extent,
+        opacity=row.opacity,
+    )
+
+
+class EmbeddingIndex:
+    """Exact inner-product (cosine) search over one embedding model's archived vectors.
+
+    FAISS ``IndexFlatIP`` under an ``IndexIDMap2`` keyed by the archive row id;
+    :meth:`sync` adds the rows other processes committed since the last call.
+    """
+
+    def __init__(self, model: str, dim: int) -> None:
+        import faiss
+
+        self.model = model
+        self.dim = dim
+        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.last_id = 0
+        self.lock = threading.Lock()
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        with self.lock:
+            self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
+            self.last_id = max(self.last_id, int(ids.max()))
+
+    def sync(self, session: Session) -> None:
+        rows = session.execute(
+            select(ArchivedAnalysis.id, ArchivedAnalysis.embedding)
+            .where(ArchivedAnalysis.embedding_model == self.model, ArchivedAnalysis.id > self.last_id)
+            .order_by(ArchivedAnalysis.id)
+        ).all()
+        rows = [r for r in rows if len(r.embedding) == 4 * self.dim]
+        if rows:
+            self.add(
+                np.array([r.id for r in rows]), np.stack([np.frombuffer(r.embedding, "<f4") for r in rows])
+            )
+
+    def search(self, query: np.ndarray, k: int, exclude: list[int]) -> list[tuple[int, float]]:
+        """The ``k`` nearest (row id, cosine distance), never the ids in ``exclude``."""
+        import faiss
+
+        with self.lock:
+            if self.index.ntotal == 0 or k <= 0:
+                return []
+            params = None
+            # SWIG selectors hold raw pointers: keep each Python object alive through the search.
+            batch = faiss.IDSelectorBatch(np.asarray(exclude or [-1], np.int64))
+            selector = faiss.IDSelectorNot(batch)
+            if exclude:
+                params = faiss.SearchParameters()
+                params.sel = selector
+            sims, ids = self.index.search(np.asarray(query, np.float32)[None], k, params=params)
+            del batch, selector
+        return [(int(i), float(1.0 - s)) for s, i in zip(sims[0], ids[0], strict=True) if i >= 0]
+
+
+_indexes: dict[tuple[int, str, str], EmbeddingIndex] = {}
+_indexes_lock = threading.Lock()
+
+
+def embedding_index(settings: Settings, model: str, dim: int) -> EmbeddingIndex:
+    """This process's index for ``model`` over the settings' database."""
+    key = (os.getpid(), settings.db_url, model)
+    with _indexes_lock:
+        index = _indexes.get(key)
+        if index is None or index.dim != dim:
+            index = _indexes[key] = EmbeddingIndex(model, dim)
+        return index
+
+
+def _earlier(rows: list[ArchivedAnalysis], day: date, time: str | None) -> list[ArchivedAnalysis]:
+    """One image per earlier study, oldest first (by study date, then time)."""
+    this = (day, time or "")
+    by_study: dict[str, ArchivedAnalysis] = {}
+    for row in sorted(rows, key=lambda r: (r.study_date, r.study_time or "", r.id)):
+        if row.study_date is not None and (row.study_date, row.study_time or "") < this:
+            by_study.setdefault(row.study_instance_uid, row)
+    return list(by_study.values())
+
+
+def _changes(result: AnalysisResult, day: date, course: list[PriorCase]) -> list[SeverityChange]:
+    picks = [("previous", course[-1])] + ([("first", course[0])] if len(course) > 1 else [])
+    return [
+        SeverityChange(
+            since=since,
+            case=case,
+            days=(day - case.study_date).days if case.study_date else None,
+            geographic_extent=result.severity.geographic_extent - case.geographic_extent,
+            opacity=result.severity.opacity - case.opacity,
+        )
+        for since, case in picks
+    ]
+
+
+def readable(settings: Settings) -> bool:
+    """Whether the archive may exist: a server database, or an SQLite file that is there."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.db_url)
+    if url.get_backend_name() != "sqlite":
+        return True
+    database = url.database or ""
+    return database not in ("", ":memory:") and Path(database).is_file()
+
+
+def case_context(
+    ds: Dataset, result: AnalysisResult, settings: Settings, use_archive: bool = True
+) -> CaseContext:
+    """Similar cases, the patient's course and the triage decision for one analysed image.
+
+    With ``use_archive`` False, or when the archive cannot be read (an
+    ``analyze`` run beside a database that does not exist or predates the
+    archive), only the triage decision is made.
+    """
+    context = CaseContext()
+    if use_archive:
+        try:
+            _from_archive(ds, result, settings, context)
+        except SQLAlchemyError as exc:
+            LOGGER.warning("archive unavailable (%s); no similar cases or course", type(exc).__name__)
+    auto = float(result.extra.get("covid19_threshold", 0.5))
+    context.triage = triage.evaluate(settings.triage_rule, result, context.changes, auto)
+    return context
+
+
+def _from_archive(ds: Dataset, result: AnalysisResult, settings: Settings, context: CaseContext) -> None:
+    key = patient_key(ds, settings)
+    sop = str(ds.SOPInstanceUID)
+    day, time = study_date(ds)
+    with session_scope(settings.db_url) as session:
+        own: list[ArchivedAnalysis] = []
+        if key is not None:
+            own = list(
+                session.scalars(
+                    select(ArchivedAnalysis).where(
+                        ArchivedAnalysis.patient_key == key, ArchivedAnalysis.sop_instance_uid != sop
+                    )
+                )
+            )
+        if day is not None:
+            others = [r for r in own if r.study_instance_uid != str(ds.StudyInstanceUID)]
+            context.course = [_prior(r) for r in _earlier(others, day, time)]
+            if context.course:
+                context.changes = _changes(result, day, context.course)
+        if settings.similar_cases > 0 and result.embedding is not None:
+            model = result.models.get("retrieval", "")
+            index = embedding_index(settings, model, int(result.embedding.shape[0]))
+            index.sync(session)
+            exclude = [r.id for r in own] if not settings.similar_same_patient else []
+            exclude += list(
+                session.scalars(select(ArchivedAnalysis.id).where(ArchivedAnalysis.sop_instance_uid == sop))
+            )
+            hits = index.search(result.embedding, settings.similar_cases, exclude)
+            rows = {
+                r.id: r
+                for r in session.scalars(
+                    select(ArchivedAnalysis).where(ArchivedAnalysis.id.in_([i for i, _ in hits]))
+                )
+            }
+            context.similar = [SimilarCase(_prior(rows[i]), d) for i, d in hits if i in rows]
+
+
+def record(session: Session, ds: Dataset, result: AnalysisResult, settings: Settings) -> None:
+    """Add (or, for a redelivered task, refresh) the image's archive row in ``session``."""
+    if result.embedding is None:
+        return
+    sop = str(ds.SOPInstanceUID)
+    row = session.scalars(select(ArchivedAnalysis).where(ArchivedAnalysis.sop_instance_uid == sop)).first()
+    if row is None:
+        row = ArchivedAnalysis(sop_instance_uid=sop)
+        session.add(row)
+    day, time = study_date(ds)
+    values: dict[str, Any] = {
+        "sop_class_uid": str(ds.SOPClassUID),
+        "study_instance_uid": str(ds.StudyInstanceUID),
+        "series_instance_uid": str(ds.SeriesInstanceUID),
+        "patient_key": patient_key(ds, settings),
+        "study_date": day,
+        "study_time": time,
+        "predicted_class": result.predicted_class,
+        "covid19_probability": float(result.classification["covid19"]),
+        "geographic_extent": float(result.severity.geographic_extent),
+        "opacity": float(result.severity.opacity),
+        "urgent": bool(result.context and result.context.triage and result.context.triage.urgent),
+        "embedding_model": result.models.get("retrieval", ""),
+        "embedding": np.asarray(result.embedding, "<f4").tobytes(),
+    }
+    for name, value in values.items():
+        setattr(row, name, value)
