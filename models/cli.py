@@ -212,3 +212,21 @@ def eval_severity(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool
         },
         as_json,
     )
+
+
+@eval_app.command("triage")
+def eval_triage(data: Path = DataOpt, as_json: bool = JsonOpt) -> None:
+    """Sensitivity and specificity of the default triage rule's conditions on held-out predictions."""
+    _setup(verbose=not as_json)
+    import numpy as np
+
+    from models.corpus import cached, scored, severity_targets
+    from models.registry import entry
+    from models.release import SEVERITY_FEATURES, triage_metrics
+
+    with np.load(DEFAULT_OUT / "classification-oof.npz", allow_pickle=False) as z:
+        oof = {k: z[k] for k in z.files}
+    arrays = cached(data)
+    truth = severity_targets(arrays, np.nonzero(scored(arrays))[0])["geographic_extent"]
+    pred = entry("severity")["metrics"][SEVERITY_FEATURES]["cv234_oof_first_repeat"]["geographic_extent"]
+    _emit(triage_metrics(oof, np.asarray(pred), truth), as_json)
