@@ -184,11 +184,22 @@ def analyze(
             typer.echo(f"{path}: not analysed: {analysis.reason}")
         else:
             sev = record["severity"]
+            notes = []
+            if (record.get("triage") or {}).get("urgent"):
+                notes.append("URGENT (" + ", ".join(record["triage"]["reasons"]) + ")")
+            for change in (record.get("longitudinal") or {}).get("changes", []):
+                notes.append(
+                    f"since {change['study_date']}: extent {change['geographic_extent_change']:+.1f}, "
+                    f"opacity {change['opacity_change']:+.1f}"
+                )
+            if record.get("similar_cases"):
+                notes.append(f"{len(record['similar_cases'])} similar earlier cases")
             typer.echo(
                 f"{path}: {record['predicted_class']} "
                 f"({record['classification'][record['predicted_class']]:.2f}); "
                 f"extent {sev['geographic_extent']:.1f}/8, opacity {sev['opacity']:.1f}/6; "
-                f"{analysis.seconds:.1f}s"
+                + "".join(f"{n}; " for n in notes)
+                + f"{analysis.seconds:.1f}s"
             )
     if failed:
         raise typer.Exit(1)
