@@ -65,14 +65,11 @@ def write(ds: Dataset, path: Path) -> Path:
     return path
 
 
-def make_dx(source: Path, *, view: str = "PA", age: str | None = "045Y") -> Dataset:
-    """A DX For Presentation chest image built with pydicom from a real CR chest's pixels."""
+def _dx(pixels: np.ndarray, *, view: str = "PA", age: str | None = "045Y") -> Dataset:
+    """A DX For Presentation, MONOCHROME2, of ``pixels`` (uint8: 8 bits, else 12 of 16)."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 
-    cr = dcmread(source)
-    pixels = cr.pixel_array[::4, ::4]
-    pixels = (pixels.max() - pixels).astype(np.uint16)  # MONOCHROME2
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -95,14 +92,25 @@ def make_dx(source: Path, *, view: str = "PA", age: str | None = "045Y") -> Data
     ds.ImagerPixelSpacing = [0.4, 0.4]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign = "LOG", 1
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
     ds.LossyImageCompression = "00"
     ds.BurnedInAnnotation = "NO"
-    ds.PixelData = (pixels & 0x0FFF).astype(np.uint16).tobytes()
+    if pixels.dtype == np.uint8:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.WindowCenter, ds.WindowWidth = 128, 256
+        ds.PixelData = pixels.tobytes()
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+        ds.PixelData = (pixels & 0x0FFF).astype(np.uint16).tobytes()
     return ds
+
+
+def make_dx(source: Path, *, view: str = "PA", age: str | None = "045Y") -> Dataset:
+    """A DX For Presentation chest image built with pydicom from a real CR chest's pixels."""
+    pixels = dcmread(source).pixel_array[::4, ::4]
+    return _dx((pixels.max() - pixels).astype(np.uint16), view=view, age=age)  # MONOCHROME2
 
 
 def dcmtk(tool: str) -> str:
@@ -198,37 +206,10 @@ def dx_from_picture(
     """A DX For Presentation built from a PNG/JPEG of the shared data (8-bit MONOCHROME2),
     in a new study of ``patient_id`` on ``study_date`` (DA)."""
     from PIL import Image
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 
-    pixels = np.asarray(Image.open(picture).convert("L"), dtype=np.uint8)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = new_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = new_uid(), new_uid()
+    ds = _dx(np.asarray(Image.open(picture).convert("L"), dtype=np.uint8), view="AP", age="060Y")
     ds.PatientName, ds.PatientID, ds.IssuerOfPatientID = patient_name, patient_id, issuer
-    ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "", "O", "060Y"
-    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = study_date, "090000", "", "1"
-    ds.ReferringPhysicianName = ""
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "DX", 1, 1
-    ds.Manufacturer = "CXR Node tests"
-    ds.BodyPartExamined, ds.ViewPosition = "CHEST", "AP"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.PatientOrientation = ["R", "F"]
-    ds.ImagerPixelSpacing = [0.4, 0.4]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign = "LOG", 1
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
-    ds.WindowCenter, ds.WindowWidth = 128, 256
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = study_date, "090000", ""
     ds.LossyImageCompression = "01"  # from a JPEG
     ds.LossyImageCompressionMethod = "ISO_10918_1"
-    ds.BurnedInAnnotation = "NO"
-    ds.PixelData = pixels.tobytes()
     return ds
