@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,12 @@ def _secret(path: Path) -> bytes:
     else:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-    secret = path.read_text().strip().encode()
-    if len(secret) < 32:
-        raise ValueError(f"patient key file {path} holds fewer than 32 characters")
-    return secret
+    for _ in range(50):  # another process may have made the file and not yet written it
+        secret = path.read_text().strip().encode()
+        if len(secret) >= 32:
+            return secret
+        time.sleep(0.02)
+    raise ValueError(f"patient key file {path} holds fewer than 32 characters")
 
 
 def patient_key(ds: Dataset, settings: Settings) -> str | None:
@@ -172,9 +175,9 @@ def embedding_index(settings: Settings, model: str, dim: int) -> EmbeddingIndex:
         return index
 
 
-def _earlier(rows: list[ArchivedAnalysis], day: date, time: str | None) -> list[ArchivedAnalysis]:
+def _earlier(rows: list[ArchivedAnalysis], day: date, clock: str | None) -> list[ArchivedAnalysis]:
     """One image per earlier study, oldest first (by study date, then time)."""
-    this = (day, time or "")
+    this = (day, clock or "")
     by_study: dict[str, ArchivedAnalysis] = {}
     for row in sorted(rows, key=lambda r: (r.study_date, r.study_time or "", r.id)):
         if row.study_date is not None and (row.study_date, row.study_time or "") < this:
@@ -230,7 +233,7 @@ def case_context(
 def _from_archive(ds: Dataset, result: AnalysisResult, settings: Settings, context: CaseContext) -> None:
     key = patient_key(ds, settings)
     sop = str(ds.SOPInstanceUID)
-    day, time = study_date(ds)
+    day, clock = study_date(ds)
     with session_scope(settings.db_url) as session:
         own: list[ArchivedAnalysis] = []
         if key is not None:
@@ -243,7 +246,7 @@ def _from_archive(ds: Dataset, result: AnalysisResult, settings: Settings, conte
             )
         if day is not None:
             others = [r for r in own if r.study_instance_uid != str(ds.StudyInstanceUID)]
-            context.course = [_prior(r) for r in _earlier(others, day, time)]
+            context.course = [_prior(r) for r in _earlier(others, day, clock)]
             if context.course:
                 context.changes = _changes(result, day, context.course)
         if settings.similar_cases > 0 and result.embedding is not None:
@@ -273,14 +276,14 @@ def record(session: Session, ds: Dataset, result: AnalysisResult, settings: Sett
     if row is None:
         row = ArchivedAnalysis(sop_instance_uid=sop)
         session.add(row)
-    day, time = study_date(ds)
+    day, clock = study_date(ds)
     values: dict[str, Any] = {
         "sop_class_uid": str(ds.SOPClassUID),
         "study_instance_uid": str(ds.StudyInstanceUID),
         "series_instance_uid": str(ds.SeriesInstanceUID),
         "patient_key": patient_key(ds, settings),
         "study_date": day,
-        "study_time": time,
+        "study_time": clock,
         "predicted_class": result.predicted_class,
         "covid19_probability": float(result.classification["covid19"]),
         "geographic_extent": float(result.severity.geographic_extent),
