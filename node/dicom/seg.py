@@ -4,7 +4,10 @@ BINARY, one frame per segment, two segments (SCT 3341006 right lung, SCT
 44029006 left lung), referencing the analysed CR or DX image. A projection
 image has no Frame of Reference or Image Plane Module; highdicom then builds
 the SEG without a frame of reference and without plane positions, matching
-frames to the single source frame by the Derivation Image Sequence.
+frames to the single source frame by the Derivation Image Sequence. Plane
+Orientation (Patient) is absent on purpose: PS3.3 A.51.5 allows it only with
+a patient-relative Frame of Reference. OHIF 3.13 requires it, so it cannot
+overlay this SEG (see ``tests/viewer/test_ohif.py``).
 """
 
 from __future__ import annotations

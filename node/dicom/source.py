@@ -13,9 +13,12 @@ from typing import Any
 
 import numpy as np
 from highdicom import ContributingEquipment
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
+from pydicom.valuerep import DA, DT, TM, validate_value
 
 from models.result import CLASSES, AnalysisResult
 from node.dicom.codes import MANUFACTURER
@@ -80,10 +83,17 @@ def check_result(result: AnalysisResult) -> None:
             raise ResultMismatchError(f"result.classification[{name!r}] = {value} is not in [0, 1]")
 
 
+# Date and time VRs (PS3.5 6.2) that highdicom parses when it copies them.
+_TEMPORAL_VRS = {"DA": DA, "DT": DT, "TM": TM}
+
+
 def evidence_header(source: Dataset) -> Dataset:
     """Copy of the source header (no Pixel Data) usable as highdicom evidence.
 
-    Type 2 patient and study attributes missing from the source are added
+    Dates and times that do not conform to PS3.5 6.2 (a birth date
+    ``19519999``) are left out: highdicom would raise parsing them, and
+    copied into the outputs they would make them invalid. Type 2 patient and
+    study attributes missing from the source, or left out so, are added
     empty, since highdicom's SR constructor reads them unconditionally.
     """
     ds = Dataset()
@@ -94,6 +104,16 @@ def evidence_header(source: Dataset) -> Dataset:
         ds.add(copy.deepcopy(elem))
     if hasattr(source, "file_meta"):
         ds.file_meta = copy.deepcopy(source.file_meta)
+    for elem in list(ds):
+        if elem.VR in _TEMPORAL_VRS and not _conformant_temporal(elem):
+            # The value may be a patient's birth date: name the attribute, never the value.
+            logger.warning(
+                "source %s: %s is not a valid %s; left out of the outputs",
+                source.SOPInstanceUID,
+                elem.keyword or elem.tag,
+                elem.VR,
+            )
+            del ds[elem.tag]
     for keyword in TYPE2_PATIENT_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, None)
@@ -103,6 +123,21 @@ def evidence_header(source: Dataset) -> Dataset:
         if keyword in ds and not _positive_pair(ds.get(keyword)):
             del ds[keyword]
     return ds
+
+
+def _conformant_temporal(elem: DataElement) -> bool:
+    """Whether every value of a DA, DT or TM element is well formed and a real date or time."""
+    values = elem.value if elem.VM > 1 else [elem.value]
+    for value in values:
+        if value is None or value == "":
+            continue
+        text = str(value)
+        try:
+            validate_value(elem.VR, text, config.RAISE)
+            _TEMPORAL_VRS[elem.VR](text)  # the calendar check (month 1-12, hour 0-23)
+        except ValueError:
+            return False
+    return True
 
 
 def _positive_pair(value: Any) -> bool:

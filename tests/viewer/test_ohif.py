@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -114,13 +115,20 @@ def _viewport_until(page, png: Path, check, timeout_s: float = 30.0) -> float:  
 
 
 @pytest.fixture(scope="module")
-def page(viewer: str, study: dict[str, object]) -> Iterator[object]:
+def console() -> list[str]:
+    """What OHIF wrote to the browser console (its load errors say why a view is empty)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def page(viewer: str, study: dict[str, object], console: list[str]) -> Iterator[object]:
     """OHIF open on the study in headless chromium, the guided tour dismissed."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
         page.goto(f"{viewer}/viewer?StudyInstanceUIDs={study['study_instance_uid']}")
         # First visit: OHIF's guided tour covers the viewport.
         page.get_by_text("Skip all").click(timeout=LOAD_TIMEOUT_MS)
@@ -146,18 +154,50 @@ def test_heatmap_sc_displays(page) -> None:  # type: ignore[no-untyped-def]
     assert _coloured_fraction(png) > 0.02, "the heatmap SC does not show in colour"
 
 
-# OHIF 3.13 cannot overlay a SEG on a projection image: its loader reads Image
-# Orientation (Patient) from the SEG's Plane Orientation functional group, which a
-# SEG without a Frame of Reference (a CR's) may not have; and Orthanc 1.10's DICOMweb
-# refuses the frames of a 1-bit SEG ("Bad file format"). Kept as a check so that it
-# reports when a viewer upgrade makes it pass.
-@pytest.mark.xfail(reason="OHIF 3.13 shows the CR under 'Loading SEG...' and never the segments")
-def test_lung_seg_overlays(page) -> None:  # type: ignore[no-untyped-def]
+# OHIF 3.13.2 cannot overlay a SEG of a projection image, and no conformant SEG
+# changes that (checked against the shipped bundles; details in the reason):
+# - its loader (extensions/cornerstone-dicom-seg _loadSegments ->
+#   @cornerstonejs/adapters createLabelmapsFromSegImageIds -> helpers/checkOrientation.js)
+#   reads ImageOrientationPatient from the SEG's shared Plane Orientation functional
+#   group, else from the first frame's, before it matches frames to the CR by
+#   Referenced SOP Instance UID; without either it raises a TypeError. PS3.3 A.51.5
+#   (Table A.51-2) allows Plane Orientation (Patient) in a SEG only when it has a
+#   patient-relative Frame of Reference, which a CR's SEG has not; and the only value
+#   OHIF accepts for a CR without one is its default axial [1,0,0,0,1,0] (a true
+#   coronal one is rejected as "orthogonal"). dcmjs's older Segmentation_4X loader,
+#   also in the bundle but not on this path, treated a SEG without a Frame of
+#   Reference as planar.
+# - our BINARY SEG also fails before that: Orthanc 1.10's DICOMweb answers 400 "Bad
+#   number of columns for a black-and-white image" for the frames of a 1-bit image
+#   whose Columns are not a multiple of 8 (the CR's 1841), and OHIF's whole-instance
+#   prefetch (dcmjs) rejects 1-bit Pixel Data padded to an even length.
+# Kept as a check so that it reports when viewer and PACS upgrades make it pass.
+SEG_XFAIL = (
+    "OHIF 3.13.2's SEG loader requires Plane Orientation (Patient), which PS3.3 A.51.5 "
+    "forbids in a SEG without a Frame of Reference (a CR's); Orthanc 1.10 DICOMweb also "
+    "refuses 1-bit frames with Columns not a multiple of 8"
+)
+
+
+def _seg_failed(console: list[str]) -> list[str]:
+    """OHIF's messages that it gave up on a segmentation (it logs them, the view stays plain)."""
+    return [line for line in console if re.search(r'Segmentation "[^"]*" failed to load', line)]
+
+
+@pytest.mark.xfail(reason=SEG_XFAIL, raises=AssertionError)
+def test_lung_seg_overlays(page, console: list[str]) -> None:  # type: ignore[no-untyped-def]
     out = artifacts_dir()
     page.get_by_text("CXR Node AI lung segmentation").first.dblclick()
-    seg = _viewport_until(page, out / "ohif-seg.png", lambda png: _coloured_fraction(png) > 0.02, 15)
+    # Coloured segments, or OHIF saying it gave up: no need to wait out the timeout.
+    _viewport_until(
+        page,
+        out / "ohif-seg.png",
+        lambda png: _coloured_fraction(png) > 0.02 or bool(_seg_failed(console)),
+        30,
+    )
     page.screenshot(path=out / "ohif-seg-page.png")
-    assert seg > 0.02, "the lung SEG does not overlay the CR"
+    seg = _coloured_fraction(out / "ohif-seg.png")
+    assert seg > 0.02, f"the lung SEG does not overlay the CR: {_seg_failed(console)[:1]}"
 
 
 def _lung_scores(study: dict[str, object]) -> list[float]:

@@ -1,0 +1,78 @@
+"""Sources with malformed headers still give valid outputs (tolerant on what we receive)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from collections.abc import Callable
+
+import pydicom
+import pytest
+from pydicom import config
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from node.dicom.outputs import build_outputs
+from node.dicom.source import evidence_header
+from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result
+
+BAD_BIRTH_DATE = "19519999"  # month 99: highdicom's DA parsing raises ValueError
+
+
+def with_bad_value(source: Dataset, keyword: str, vr: str, value: str) -> Dataset:
+    """The source as the worker reads it from the spool, with one malformed value."""
+    ds = copy.deepcopy(source)  # Dataset.copy() is shallow: the session fixture would change
+    ds[keyword] = DataElement(keyword, vr, value, validation_mode=config.IGNORE)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+@pytest.fixture
+def bad_source(any_source: Dataset) -> Dataset:
+    return with_bad_value(any_source, "PatientBirthDate", "DA", BAD_BIRTH_DATE)
+
+
+def test_invalid_birth_date_gives_valid_outputs(
+    bad_source: Dataset,
+    validate: Callable[[Dataset, str], list[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        outputs = build_outputs(bad_source, make_result(bad_source), ALGORITHM_NAME, ALGORITHM_VERSION)
+    assert sorted(outputs) == ["sc", "seg", "sr"]
+    for kind, ds in outputs.items():
+        assert validate(ds, kind) == [], kind
+        assert ds.StudyInstanceUID == bad_source.StudyInstanceUID, kind
+        assert ds.PatientID == bad_source.PatientID, kind
+        # Type 2 in the Patient Module (PS3.3 C.7.1.1): present and empty.
+        assert "PatientBirthDate" in ds, kind
+        assert not ds.PatientBirthDate, kind
+    assert "PatientBirthDate" in caplog.text
+    assert BAD_BIRTH_DATE not in caplog.text  # logs carry UIDs, never patient values
+
+
+@pytest.mark.parametrize(
+    ("keyword", "vr", "value"),
+    [
+        ("StudyDate", "DA", "20261340"),
+        ("StudyTime", "TM", "256199"),
+        ("PatientBirthTime", "TM", "10:15"),
+        ("ContentDate", "DA", "2026.01.02"),
+        ("AcquisitionDateTime", "DT", "20261399"),
+    ],
+)
+def test_malformed_dates_and_times_left_out(dx_source: Dataset, keyword: str, vr: str, value: str) -> None:
+    source = with_bad_value(dx_source, keyword, vr, value)
+    header = evidence_header(source)
+    assert not header.get(keyword)
+    assert header.StudyInstanceUID == source.StudyInstanceUID
+    assert header.PatientBirthDate == dx_source.PatientBirthDate  # the well-formed ones stay
+    assert source[keyword].value == value  # the source itself is untouched
+
+
+def test_wellformed_dates_and_times_kept(dx_source: Dataset) -> None:
+    header = evidence_header(dx_source)
+    for keyword in ("PatientBirthDate", "StudyDate", "StudyTime", "ContentDate", "ContentTime"):
+        assert header[keyword].value == dx_source[keyword].value, keyword
