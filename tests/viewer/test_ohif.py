@@ -171,6 +171,12 @@ def test_heatmap_sc_displays(page) -> None:  # type: ignore[no-untyped-def]
 #   number of columns for a black-and-white image" for the frames of a 1-bit image
 #   whose Columns are not a multiple of 8 (the CR's 1841), and OHIF's whole-instance
 #   prefetch (dcmjs) rejects 1-bit Pixel Data padded to an even length.
+# No other OHIF on npm does better: npm holds @ohif/app 3.11.1, 3.12.0, 3.12.10, 3.13.2
+# and 3.14.0-beta.6 only; every one loads a SEG through @cornerstonejs/adapters
+# (createFromDICOMSegBuffer in 3.11/3.12) with the same unconditional checkOrientation,
+# and 3.11.1 and 3.12.10 fail in the browser with the same TypeError. dcmjs's loader
+# that skipped it for a SEG without a Frame of Reference ("hasCoordinateSystem") is in
+# every bundle, unused by the SEG extension.
 # Kept as a check so that it reports when viewer and PACS upgrades make it pass.
 SEG_XFAIL = (
     "OHIF 3.13.2's SEG loader requires Plane Orientation (Patient), which PS3.3 A.51.5 "
