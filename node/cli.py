@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -102,6 +103,10 @@ def worker(
         from workers.parent import die_with_parent
 
         die_with_parent(parent_pid)
+    if pool == "prefork" and concurrency > 1:
+        # Each child process runs the networks with torch's own threads, one per
+        # core by default: N children would oversubscribe the cores N times.
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // concurrency)))
     argv = [
         "worker",
         f"--loglevel={settings.log_level}",
