@@ -88,7 +88,9 @@ def serve(
 
 @app.command()
 def worker(
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 1,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", min=1, help="Processes [default: worker_concurrency]")
+    ] = None,
     queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated")] = None,
     pool: Annotated[str, typer.Option(help="prefork, solo or threads")] = "prefork",
     parent_pid: Annotated[
@@ -99,6 +101,7 @@ def worker(
     from workers.app import get_app, is_embedded_broker
 
     settings = _settings_or_exit()
+    concurrency = concurrency or settings.worker_concurrency
     if parent_pid is not None:
         from workers.parent import die_with_parent
 
