@@ -7,7 +7,7 @@ worker` processes. Prints a table.
     python benchmarks/bench_pipeline.py [--studies 20] [--redis redis://127.0.0.1:6379/15]
 
 Latency: studies sent one at a time, each timed from the start of storescu to
-the moment its SR is listed in Orthanc (polled every 0.1 s), p50 and p95.
+the moment its SR is listed in Orthanc (polled every 0.05 s), p50 and p95.
 Throughput: all studies sent at once, studies per hour until the last SR.
 Per stage: the worker logs each study's stages (``workers.pipeline.STAGES``);
 the rest of the end-to-end latency (C-STORE, ingest, broker, Orthanc's own
@@ -85,7 +85,8 @@ def run_setup(name: str, workers: int, broker: str | None, studies: int) -> dict
             for path, study in make_studies(root / "latency", studies):
                 started = time.perf_counter()
                 assert storescu(node.port, path).returncode == 0
-                wait_until(lambda s=study: sr_arrived(orthanc, s), timeout=600, interval=0.1)
+                # Every 0.05 s: 25 ms of measurement delay on average, against an 0.8 s goal.
+                wait_until(lambda s=study: sr_arrived(orthanc, s), timeout=600, interval=0.05)
                 latencies.append(time.perf_counter() - started)
             batch = make_studies(root / "throughput", studies)
             started = time.perf_counter()

@@ -121,22 +121,98 @@ def worker(
     results.put({"cpu_s": time.process_time() - cpu0, "batches": batcher.batch_sizes[1:] if batcher else []})
 
 
+def cuda_device_handle(nvml: Any) -> Any:
+    """The NVML handle of the GPU the workers use (CUDA device 0), or None (a MIG instance).
+
+    NVML numbers GPUs in PCI bus order and ignores ``CUDA_VISIBLE_DEVICES``;
+    CUDA device 0 is the first GPU that variable names (an index or a UUID),
+    so on a machine with several GPUs NVML's index 0 may be another, idle,
+    GPU. The UUID torch reports for device 0 names the right one.
+    """
+    uuid = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            uuid = str(torch.cuda.get_device_properties(0).uuid)
+    except (ImportError, RuntimeError, AttributeError):
+        pass
+    if uuid is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+        uuid = visible if visible.startswith(("GPU-", "MIG-")) else None
+        if uuid is None:
+            return nvml.nvmlDeviceGetHandleByIndex(int(visible) if visible.isdigit() else 0)
+    if uuid.startswith("MIG-"):
+        return None  # NVML reports no utilisation for a MIG instance
+    return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+
+
 class GpuSampler(threading.Thread):
-    """Samples the GPU's utilisation (NVML) every 0.1 s while running."""
+    """The GPU's utilisation (NVML), sampled every ``interval`` s in a background thread.
 
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
+    Make one with :meth:`open` (None when there is no NVML or no reading),
+    ``start()`` it when the measured run starts and ``finish()`` it when the
+    run ends: the mean of the samples in between, in per cent, or None.
+    """
+
+    def __init__(self, nvml: Any, handle: Any, interval: float = 0.1) -> None:
+        super().__init__(daemon=True, name="gpu-sampler")
         self.samples: list[int] = []
-        self.stop = threading.Event()
-        import pynvml
+        self.error: str | None = None
+        self.interval = interval
+        self._nvml = nvml
+        self._handle = handle
+        self._done = threading.Event()  # not "_stop": Thread has a method of that name
 
-        pynvml.nvmlInit()
-        self._nvml = pynvml
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    @classmethod
+    def open(cls, interval: float = 0.1) -> GpuSampler | None:
+        try:
+            import pynvml  # nvidia-ml-py
+        except ImportError:
+            return None
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            print(f"# no GPU utilisation: NVML: {exc}", file=sys.stderr)
+            return None
+        try:
+            handle = cuda_device_handle(pynvml)
+            if handle is not None:
+                pynvml.nvmlDeviceGetUtilizationRates(handle)  # NotSupported (vGPU, MIG) shows here
+                return cls(pynvml, handle, interval)
+            print("# no GPU utilisation: a MIG instance", file=sys.stderr)
+        except (pynvml.NVMLError, ValueError) as exc:
+            print(f"# no GPU utilisation: NVML: {exc}", file=sys.stderr)
+        pynvml.nvmlShutdown()
+        return None
 
     def run(self) -> None:
-        while not self.stop.wait(0.1):
-            self.samples.append(int(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+        while not self._done.wait(self.interval):
+            try:
+                self.samples.append(int(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+            except self._nvml.NVMLError as exc:
+                self.error = str(exc)
+                return
+
+    def finish(self) -> float | None:
+        """Stop sampling; the mean utilisation in per cent, or None without samples."""
+        self._done.set()
+        if self.is_alive():
+            self.join()
+        try:
+            self._nvml.nvmlShutdown()
+        except self._nvml.NVMLError:
+            pass
+        return statistics.mean(self.samples) if self.samples else None
+
+
+def busy_cell(device: str, gpu_util: float | None, in_models: float) -> str:
+    """The "GPU busy" column: NVML's mean, else "~" the time in the models, "n/a" without a GPU."""
+    if device != "cuda":
+        return "n/a"
+    if gpu_util is not None:
+        return f"{gpu_util:.0f} %"
+    return f"~{in_models:.0%}"
 
 
 def run_setup(args: argparse.Namespace, processes: int, root: Path) -> dict[str, Any]:
@@ -167,13 +243,10 @@ def run_setup(args: argparse.Namespace, processes: int, root: Path) -> dict[str,
     for p in procs:
         p.start()
     ready.wait(timeout=900)  # every process has loaded its models and analysed one study
-    sampler = None
-    if args.device == "cuda":
-        try:
-            sampler = GpuSampler()
-            sampler.start()
-        except Exception:  # nvidia-ml-py missing or no NVML: time-in-models fraction instead
-            sampler = None
+    # nvidia-ml-py missing or no reading: the fraction of time in the models instead.
+    sampler = GpuSampler.open() if args.device == "cuda" else None
+    if sampler is not None:
+        sampler.start()
     started = time.perf_counter()
     per_study: list[dict[str, float]] = []
     cpu_s = 0.0
@@ -188,17 +261,15 @@ def run_setup(args: argparse.Namespace, processes: int, root: Path) -> dict[str,
         else:
             per_study.append(item)
     elapsed = time.perf_counter() - started
+    gpu_util = sampler.finish() if sampler is not None else None
     for p in procs:
         p.join()
-    if sampler is not None:
-        sampler.stop.set()
-        sampler.join()
     model_s = sum(s.get("models", 0.0) for s in per_study)
     return {
         "per_study": per_study,
         "per_hour": len(per_study) / elapsed * 3600,
         "cpu_per_model": cpu_s / model_s if model_s else float("nan"),
-        "gpu_util": statistics.mean(sampler.samples) if sampler and sampler.samples else None,
+        "gpu_util": gpu_util,
         "in_models": model_s / (elapsed * processes),
         "threads": threads,
         "batch": statistics.mean(batches) if batches else 1.0,
@@ -258,9 +329,7 @@ def main() -> None:
                 head = ("processes", "threads", "mean batch", "studies/hour", "CPU s / model s", "GPU busy")
                 print("\n" + " | ".join(f"{h:>{w}}" for h, w in zip(head, WIDTHS, strict=True)))
                 print("-|-".join("-" * w for w in WIDTHS))
-            busy = "-"
-            if args.device == "cuda":
-                busy = f"{r['gpu_util']:.0f} %" if r["gpu_util"] is not None else f"~{r['in_models']:.0%}"
+            busy = busy_cell(args.device, r["gpu_util"], r["in_models"])
             cells = (
                 n,
                 r["threads"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -87,7 +88,9 @@ def serve(
 
 @app.command()
 def worker(
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 1,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", min=1, help="Processes [default: worker_concurrency]")
+    ] = None,
     queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated")] = None,
     pool: Annotated[str, typer.Option(help="prefork, solo or threads")] = "prefork",
     parent_pid: Annotated[
@@ -98,10 +101,15 @@ def worker(
     from workers.app import get_app, is_embedded_broker
 
     settings = _settings_or_exit()
+    concurrency = concurrency or settings.worker_concurrency
     if parent_pid is not None:
         from workers.parent import die_with_parent
 
         die_with_parent(parent_pid)
+    if pool == "prefork" and concurrency > 1:
+        # Each child process runs the networks with torch's own threads, one per
+        # core by default: N children would oversubscribe the cores N times.
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // concurrency)))
     argv = [
         "worker",
         f"--loglevel={settings.log_level}",

@@ -67,7 +67,7 @@ SCALE_SUFFIX = "high;  green: lung outline"
 
 def _colormap(values: np.ndarray) -> np.ndarray:
     """RGB in [0, 1] of values in [0, 1] through the colormap."""
-    return _colormap_lut()[_colormap_index(np.asarray(values, dtype=np.float32))]
+    return np.take(_colormap_lut(), _colormap_index(np.asarray(values, dtype=np.float32)), axis=0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -94,17 +94,22 @@ def blend_heatmap(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     The colour's weight grows with the heatmap from ``MIN_HEAT`` up, so
     where the map is low the X-ray is left untouched.
     """
-    # (1 - a) * grey + a * colour, computed in place in float32 on full-resolution
-    # images (about 3.6 Mpixel): the same numbers as the plain expression, a third of the time.
-    heat = np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
+    # (1 - a) * grey + a * colour, computed in float32 only where the heat is above
+    # MIN_HEAT (elsewhere a is 0: the grey itself): the same numbers as the plain
+    # expression over the whole image (about 3.6 Mpixel), in a fraction of the time.
+    image = np.asarray(image, dtype=np.uint8)
+    out = np.stack([image] * 3, axis=-1)
+    hot = np.flatnonzero(np.asarray(heatmap) > MIN_HEAT)  # NaN is not: it counts as 0, as below
+    heat = np.clip(np.nan_to_num(np.asarray(heatmap).ravel()[hot].astype(np.float32)), 0.0, 1.0)
     alpha = (MAX_ALPHA * np.clip((heat - MIN_HEAT) / (1.0 - MIN_HEAT), 0.0, 1.0))[..., None]
     rgb = _colormap(heat)
     rgb *= alpha
-    rgb += (1.0 - alpha) * (image.astype(np.float32) / 255.0)[..., None]
+    rgb += (1.0 - alpha) * (image.ravel()[hot].astype(np.float32) / 255.0)[..., None]
     rgb *= 255.0
     np.rint(rgb, out=rgb)
     np.clip(rgb, 0, 255, out=rgb)
-    return rgb.astype(np.uint8)
+    out.reshape(-1, 3)[hot] = rgb.astype(np.uint8)
+    return out
 
 
 def outline_width(rows: int, columns: int) -> int:
@@ -112,30 +117,62 @@ def outline_width(rows: int, columns: int) -> int:
     return max(1, round(max(rows, columns) / 400))
 
 
+def _block_mean(box: np.ndarray, step: int) -> np.ndarray:
+    """float32 mean of each ``step`` x ``step`` block of a 0/1 array (sides multiples of step).
+
+    Strided sums: several times faster than ``reshape(...).mean(axis=(1, 3))``.
+    """
+    columns = box[:, 0::step].copy()
+    for i in range(1, step):
+        columns += box[:, i::step]
+    blocks = columns[0::step].copy()
+    for i in range(1, step):
+        blocks += columns[i::step]
+    return blocks.astype(np.float32) / np.float32(step * step)
+
+
 def draw_outlines(rgb: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     """Draw the outline of each mask, closed also where a mask meets the image edge.
 
     The masks come upsampled from the model's grid, so their edges are
     stairs; the outline is the 0.5 iso-line of the mask blurred by about
-    half a model pixel, which follows the mask without the steps.
+    half a model pixel, which follows the mask without the steps. It is
+    traced on a grid of about twice the model's (the mask averaged over
+    blocks of ``step`` x ``step`` pixels), around each mask only: at the
+    outline's width (several pixels) the same line as at full resolution,
+    in a tenth of the time.
     """
     from scipy.ndimage import gaussian_filter  # noqa: PLC0415
 
     rows, columns = rgb.shape[:2]
     width = outline_width(rows, columns)
+    step = max(1, max(rows, columns) // (2 * MODEL_GRID))
     sigma = max(rows, columns) / MODEL_GRID / 2
+    # The block average already blurs by a box of `step` pixels (variance (step^2 - 1) / 12).
+    sigma_grid = max(0.5, np.sqrt(max(sigma**2 - (step**2 - 1) / 12, 0.0))) / step
+    reach = int(4 * sigma_grid + 0.5) + 1  # how far scipy's Gaussian reaches (truncate=4)
     canvas = Image.fromarray(rgb)
     draw = ImageDraw.Draw(canvas)
     for mask in masks:
         mask = np.asarray(mask, dtype=bool)
-        if not mask.any():
+        found_rows, found_cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        if not len(found_rows):
             continue
-        # Padded, so that a mask touching the border gets its edge there too.
-        padded = gaussian_filter(np.pad(mask, 1).astype(np.float32), sigma=sigma, mode="constant")
+        # The box around the mask, grown to whole blocks and padded with zeros as if
+        # the image went on empty, so that a mask touching the border is closed there.
+        r0, c0 = found_rows[0], found_cols[0]
+        height = -(-(found_rows[-1] + 1 - r0) // step) * step
+        width_ = -(-(found_cols[-1] + 1 - c0) // step) * step
+        box = np.zeros((height, width_), dtype=np.uint16)  # block sums up to step**2
+        part = mask[r0 : r0 + height, c0 : c0 + width_]
+        box[: part.shape[0], : part.shape[1]] = part
+        grid = _block_mean(box, step)
+        padded = gaussian_filter(np.pad(grid, reach), sigma=sigma_grid, mode="constant")
         for contour in find_contours(padded, 0.5):
-            xy = [(float(c) - 1.0, float(r) - 1.0) for r, c in contour]
-            if len(xy) > 2:
-                draw.line(xy, fill=OUTLINE_RGB, width=width, joint="curve")
+            if len(contour) > 2:
+                # Grid cell i spans pixels r0 + (i - reach) * step ... + step - 1.
+                contour = (contour - reach) * step + ((step - 1) / 2 + r0, (step - 1) / 2 + c0)
+                draw.line(contour[:, ::-1].ravel().tolist(), fill=OUTLINE_RGB, width=width, joint="curve")
     rgb[...] = np.asarray(canvas)
     return rgb
 

@@ -104,10 +104,13 @@ def build_seg(
         )
         for number, (label, concept, color) in enumerate(SEGMENTS, start=1)
     ]
-    masks = np.stack(
-        [np.asarray(result.right_lung, dtype=bool), np.asarray(result.left_lung, dtype=bool)],
-        axis=-1,
-    )[None]  # (frames=1, rows, columns, segments=2)
+    right, left = np.asarray(result.right_lung, dtype=bool), np.asarray(result.left_lung, dtype=bool)
+    if np.logical_and(right, left).any():
+        masks = np.stack([right, left], axis=-1)[None]  # (frames=1, rows, columns, segments=2)
+    else:
+        # Lungs apart, as they should be: the same SEG from a label map (0, 1 right,
+        # 2 left), which highdicom checks in a tenth of the time of the stack.
+        masks = (right.view(np.uint8) + 2 * left.view(np.uint8))[None]  # (frames=1, rows, columns)
     sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)
     seg = Segmentation(
         source_images=[header],

@@ -343,11 +343,15 @@ def lung_region(source: Dataset, mask: np.ndarray) -> ImageRegion | None:
     None when the mask is empty.
     """
     mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
+    found_rows, found_cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if not len(found_rows):
         return None
-    padded = np.pad(mask, 1).astype(np.float32)  # closes contours at the border
+    # Contours of the box around the mask only (the same contours, a fraction of
+    # the time), padded with zeros, which also closes them at the image border.
+    r0, c0 = found_rows[0], found_cols[0]
+    padded = np.pad(mask[r0 : found_rows[-1] + 1, c0 : found_cols[-1] + 1], 1).astype(np.float32)
     contours = find_contours(padded, 0.5)
-    contour = max(contours, key=len) - 1.0
+    contour = max(contours, key=len) + (r0 - 1.0, c0 - 1.0)
     contour = approximate_polygon(contour, tolerance=OUTLINE_TOLERANCE_PX)
     if len(contour) < 4:
         return None
