@@ -31,7 +31,7 @@ import os
 import secrets
 import threading
 import time
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from models.result import AnalysisResult, CaseContext, PriorCase, SeverityChange
 from node import triage
 from node.audit.db import session_scope
 from node.audit.models import ArchivedAnalysis
+from node.dicom.source import study_date
 from node.settings import Settings
 
 LOGGER = logging.getLogger(__name__)
@@ -77,23 +78,6 @@ def patient_key(ds: Dataset, settings: Settings) -> str | None:
     issuer = str(ds.get("IssuerOfPatientID") or "").strip()
     secret = _secret(settings.patient_key_file or settings.home / "patient-key")
     return hmac.new(secret, f"{issuer}\x00{patient_id}".encode(), hashlib.sha256).hexdigest()
-
-
-def study_date(ds: Dataset) -> tuple[date | None, str | None]:
-    """The study's date (Study, else Series, Acquisition or Content Date) and time, if readable."""
-    for date_kw, time_kw in (
-        ("StudyDate", "StudyTime"),
-        ("SeriesDate", "SeriesTime"),
-        ("AcquisitionDate", "AcquisitionTime"),
-        ("ContentDate", "ContentTime"),
-    ):
-        text = str(ds.get(date_kw) or "").strip()
-        try:
-            day = datetime.strptime(text, "%Y%m%d").date()
-        except ValueError:
-            continue
-        return day, (str(ds.get(time_kw) or "").strip()[:16] or None)
-    return None, None
 
 
 def _prior(row: ArchivedAnalysis) -> PriorCase:
@@ -211,16 +195,16 @@ def readable(settings: Settings) -> bool:
 
 
 def case_context(
-    ds: Dataset, result: AnalysisResult, settings: Settings, use_archive: bool = True
+    ds: Dataset | None, result: AnalysisResult, settings: Settings, use_archive: bool = True
 ) -> CaseContext:
     """Similar cases, the patient's course and the triage decision for one analysed image.
 
-    With ``use_archive`` False, or when the archive cannot be read (an
-    ``analyze`` run beside a database that does not exist or predates the
-    archive), only the triage decision is made.
+    Without a DICOM header ``ds`` (a PNG or JPEG), with ``use_archive`` False,
+    or when the archive cannot be read (an ``analyze`` run beside a database
+    that does not exist or predates the archive), only the triage decision is made.
     """
     context = CaseContext()
-    if use_archive:
+    if ds is not None and use_archive:
         try:
             _from_archive(ds, result, settings, context)
         except SQLAlchemyError as exc:

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy.exc import OperationalError
 
-from models.result import AnalysisResult, CaseContext
+from models.result import AnalysisResult, CaseContext, Triage
 from node import archive, audit, routing, triage
 from node.audit import EventKind, Outcome
 from node.audit.db import session_scope
@@ -217,15 +217,9 @@ def analyze_path(
         analysis.eligible = True
         analysis.result = analyze_image(ds if ds is not None else path, heatmap)
         settings = settings or get_settings()
-        if ds is not None:
-            analysis.result.context = archive.case_context(
-                ds, analysis.result, settings, use_archive=archive.readable(settings)
-            )
-        else:
-            auto = float(analysis.result.extra.get("covid19_threshold", 0.5))
-            analysis.result.context = CaseContext(
-                triage=triage.evaluate(settings.triage_rule, analysis.result, [], auto)
-            )
+        analysis.result.context = archive.case_context(
+            ds, analysis.result, settings, use_archive=archive.readable(settings)
+        )
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             if ds is not None:
@@ -367,7 +361,7 @@ def _process(
             except Exception:
                 LOGGER.exception("immediate export of %s failed; the outbox will retry", sop_instance_uid)
     if urgency is not None and urgency.urgent and settings.triage_webhook:
-        _notify_urgent(settings.triage_webhook, result, uids)
+        _notify_urgent(settings.triage_webhook, urgency, result, uids)
     LOGGER.info(
         "SOP instance %s done in %.2f s (%s)",
         sop_instance_uid,
@@ -385,14 +379,13 @@ def _process(
     )
 
 
-def _notify_urgent(url: str, result: AnalysisResult, uids: InstanceUIDs) -> None:
+def _notify_urgent(url: str, decision: Triage, result: AnalysisResult, uids: InstanceUIDs) -> None:
     """POST the urgent study to the webhook (UIDs and results, no patient data); audited."""
-    decision = result.context.triage if result.context else None
     payload = {
         "event": "cxr-node.triage.urgent",
         **uids,
-        "reasons": list(decision.reasons) if decision else [],
-        "rule": decision.rule if decision else "",
+        "reasons": list(decision.reasons),
+        "rule": decision.rule,
         "predicted_class": result.predicted_class,
         "covid19_probability": round(result.classification["covid19"], 4),
         "geographic_extent": round(result.severity.geographic_extent, 2),

@@ -36,6 +36,7 @@ from node.dicom.source import (
     evidence_header,
     patient_orientation,
     source_reference,
+    study_date,
 )
 from node.dicom.trend import draw_trend, trend_points
 from node.dicom.uids import derive_series_uid, derive_uid, series_number
@@ -346,8 +347,6 @@ def build_sc(
     check_source(source, result)
     check_result(result)
     header = evidence_header(source)
-    from node.archive import study_date  # noqa: PLC0415  (the archive's notion of a study's date)
-
     pixels = render(result, algorithm_name, algorithm_version, today=study_date(source)[0])
     laterality = str(source.get("Laterality") or "")
     sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)

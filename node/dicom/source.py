@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
@@ -146,6 +147,23 @@ def _positive_pair(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return row > 0 and column > 0
+
+
+def study_date(ds: Dataset) -> tuple[date | None, str | None]:
+    """The study's date (Study, else Series, Acquisition or Content Date) and time, if readable."""
+    for date_kw, time_kw in (
+        ("StudyDate", "StudyTime"),
+        ("SeriesDate", "SeriesTime"),
+        ("AcquisitionDate", "AcquisitionTime"),
+        ("ContentDate", "ContentTime"),
+    ):
+        text = str(ds.get(date_kw) or "").strip()
+        try:
+            day = datetime.strptime(text, "%Y%m%d").date()
+        except ValueError:
+            continue
+        return day, (str(ds.get(time_kw) or "").strip()[:16] or None)
+    return None, None
 
 
 def source_reference(source: Dataset) -> Dataset:
