@@ -16,7 +16,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from tests.e2e import NodeProcess, analyze_json, has_results, numeric_values
+from tests.e2e import NodeProcess, analyze_json, has_results, numeric_values, sop_classes
 from tests.helpers import dciodvfy_errors, storescu, wait_until, with_new_uids, write
 from tests.orthanc import Orthanc
 
@@ -105,9 +105,16 @@ def test_redis_worker_end_to_end_and_retry_without_duplicates(
         node.spawn("worker", "--concurrency", "1")
         done = storescu(node.port, chest)
         assert done.returncode == 0, done.stderr
-        found = check_results(orthanc, chest, node, tmp_path)
+        check_results(orthanc, chest, node, tmp_path)
         source = dcmread(chest, stop_before_pixels=True)
         study, sop_instance_uid = source.StudyInstanceUID, str(source.SOPInstanceUID)
+
+        # check_results returns once the SR and SC are in; the SEG is sent after them.
+        def with_seg() -> dict | None:
+            grouped = sop_classes(orthanc, study)
+            return grouped if SEGMENTATION_STORAGE in grouped else None
+
+        grouped = wait_until(with_seg, timeout=120, what="the SEG in Orthanc")
         before = sorted(i["sop_instance_uid"] for i in orthanc.study_instances(study))
         # Redeliver the same task (as after a lost ack): same UIDs, nothing new in Orthanc.
         redo = subprocess.run(
@@ -127,7 +134,7 @@ def test_redis_worker_end_to_end_and_retry_without_duplicates(
         assert redo.returncode == 0, redo.stderr
         after = sorted(i["sop_instance_uid"] for i in orthanc.study_instances(study))
         assert after == before
-        assert len(after) == sum(len(v) for v in found["grouped"].values())
+        assert len(after) == sum(len(v) for v in grouped.values())
     finally:
         node.stop()
 
