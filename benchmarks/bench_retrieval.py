@@ -26,7 +26,8 @@ import numpy as np
 
 def quality(cache: Path | None) -> dict:
     from models.registry import entry, verified_path
-    from models.retrieval import Projection, evaluate, pooled_features
+    from models.retrieval import Projection
+    from models.training.retrieval import evaluate, pooled_features
 
     if cache is None:
         return entry("retrieval")["metrics"]
@@ -76,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cache", type=Path, help="models.corpus cache: recompute the quality")
+    parser.add_argument("--cache", type=Path, help="models.training.corpus cache: recompute the quality")
     parser.add_argument("--sizes", default="10000,100000")
     args = parser.parse_args()
 

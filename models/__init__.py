@@ -2,5 +2,5 @@
 
 Entry points: :func:`models.preprocessing.load_image`, :func:`models.inference.get_analyzer`
 (``Analyzer.analyze``), the registry in :mod:`models.registry` and the CLI sub-apps in
-:mod:`models.cli`. Nothing heavy is imported here.
+:mod:`models.training.cli`. Nothing heavy is imported here.
 """

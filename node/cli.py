@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from models.cli import eval_app, train_app
+from models.training.cli import eval_app, train_app
 from node.logs import configure_logging
 from node.settings import Destination, configure
 
@@ -309,7 +309,7 @@ def export_retry(
     typer.echo(f"{count} export(s) queued for delivery")
 
 
-# `train` and `eval` live with the models; models.cli imports torch only inside its commands.
+# `train` and `eval` live with the models; models.training.cli imports torch only inside its commands.
 app.add_typer(train_app, name="train", help="Train a model on ../shared/data.")
 app.add_typer(eval_app, name="eval", help="Evaluate a model on held-out data.")
 

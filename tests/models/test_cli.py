@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 
 def test_cli_import_does_not_import_torch() -> None:
-    code = "import sys, models.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, models.training.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -40,7 +40,7 @@ def test_cli_import_does_not_import_torch() -> None:
     ],
 )
 def test_eval_json(task: str, keys: set[str]) -> None:
-    from models.cli import eval_app
+    from models.training.cli import eval_app
 
     result = CliRunner().invoke(eval_app, [task, "--json"])
     assert result.exit_code == 0, result.output
@@ -51,7 +51,7 @@ def test_eval_json(task: str, keys: set[str]) -> None:
 
 
 def test_train_help_lists_commands() -> None:
-    from models.cli import train_app
+    from models.training.cli import train_app
 
     out = CliRunner().invoke(train_app, ["--help"]).output
     for cmd in ("segmentation", "classification", "severity"):
@@ -60,7 +60,7 @@ def test_train_help_lists_commands() -> None:
 
 def test_classification_recompute_matches_stored() -> None:
     """Every stored classification number is recomputed from the shipped out-of-fold predictions."""
-    from models.cli import eval_app
+    from models.training.cli import eval_app
 
     stored = json.loads(CliRunner().invoke(eval_app, ["classification", "--json"]).output)
     fresh = json.loads(CliRunner().invoke(eval_app, ["classification", "--json", "--recompute"]).output)

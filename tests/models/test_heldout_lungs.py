@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from models.evaluation import dice
 from models.preprocessing import load_image
 from models.registry import entry
+from models.training.evaluation import dice
 
 from .conftest import DATA_DIR
 

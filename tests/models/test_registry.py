@@ -17,8 +17,8 @@ def test_every_role_registered_with_metadata() -> None:
         e = entry(role, reg)
         for key in ("name", "version", "file", "sha256", "labels", "training", "metrics"):
             assert key in e, (role, key)
-        # Reproducible: each names the command that made it (models.fit, or models.retrieval on its output).
-        assert e["training"]["command"].startswith("python -m models.")
+        # Reproducible: each names the command that made it (models.training.fit or .retrieval).
+        assert e["training"]["command"].startswith("python -m models.training.")
 
 
 def test_shipped_weights_match_sha256_and_budget() -> None:

@@ -1,7 +1,7 @@
 """Regenerate the held-out test slice: ``python tests/data/models/make_slice.py [DATA]``.
 
 Takes 8 images of patients that the lung segmenter never saw
-(``models.fit.segmentation_holdout``: severity-scored patients + a hashed 15 %
+(``models.training.fit.segmentation_holdout``: severity-scored patients + a hashed 15 %
 of the rest), 4 with radiologists' right/left masks and 4 with V7 masks, from
 different patients, resized to at most 256 px (JPEG q90 / PNG masks).
 """
@@ -18,8 +18,8 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
-from models.corpus import STYLE_RADIOLOGIST, STYLE_V7, cached, split_lungs  # noqa: E402
-from models.fit import segmentation_holdout  # noqa: E402
+from models.training.corpus import STYLE_RADIOLOGIST, STYLE_V7, cached, split_lungs  # noqa: E402
+from models.training.fit import segmentation_holdout  # noqa: E402
 
 
 def main(data: Path) -> None:

@@ -1,6 +1,6 @@
-"""Turn one ``models.fit`` run into the shipped weights, registry and metrics.
+"""Turn one ``models.training.fit`` run into the shipped weights, registry and metrics.
 
-    python -m models.release --fit DIR           # DIR: what models.fit wrote
+    python -m models.training.release --fit DIR           # DIR: what models.training.fit wrote
 
 Copies the pretrained encoder, LungNet and the crop classifier into
 ``models/weights``, fits the shipped severity ridge on all 234 scored images
@@ -20,16 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from models.evaluation import softmax
 from models.registry import REGISTRY_PATH, WEIGHTS_DIR, sha256_file
 from models.result import CLASSES
+from models.training.evaluation import softmax
 
 VERSION = "2.0.0"
 SEVERITY_FEATURES = "pretrained_pooled"  # the ridge's feature set (chosen on the CV, see the card)
 FIT_COMMAND = (
-    "python -m models.fit --cache corpus256.npz --out DIR  "
-    "(corpus256.npz from models.corpus.build_cache(../shared/data); one H100, 7 min), "
-    "then python -m models.release --fit DIR"
+    "python -m models.training.fit --cache corpus256.npz --out DIR  "
+    "(corpus256.npz from models.training.corpus.build_cache(../shared/data); one H100, 7 min), "
+    "then python -m models.training.release --fit DIR"
 )
 TARGET_SENSITIVITY = 0.98
 
@@ -59,7 +59,7 @@ def classification_metrics(oof: dict[str, np.ndarray]) -> dict[str, Any]:
     """Every classification number from the out-of-fold logits (calibrated with cross-fitted T)."""
     from sklearn.metrics import confusion_matrix, roc_auc_score
 
-    from models.evaluation import bootstrap_ci
+    from models.training.evaluation import bootstrap_ci
 
     y, src = oof["label"], oof["source"]
     p = softmax(oof["logits_calibrated"])
@@ -222,7 +222,7 @@ def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_P
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="ship one models.fit run")
+    ap = argparse.ArgumentParser(description="ship one models.training.fit run")
     ap.add_argument("--fit", type=Path, required=True)
     args = ap.parse_args()
     main(args.fit)

@@ -3,7 +3,7 @@
 One command does it all, on a GPU when there is one (about 8 minutes on one
 H100) or on the CPU (hours)::
 
-    python -m models.fit --cache corpus256.npz --out OUTDIR
+    python -m models.training.fit --cache corpus256.npz --out OUTDIR
 
 Steps, each written to ``OUTDIR/fit.json`` as it finishes:
 
@@ -41,16 +41,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from models.corpus import (
-    SOURCES,
-    STYLE_NLM,
-    STYLE_NONE,
-    load_cache,
-    scored,
-    scored_patients,
-    severity_targets,
-)
-from models.evaluation import softmax
 from models.networks import (
     NLM_LEFT,
     NLM_RIGHT,
@@ -63,6 +53,16 @@ from models.networks import (
 )
 from models.result import CLASSES
 from models.severity import severity_matrix
+from models.training.corpus import (
+    SOURCES,
+    STYLE_NLM,
+    STYLE_NONE,
+    load_cache,
+    scored,
+    scored_patients,
+    severity_targets,
+)
+from models.training.evaluation import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -332,8 +332,8 @@ def segmentation_metrics(
     arrays: dict[str, np.ndarray], idx: np.ndarray, pred: dict[str, Any]
 ) -> dict[str, Any]:
     """Dice/Hausdorff per source (the head of the source's mask style), opacity Dice, edge rate."""
-    from models.evaluation import dice, hausdorff, mean_std
     from models.segmentation import clean_lung_masks
+    from models.training.evaluation import dice, hausdorff, mean_std
 
     per: dict[str, dict[str, list[float]]] = {}
     for j, i in enumerate(idx):
@@ -468,8 +468,8 @@ def severity_protocols(
     patients added), and a patient-grouped 5-fold CV on all 234 (10 repeats)."""
     from sklearn.model_selection import GroupShuffleSplit
 
-    from models.evaluation import mean_std, regression_scores
     from models.severity import LungRidge
+    from models.training.evaluation import mean_std, regression_scores
 
     names = ("pearson", "r2", "mae", "mse")
 

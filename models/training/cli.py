@@ -12,9 +12,9 @@ from typing import Any
 
 import typer
 
-REPO_DIR = Path(__file__).resolve().parents[1]
+REPO_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_DIR.parent / "shared" / "data"
-DEFAULT_OUT = Path(__file__).resolve().parent / "weights"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "weights"
 
 train_app = typer.Typer(
     help="Train the models (about 7 min on a GPU, hours on a CPU; fixed seeds, patient-grouped splits)."
@@ -40,10 +40,10 @@ def _setup(verbose: bool = True) -> None:
 
 
 def _fit(data: Path, out: Path, quick: bool, seed: int) -> dict[str, Any]:
-    """Build the corpus cache and run :mod:`models.fit` (all models share one encoder, so
+    """Build the corpus cache and run :mod:`models.training.fit` (all models share one encoder, so
     they are trained together), then ship the result when ``out`` is the package's weights."""
-    from models import fit, release
-    from models.corpus import build_cache
+    from models.training import fit, release
+    from models.training.corpus import build_cache
 
     ship = out.resolve() == DEFAULT_OUT.resolve()
     work = out / "fit" if ship else out
@@ -112,9 +112,9 @@ def eval_segmentation(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: 
         import numpy as np
         import torch
 
-        from models.corpus import STYLE_NONE, cached
-        from models.fit import run_lungnet, segmentation_holdout, segmentation_metrics
         from models.registry import build_model
+        from models.training.corpus import STYLE_NONE, cached
+        from models.training.fit import run_lungnet, segmentation_holdout, segmentation_metrics
 
         arrays = cached(data)
         idx = np.nonzero(segmentation_holdout(arrays) & (arrays["style"] != STYLE_NONE))[0]
@@ -146,7 +146,7 @@ def eval_classification(
     """Per-class AUC (bootstrap CI), accuracy, per source, calibration, COVID-19 at 98% sensitivity.
 
     ``--recompute`` recomputes every number from the shipped out-of-fold predictions
-    (retraining the folds is ``python -m models.fit``, a GPU run)."""
+    (retraining the folds is ``python -m models.training.fit``, a GPU run)."""
     _setup(verbose=not as_json)
     from models.registry import entry, model_id
 
@@ -154,7 +154,7 @@ def eval_classification(
     if recompute:
         import numpy as np
 
-        from models.release import classification_metrics
+        from models.training.release import classification_metrics
 
         with np.load(DEFAULT_OUT / "classification-oof.npz", allow_pickle=False) as z:
             fresh = classification_metrics({k: z[k] for k in z.files})
@@ -170,7 +170,7 @@ def eval_severity(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool
     5-fold CV on all 234, each beside the training-mean baseline."""
     _setup(verbose=not as_json)
     from models.registry import entry, model_id
-    from models.release import SEVERITY_FEATURES
+    from models.training.release import SEVERITY_FEATURES
 
     e = entry("severity")
     protocols = e["metrics"][SEVERITY_FEATURES]
@@ -178,10 +178,10 @@ def eval_severity(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool
         import numpy as np
         import torch
 
-        from models.corpus import cached, scored, severity_targets
-        from models.fit import run_lungnet, severity_protocols
         from models.registry import build_model
         from models.severity import severity_matrix
+        from models.training.corpus import cached, scored, severity_targets
+        from models.training.fit import run_lungnet, severity_protocols
 
         arrays = cached(data)
         sev = np.nonzero(scored(arrays))[0]
@@ -220,9 +220,9 @@ def eval_triage(data: Path = DataOpt, as_json: bool = JsonOpt) -> None:
     _setup(verbose=not as_json)
     import numpy as np
 
-    from models.corpus import cached, scored, severity_targets
     from models.registry import entry
-    from models.release import SEVERITY_FEATURES, triage_metrics
+    from models.training.corpus import cached, scored, severity_targets
+    from models.training.release import SEVERITY_FEATURES, triage_metrics
 
     with np.load(DEFAULT_OUT / "classification-oof.npz", allow_pickle=False) as z:
         oof = {k: z[k] for k in z.files}
