@@ -1,4 +1,4 @@
-"""Queueing analysis jobs through Celery. Tasks get identifiers, never data sets."""
+"""Queueing analysis jobs through Celery (the task and its payload: :mod:`workers.contract`)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,13 @@ from pathlib import Path
 
 from node.exceptions import QueueError
 from node.settings import Settings, get_settings
+from workers.contract import ANALYZE_TASK, analysis_payload
 
 LOGGER = logging.getLogger(__name__)
-
-# The task's name and keyword arguments are a contract with the workers.
-ANALYZE_TASK = "cxr_node.analyze_instance"
 
 # Fail fast when the broker is down: the instance is safe in the spool and the
 # sweep re-queues it, so the modality's association must not wait on retries.
 _RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-
-
-def analysis_payload(sop_instance_uid: str, path: Path | str) -> dict[str, str]:
-    return {"sop_instance_uid": sop_instance_uid, "path": str(path)}
 
 
 def enqueue_analysis(sop_instance_uid: str, path: Path | str, settings: Settings | None = None) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 
 from celery import Celery
 
-from node.queue import ANALYZE_TASK
 from node.settings import Settings, get_settings
+from workers.contract import ANALYZE_TASK
 
 EMBEDDED_POLLING_INTERVAL = 0.02  # seconds
 

@@ -6,7 +6,7 @@ import logging
 
 from celery import shared_task
 
-from node.queue import ANALYZE_TASK
+from workers.contract import ANALYZE_TASK
 
 LOGGER = logging.getLogger(__name__)
 
