@@ -4,6 +4,7 @@
 #        postgresql (if missing)
 #   npm: the prebuilt OHIF viewer (@ohif/app) for tests/viewer
 #   pip: the project with its test extra (into $CXR_NODE_VENV)
+#   then: ruff check, ruff format --check and mypy; any finding fails the run
 #   starts Redis and PostgreSQL on loopback when they are not already running
 # Extra arguments go to pytest.
 set -euo pipefail
@@ -65,6 +66,12 @@ if ! python -c "import sqlalchemy as sa, os; sa.create_engine(os.environ['CXR_NO
     as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
     as_root su postgres -c "createdb test" 2>/dev/null || true
 fi
+
+# The checks that hold: lint, format and types over the packages, then the tests.
+echo "ruff check, ruff format --check, mypy (node, workers, models)" >&2
+ruff check .
+ruff format --check .
+mypy
 
 set +e
 python -m pytest "$@"

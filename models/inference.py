@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from models.preprocessing import LoadedImage, display_uint8, preprocess
+from models.preprocessing import LoadedImage, display_uint8, model_square, network_input
 from models.result import CLASSES, AnalysisResult, LungSeverity, Severity
 
 logger = logging.getLogger(__name__)
@@ -112,10 +112,10 @@ class Analyzer:
         n = len(images)
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        prepared = [preprocess(loaded.pixels, SEG_SIZE) for loaded in images]
+        prepared = [model_square(loaded.pixels, SEG_SIZE) for loaded in images]
         geoms = [geom for _, geom in prepared]
-        img8 = np.stack([np.round((sq / 1024.0 + 1.0) * 127.5).astype(np.uint8) for sq, _ in prepared])
-        x256 = torch.from_numpy(img8.astype(np.float32) / 127.5 * 1024.0 - 1024.0)[:, None].to(self.device)
+        img8 = np.stack([sq for sq, _ in prepared])
+        x256 = network_input(img8).to(self.device)
         timings["preprocess"] = time.perf_counter() - t  # as the training cache
 
         t = time.perf_counter()

@@ -204,6 +204,22 @@ def preprocess(pixels: np.ndarray, size: int, clahe: bool = False) -> tuple[np.n
     return (square * 2.0 - 1.0) * INTENSITY_RANGE, geom
 
 
+def model_square(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
+    """The image as every model sees it, in training and in serving alike: :func:`preprocess`
+    to ``size`` and quantised to uint8 (the training cache stores exactly this)."""
+    square, geom = preprocess(pixels, size)
+    return np.round((square / INTENSITY_RANGE + 1.0) * 127.5).astype(np.uint8), geom
+
+
+def network_input(img8: Any) -> Any:
+    """uint8 squares (N, H, W), numpy or torch, -> float tensor (N, 1, H, W) in
+    [-:data:`INTENSITY_RANGE`, +:data:`INTENSITY_RANGE`], on the tensor's device."""
+    import torch
+
+    x = torch.as_tensor(img8)
+    return x.float()[:, None] / 127.5 * INTENSITY_RANGE - INTENSITY_RANGE
+
+
 def display_uint8(pixels: np.ndarray) -> np.ndarray:
     """The uint8 display image that heatmaps and masks refer to."""
     return np.round(normalize(pixels) * 255.0).astype(np.uint8)

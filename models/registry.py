@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,27 @@ def load_registry(path: Path | None = None) -> dict[str, Any]:
         raise RegistryError(f"model registry not found: {path}") from exc
     except json.JSONDecodeError as exc:
         raise RegistryError(f"model registry {path} is not valid JSON: {exc}") from exc
+
+
+def update_registry(entries: dict[str, dict[str, Any]], path: Path | None = None) -> dict[str, Any]:
+    """The one writer of the registry: replace the given roles' entries, keep every other role.
+
+    Read-modify-write, written to a temporary file and renamed over the old one, so a
+    reader never sees half a file. A missing registry starts empty.
+    """
+    path = Path(path or REGISTRY_PATH)
+    reg = load_registry(path) if path.is_file() else {"models": {}}
+    unknown = sorted(set(entries) - set(ROLES))
+    if unknown:
+        raise RegistryError(f"unknown roles {unknown}; known: {list(ROLES)}")
+    reg.setdefault("models", {}).update(entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(reg, indent=1) + "\n")
+    os.replace(tmp, path)
+    logger.info("registry %s: wrote %s", path, ", ".join(sorted(entries)))
+    return reg
 
 
 def entry(role: str, registry: dict[str, Any] | None = None) -> dict[str, Any]:

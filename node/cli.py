@@ -310,7 +310,7 @@ def export_retry(
 
 
 # `train` and `eval` live with the models; models.training.cli imports torch only inside its commands.
-app.add_typer(train_app, name="train", help="Train a model on ../shared/data.")
+app.add_typer(train_app, name="train", help="Train every model on ../shared/data (one run).")
 app.add_typer(eval_app, name="eval", help="Evaluate a model on held-out data.")
 
 

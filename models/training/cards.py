@@ -26,7 +26,7 @@ CARDS_DIR = PACKAGE_DIR / "cards"
 IMG = CARDS_DIR / "img"
 OOF = WEIGHTS_DIR / "classification-oof.npz"
 LABELS = ("normal", "other_disease", "pneumonia", "covid19")
-GOALS = {
+GOALS: dict[str, Any] = {
     "extent": {"pearson": 0.85, "mae": 1.00},
     "opacity": {"pearson": 0.80, "mae": 0.70},
     "dice": 0.965,
@@ -521,7 +521,7 @@ def write_cards(fit_dir: Path | None = None) -> list[Path]:
         fs = reg["severity"]["arch"]["features"]
         plot_severity(reg["severity"]["metrics"][fs], truth, IMG / "severity-scatter.png")
         written.append(IMG / "severity-scatter.png")
-    for name, fn in (
+    for name, card in (
         ("encoder.md", encoder_card),
         ("segmentation.md", segmentation_card),
         ("classification.md", classification_card),
@@ -529,7 +529,7 @@ def write_cards(fit_dir: Path | None = None) -> list[Path]:
         ("retrieval.md", retrieval_card),
         ("README.md", index_card),
     ):
-        (CARDS_DIR / name).write_text(fn(reg))
+        (CARDS_DIR / name).write_text(card(reg))
         written.append(CARDS_DIR / name)
     return written
 

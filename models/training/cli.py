@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ DEFAULT_DATA = REPO_DIR.parent / "shared" / "data"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "weights"
 
 train_app = typer.Typer(
-    help="Train the models (about 7 min on a GPU, hours on a CPU; fixed seeds, patient-grouped splits)."
+    help="Train every shipped model in one run (about 7 min on a GPU, hours on a CPU; fixed seeds, "
+    "patient-grouped splits)."
 )
 eval_app = typer.Typer(help="Print held-out, patient-grouped evaluation metrics.")
 
@@ -39,55 +41,59 @@ def _setup(verbose: bool = True) -> None:
     )
 
 
-def _fit(data: Path, out: Path, quick: bool, seed: int) -> dict[str, Any]:
-    """Build the corpus cache and run :mod:`models.training.fit` (all models share one encoder, so
-    they are trained together), then ship the result when ``out`` is the package's weights."""
-    from models.training import fit, release
+def train(
+    data: Path,
+    out: Path,
+    registry: Path,
+    quick: bool = False,
+    seed: int = 0,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Reproduce every shipped model: corpus cache, the joint fit (encoder, LungNet, classifier,
+    severity: they share the encoder), release into ``out`` + ``registry``, then the retrieval
+    projection on the released LungNet. ``registry`` is updated role by role
+    (:func:`models.registry.update_registry`); the fit's work files go to ``out/fit``."""
+    from models.training import fit, release, retrieval
     from models.training.corpus import build_cache
 
-    ship = out.resolve() == DEFAULT_OUT.resolve()
-    work = out / "fit" if ship else out
+    work = out / "fit"
     cache = work / "corpus256.npz"
     if not cache.is_file():
-        build_cache(data, cache)
+        build_cache(data, cache, limit=limit)
     report = fit.main(cache, work, quick=quick, seed=seed)
-    if ship:
-        release.main(work)
-        typer.echo("weights and registry written to models/")
+    release.main(work, weights=out, registry=registry)
+    report["retrieval"] = retrieval.release(cache, out, registry)
     return report
 
 
 QuickOpt = typer.Option(False, "--quick", help="tiny smoke run (minutes on a CPU); numbers mean nothing")
+LimitOpt = typer.Option(None, "--limit", help="an evenly spread subset of N images (smoke runs)")
+RegistryOpt = typer.Option(
+    None, "--registry", help="registry to update (default: models/registry.json, or OUT/registry.json)"
+)
 
 
-@train_app.command("segmentation")
-def train_segmentation(
-    data: Path = DataOpt, out: Path = OutOpt, seed: int = SeedOpt, quick: bool = QuickOpt
+@train_app.callback(invoke_without_command=True)
+def train_all(
+    data: Path = DataOpt,
+    out: Path = OutOpt,
+    registry: Path | None = RegistryOpt,
+    seed: int = SeedOpt,
+    quick: bool = QuickOpt,
+    limit: int | None = LimitOpt,
 ) -> None:
-    """Pretrain the encoder and train every model (one run: they share the encoder); print LungNet's part."""
+    """Train and register every model the node runs: encoder, LungNet, classifier, severity, retrieval."""
+    from models.registry import REGISTRY_PATH
+
     _setup()
-    report = _fit(data, out, quick, seed)
-    typer.echo(json.dumps(report["segmentation"]))
-
-
-@train_app.command("classification")
-def train_classification(
-    data: Path = DataOpt, out: Path = OutOpt, seed: int = SeedOpt, quick: bool = QuickOpt
-) -> None:
-    """Pretrain the encoder and train every model (one run); print the classifier's part."""
-    _setup()
-    report = _fit(data, out, quick, seed)
-    typer.echo(json.dumps(report["classification"]))
-
-
-@train_app.command("severity")
-def train_severity(
-    data: Path = DataOpt, out: Path = OutOpt, seed: int = SeedOpt, quick: bool = QuickOpt
-) -> None:
-    """Pretrain the encoder and train every model (one run); print the severity protocols."""
-    _setup()
-    report = _fit(data, out, quick, seed)
-    typer.echo(json.dumps(report["severity"]))
+    ships = out.resolve() == DEFAULT_OUT.resolve()
+    if quick and ships:  # a smoke run never replaces the shipped models
+        out, ships = Path(tempfile.gettempdir()) / "cxr-node-train-quick", False
+    registry = registry or (REGISTRY_PATH if ships else out / "registry.json")
+    report = train(data, out, registry, quick=quick, seed=seed, limit=limit)
+    roles = ("segmentation", "classification", "severity", "retrieval")
+    typer.echo(json.dumps({k: report[k] for k in roles}))
+    typer.echo(f"weights in {out}, registry {registry}", err=True)
 
 
 def _emit(obj: dict[str, Any], as_json: bool) -> None:

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from models.preprocessing import load_image, preprocess
+from models.preprocessing import load_image, model_square
 from models.result import CLASSES
 
 logger = logging.getLogger(__name__)
@@ -238,8 +238,7 @@ def _cache_one(args: tuple[str, Record]) -> tuple[bytes, np.ndarray, np.ndarray]
     data, rec = args
     root = Path(data)
     loaded = load_image(root / rec.file)
-    square, geom = preprocess(loaded.pixels, SIZE)
-    img8 = np.round((square / 1024.0 + 1.0) * 127.5).astype(np.uint8)
+    img8, geom = model_square(loaded.pixels, SIZE)
     lungs = np.zeros((2, SIZE, SIZE), bool)
     if rec.style == STYLE_RADIOLOGIST:
         right, left = read_mask(root / rec.masks[0]), read_mask(root / rec.masks[1])
@@ -257,12 +256,16 @@ def _cache_one(args: tuple[str, Record]) -> tuple[bytes, np.ndarray, np.ndarray]
     return encode_jpeg(img8), np.packbits(lungs, axis=-1), np.packbits(opac, axis=-1)
 
 
-def build_cache(data: Path, cache: Path, workers: int = 2) -> Path:
-    """Preprocess every indexed image and mask into one compressed ``.npz`` (no pickles)."""
+def build_cache(data: Path, cache: Path, workers: int = 2, limit: int | None = None) -> Path:
+    """Preprocess every indexed image and mask into one compressed ``.npz`` (no pickles);
+    with ``limit``, an evenly spread subset of that many (every source kept; smoke runs)."""
     from tqdm import tqdm
 
     cache = Path(cache)
     records = build_index(data)
+    if limit and limit < len(records):
+        keep = np.unique(np.linspace(0, len(records) - 1, limit).astype(int))
+        records = [records[i] for i in keep]
     jobs = [(str(data), r) for r in records]
     with ProcessPoolExecutor(workers) as pool:
         results = list(tqdm(pool.map(_cache_one, jobs, chunksize=16), total=len(jobs), desc="cache"))

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from models.networks import (
     Encoder,
     LungNet,
 )
+from models.preprocessing import network_input
 from models.result import CLASSES
 from models.severity import severity_matrix
 from models.training.corpus import (
@@ -165,11 +167,6 @@ def augment(
     return img, maps
 
 
-def to_input(img8: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) -> float (N, 1, H, W) in [-1024, 1024]."""
-    return img8.float()[:, None] / 127.5 * 1024.0 - 1024.0
-
-
 def _step(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor) -> float:
     """One optimiser and scheduler step; the loss as a float."""
     opt.zero_grad(set_to_none=True)
@@ -207,7 +204,7 @@ def pretrain(images: torch.Tensor, plan: Plan, seed: int, dev: str) -> tuple[Enc
     t0, losses = time.time(), []
     for _ in range(plan.pretrain_steps):
         idx = torch.randint(0, len(images), (plan.pretrain_batch,), generator=gen, device=dev)
-        x = to_input(images[idx])
+        x = network_input(images[idx])
         views = []
         for _ in range(2):
             v, _m = augment(
@@ -286,7 +283,7 @@ def train_lungnet(
     t0, losses = time.time(), []
     for _ in range(steps):
         b = torch.multinomial(p, plan.lung_batch, replacement=True, generator=gen)
-        x, y = augment(to_input(images[train_rows[b]]), maps[b].float(), gen, strong=True)
+        x, y = augment(network_input(images[train_rows[b]]), maps[b].float(), gen, strong=True)
         assert y is not None
         w = weight[b][:, :, None, None]
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
@@ -322,7 +319,9 @@ def run_lungnet(
     from models.segmentation import lungnet_outputs
 
     rows = torch.from_numpy(idx).to(dev)
-    parts = [lungnet_outputs(net, to_input(images[rows[i : i + batch]])) for i in range(0, len(idx), batch)]
+    parts = [
+        lungnet_outputs(net, network_input(images[rows[i : i + batch]])) for i in range(0, len(idx), batch)
+    ]
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     out["maps"] = out["maps"].astype(np.float16)
     return out
@@ -538,15 +537,251 @@ def _save(out: Path, name: str, net: torch.nn.Module) -> str:
     return sha256_file(path)
 
 
-def main(
-    cache: Path, out: Path, quick: bool = False, seed: int = 0, limit: int | None = None
-) -> dict[str, Any]:
+@dataclass
+class Run:
+    """What the stages share: the corpus, the plan, the device and the report being written."""
+
+    arrays: dict[str, np.ndarray]
+    images: torch.Tensor  # (N, 256, 256) uint8 on the device
+    plan: Plan
+    seed: int
+    dev: str
+    out: Path
+    report: dict[str, Any]
+    t_start: float = field(default_factory=time.time)
+
+    def dump(self) -> None:
+        """Write the report so far (every stage leaves its part in ``fit.json``)."""
+        self.report["seconds"] = round(time.time() - self.t_start, 1)
+        (self.out / "fit.json").write_text(json.dumps(self.report, indent=1))
+
+    def on_device(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(idx).to(self.dev)
+
+
+def stage_pretrain(run: Run) -> Encoder:
+    """1. SimCLR pretraining on every image whose patient has no severity score."""
+    pre_idx = np.nonzero(~scored_patients(run.arrays))[0]
+    encoder, log = pretrain(run.images[run.on_device(pre_idx)], run.plan, run.seed, run.dev)
+    log["data"] = "every image whose patient has no severity score; labels unused"
+    log["sha256"] = _save(run.out, "cxr-encoder.pt", encoder)
+    run.report["pretraining"] = log
+    run.dump()
+    return encoder
+
+
+def stage_lungnet(run: Run, encoder: Encoder) -> dict[str, dict[str, np.ndarray]]:
+    """2. LungNet from the pretrained encoder and from scratch; held-out Dice/Hausdorff.
+    Returns each variant's outputs on every image (for severity and the classifier)."""
+    arrays = run.arrays
+    held = segmentation_holdout(arrays)
+    lung_tr = np.nonzero(~held)[0]
+    held_idx = np.nonzero(held & (arrays["style"] != STYLE_NONE))[0]
+    seg: dict[str, Any] = {"train_images": int(len(lung_tr)), "heldout_images_with_masks": int(len(held_idx))}
+    run.report["segmentation"] = seg
+    nets: dict[str, LungNet] = {}
+    for variant, enc in (("pretrained", encoder), ("scratch", None)):
+        net, log = train_lungnet(arrays, run.images, lung_tr, enc, run.plan, run.seed, run.dev)
+        nets[variant] = net
+        pred = run_lungnet(net, run.images, held_idx, run.dev)
+        seg[variant] = {"training": log, "heldout": segmentation_metrics(arrays, held_idx, pred)}
+        run.dump()
+    seg["sha256"] = _save(run.out, "lung-net.pt", nets["pretrained"])
+    all_idx = np.arange(len(arrays["files"]))
+    return {v: run_lungnet(nets[v], run.images, all_idx, run.dev) for v in nets}
+
+
+def stage_severity(run: Run, lungnet: dict[str, dict[str, np.ndarray]]) -> None:
+    """4 (early: it needs only LungNet). Severity protocols for each LungNet variant and
+    feature set; the features are kept for the release's ridge."""
+    arrays = run.arrays
+    sev = np.nonzero(scored(arrays))[0]
+    targets = severity_targets(arrays, sev)
+    groups, cohen = arrays["patient"][sev], arrays["in_cohen_2020"][sev]
+    report: dict[str, Any] = {"n_images": int(len(sev)), "n_patients": int(len(set(groups.tolist())))}
+    run.report["severity"] = report
+    sev_feats: dict[str, np.ndarray] = {}
+    for variant, outputs in lungnet.items():
+        sub = {k: v[sev] for k, v in outputs.items()}
+        for pooled in (True, False):
+            key = f"{variant}_{'pooled' if pooled else 'scalar'}"
+            sev_feats[key] = severity_matrix(arrays["image"][sev], sub, pooled=pooled)
+            report[key] = severity_protocols(
+                sev_feats[key], targets, groups, cohen, run.plan.severity_splits, run.seed
+            )
+            run.dump()
+    np.savez_compressed(
+        run.out / "severity-features.npz",
+        files=arrays["files"][sev],
+        patient=groups,
+        in_cohen_2020=cohen,
+        extent=targets["geographic_extent"],
+        opacity=targets["opacity"],
+        **sev_feats,  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class Crops:
+    """The labelled images, lung-cropped with the shipped LungNet's masks."""
+
+    idx: np.ndarray  # into the corpus
+    y: np.ndarray
+    crops: torch.Tensor
+    boxes: np.ndarray
+    lungs: np.ndarray
+    folds: np.ndarray
+
+
+def classifier_cv(run: Run, data: Crops, encoder: Encoder) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """3a. Patient-grouped 5-fold CV, pretrained and from scratch: out-of-fold logits, the
+    pretrained model's embeddings and its Grad-CAM heat in the lungs."""
+    n = len(data.idx)
+    oof: dict[str, np.ndarray] = {}
+    emb_oof = np.zeros((n, Encoder().widths[-1]), np.float32)
+    cam_frac, cam_peak = np.zeros(n), np.zeros(n, bool)
+    timing = {}
+    for variant, enc in (("pretrained", encoder), ("scratch", None)):
+        logits = np.zeros((n, len(CLASSES)), np.float32)
+        for k in range(N_FOLDS):
+            tr, te = np.nonzero(data.folds != k)[0], np.nonzero(data.folds == k)[0]
+            clf = train_classifier(
+                data.crops[run.on_device(tr)], data.y[tr], enc, run.plan, run.seed + k, run.dev
+            )
+            lg, emb = classify(clf, data.crops[run.on_device(te)])
+            logits[te] = lg
+            if variant == "pretrained":
+                emb_oof[te] = emb
+                cam_frac[te], cam_peak[te] = gradcam_in_lungs(
+                    clf, data.crops[run.on_device(te)], data.boxes[te], data.lungs[te], lg.argmax(1)
+                )
+        oof[variant] = logits
+        timing[f"{variant}_seconds"] = round(time.time() - run.t_start, 1)
+        run.dump()
+    oof["embedding"] = emb_oof
+    oof["gradcam_heat_in_lungs"], oof["gradcam_peak_in_lungs"] = cam_frac, cam_peak
+    return oof, timing
+
+
+def cross_fitted_temperature(logits: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, dict]:
+    """3b. Each fold's temperature from the other folds' out-of-fold logits."""
+    calibrated = np.zeros_like(logits)
+    temps = []
+    for k in range(N_FOLDS):
+        t = fit_temperature(logits[folds != k], y[folds != k])
+        temps.append(t)
+        calibrated[folds == k] = logits[folds == k] / t
+    return calibrated, {"per_fold": [round(t, 4) for t in temps], "all": round(fit_temperature(logits, y), 4)}
+
+
+def source_probe(embedding: np.ndarray, source: np.ndarray) -> dict[str, float]:
+    """3c. The shortcut: a logistic regression telling the source from the OOF embedding."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
     from sklearn.model_selection import cross_val_predict
 
+    probe = cross_val_predict(
+        LogisticRegression(max_iter=2000, C=1.0),
+        (embedding - embedding.mean(0)) / (embedding.std(0) + 1e-6),
+        source,
+        cv=5,
+        method="predict_proba",
+    )
+    labels_sorted = np.unique(source)
+    return {
+        "balanced_accuracy": round(float(balanced_accuracy_score(source, labels_sorted[probe.argmax(1)])), 4),
+        "macro_auc": round(float(roc_auc_score(source, probe, multi_class="ovr", average="macro")), 4),
+        "chance_balanced_accuracy": round(1.0 / len(labels_sorted), 4),
+    }
+
+
+def leave_one_source_out(run: Run, data: Crops, source: np.ndarray, encoder: Encoder) -> dict[str, Any]:
+    """3d. Train on the other sources (pretrained encoder), AUC per class on the held-out one."""
+    from sklearn.metrics import roc_auc_score
+
+    loso: dict[str, Any] = {}
+    for s in SOURCES:
+        te = np.nonzero(source == s)[0]
+        tr = np.nonzero(source != s)[0]
+        if len(te) == 0 or len(np.unique(data.y[tr])) < 2:
+            continue
+        clf = train_classifier(
+            data.crops[run.on_device(tr)], data.y[tr], encoder, run.plan, run.seed + 10, run.dev
+        )
+        lgs, _e = classify(clf, data.crops[run.on_device(te)])
+        p = softmax(lgs)
+        entry: dict[str, Any] = {
+            "n": int(len(te)),
+            "classes_in_training": sorted({CLASSES[c] for c in data.y[tr]}),
+        }
+        for c, name in enumerate(CLASSES):
+            yy = (data.y[te] == c).astype(int)
+            if 0 < yy.sum() < len(yy) and c in set(data.y[tr].tolist()):
+                entry[f"auc_{name}"] = round(float(roc_auc_score(yy, p[:, c])), 4)
+        loso[s] = entry
+        run.dump()
+    return loso
+
+
+def stage_classifier(run: Run, encoder: Encoder, lungs_all: np.ndarray) -> None:
+    """3. The crop classifier: CV, calibration, Grad-CAM, source probe, leave-one-source-out,
+    then the shipped model on every labelled image."""
+    arrays = run.arrays
+    lab_idx = np.nonzero(arrays["label"] >= 0)[0]
+    crops_np, boxes = make_crops(arrays["image"][lab_idx], lungs_all[lab_idx])
+    data = Crops(
+        idx=lab_idx,
+        y=arrays["label"][lab_idx],
+        crops=torch.from_numpy(crops_np).to(run.dev),
+        boxes=boxes,
+        lungs=lungs_all[lab_idx],
+        folds=class_folds(arrays, lab_idx, run.seed),
+    )
+    cls: dict[str, Any] = {
+        "n_images": int(len(lab_idx)),
+        "n_patients": int(len(set(arrays["patient"][lab_idx]))),
+    }
+    run.report["classification"] = cls
+    oof, timing = classifier_cv(run, data, encoder)
+    cls.update(timing)
+    calibrated, cls["temperature"] = cross_fitted_temperature(oof["pretrained"], data.y, data.folds)
+    cam_frac, cam_peak = oof["gradcam_heat_in_lungs"], oof["gradcam_peak_in_lungs"]
+    cls["gradcam"] = {
+        "heat_in_lungs": {
+            "mean": round(float(cam_frac.mean()), 4),
+            "median": round(float(np.median(cam_frac)), 4),
+        },
+        "peak_in_lungs": round(float(cam_peak.mean()), 4),
+        "n": int(len(cam_frac)),
+    }
+    src = arrays["source"][lab_idx]
+    cls["source_probe"] = source_probe(oof["embedding"], src)
+    cls["leave_one_source_out"] = leave_one_source_out(run, data, src, encoder)
+    np.savez_compressed(
+        run.out / "classification-oof.npz",
+        files=arrays["files"][lab_idx],
+        source=src,
+        patient=arrays["patient"][lab_idx],
+        label=data.y,
+        fold=data.folds,
+        logits_pretrained=oof["pretrained"],
+        logits_scratch=oof["scratch"],
+        logits_calibrated=calibrated,
+        gradcam_heat_in_lungs=cam_frac,
+        gradcam_peak_in_lungs=cam_peak,
+    )
+    run.dump()
+    final = train_classifier(data.crops, data.y, encoder, run.plan, run.seed, run.dev)
+    cls["sha256"] = _save(run.out, "crop-classifier.pt", final)
+    cls["final_temperature"] = cls["temperature"]["all"]
+    run.dump()
+
+
+def main(
+    cache: Path, out: Path, quick: bool = False, seed: int = 0, limit: int | None = None
+) -> dict[str, Any]:
+    """Every stage in order (see the module docstring); returns the report in ``out/fit.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    plan = Plan(quick)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -557,173 +792,21 @@ def main(
     if limit:  # an evenly spread subset (every source represented), for smoke runs
         keep = np.unique(np.linspace(0, len(arrays["files"]) - 1, limit).astype(int))
         arrays = {k: v[keep] for k, v in arrays.items()}
-    n = len(arrays["files"])
-    report: dict[str, Any] = {"device": dev, "quick": quick, "seed": seed, "n_images": n}
-
-    def dump() -> None:
-        report["seconds"] = round(time.time() - t_start, 1)
-        (out / "fit.json").write_text(json.dumps(report, indent=1))
-
-    images = torch.from_numpy(arrays["image"]).to(dev)
-    scored_pat = scored_patients(arrays)
-
-    # 1. pretraining
-    pre_idx = np.nonzero(~scored_pat)[0]
-    encoder, report["pretraining"] = pretrain(images[torch.from_numpy(pre_idx).to(dev)], plan, seed, dev)
-    report["pretraining"]["data"] = "every image whose patient has no severity score; labels unused"
-    report["pretraining"]["sha256"] = _save(out, "cxr-encoder.pt", encoder)
-    dump()
-
-    # 2. LungNet, pretrained and from scratch
-    held = segmentation_holdout(arrays)
-    lung_tr = np.nonzero(~held)[0]
-    held_idx = np.nonzero(held & (arrays["style"] != STYLE_NONE))[0]
-    report["segmentation"] = {
-        "train_images": int(len(lung_tr)),
-        "heldout_images_with_masks": int(len(held_idx)),
-    }
-    nets: dict[str, LungNet] = {}
-    for variant, enc in (("pretrained", encoder), ("scratch", None)):
-        net, log = train_lungnet(arrays, images, lung_tr, enc, plan, seed, dev)
-        nets[variant] = net
-        pred = run_lungnet(net, images, held_idx, dev)
-        report["segmentation"][variant] = {
-            "training": log,
-            "heldout": segmentation_metrics(arrays, held_idx, pred),
-        }
-        dump()
-    report["segmentation"]["sha256"] = _save(out, "lung-net.pt", nets["pretrained"])
-    all_idx = np.arange(n)
-    full = {v: run_lungnet(nets[v], images, all_idx, dev) for v in nets}
-    lungs_all = full["pretrained"]["lungs"]
-
-    # 4 (early: it needs only LungNet). severity
-    sev = np.nonzero(scored(arrays))[0]
-    targets = severity_targets(arrays, sev)
-    groups, cohen = arrays["patient"][sev], arrays["in_cohen_2020"][sev]
-    report["severity"] = {"n_images": int(len(sev)), "n_patients": int(len(set(groups.tolist())))}
-    sev_feats: dict[str, np.ndarray] = {}
-    for variant in nets:
-        sub = {k: v[sev] for k, v in full[variant].items()}
-        for pooled in (True, False):
-            key = f"{variant}_{'pooled' if pooled else 'scalar'}"
-            sev_feats[key] = severity_matrix(arrays["image"][sev], sub, pooled=pooled)
-            report["severity"][key] = severity_protocols(
-                sev_feats[key], targets, groups, cohen, plan.severity_splits, seed
-            )
-            dump()
-    np.savez_compressed(
-        out / "severity-features.npz",
-        files=arrays["files"][sev],
-        patient=groups,
-        in_cohen_2020=cohen,
-        extent=targets["geographic_extent"],
-        opacity=targets["opacity"],
-        **sev_feats,  # type: ignore[arg-type]
+    run = Run(
+        arrays=arrays,
+        images=torch.from_numpy(arrays["image"]).to(dev),
+        plan=Plan(quick),
+        seed=seed,
+        dev=dev,
+        out=out,
+        report={"device": dev, "quick": quick, "seed": seed, "n_images": len(arrays["files"])},
+        t_start=t_start,
     )
-
-    # 3. classifier
-    lab_idx = np.nonzero(arrays["label"] >= 0)[0]
-    y = arrays["label"][lab_idx]
-    crops_np, boxes = make_crops(arrays["image"][lab_idx], lungs_all[lab_idx])
-    crops = torch.from_numpy(crops_np).to(dev)
-    folds = class_folds(arrays, lab_idx, seed)
-    cls: dict[str, Any] = {
-        "n_images": int(len(lab_idx)),
-        "n_patients": int(len(set(arrays["patient"][lab_idx]))),
-    }
-    oof: dict[str, np.ndarray] = {}
-    emb_oof = np.zeros((len(lab_idx), Encoder().widths[-1]), np.float32)
-    cam_frac, cam_peak = np.zeros(len(lab_idx)), np.zeros(len(lab_idx), bool)
-    for variant, enc in (("pretrained", encoder), ("scratch", None)):
-        logits = np.zeros((len(lab_idx), len(CLASSES)), np.float32)
-        for k in range(N_FOLDS):
-            tr, te = np.nonzero(folds != k)[0], np.nonzero(folds == k)[0]
-            clf = train_classifier(crops[torch.from_numpy(tr).to(dev)], y[tr], enc, plan, seed + k, dev)
-            lg, emb = classify(clf, crops[torch.from_numpy(te).to(dev)])
-            logits[te] = lg
-            if variant == "pretrained":
-                emb_oof[te] = emb
-                cam_frac[te], cam_peak[te] = gradcam_in_lungs(
-                    clf, crops[torch.from_numpy(te).to(dev)], boxes[te], lungs_all[lab_idx][te], lg.argmax(1)
-                )
-        oof[variant] = logits
-        cls[f"{variant}_seconds"] = round(time.time() - t_start, 1)
-        dump()
-    # temperature, cross-fitted: each fold's T from the other folds' out-of-fold logits
-    lg = oof["pretrained"]
-    calibrated = np.zeros_like(lg)
-    temps = []
-    for k in range(N_FOLDS):
-        t = fit_temperature(lg[folds != k], y[folds != k])
-        temps.append(t)
-        calibrated[folds == k] = lg[folds == k] / t
-    cls["temperature"] = {"per_fold": [round(t, 4) for t in temps], "all": round(fit_temperature(lg, y), 4)}
-    cls["gradcam"] = {
-        "heat_in_lungs": {
-            "mean": round(float(cam_frac.mean()), 4),
-            "median": round(float(np.median(cam_frac)), 4),
-        },
-        "peak_in_lungs": round(float(cam_peak.mean()), 4),
-        "n": int(len(cam_frac)),
-    }
-    # source shortcut: logistic regression from the OOF embedding to the source
-    src = arrays["source"][lab_idx]
-    probe = cross_val_predict(
-        LogisticRegression(max_iter=2000, C=1.0),
-        (emb_oof - emb_oof.mean(0)) / (emb_oof.std(0) + 1e-6),
-        src,
-        cv=5,
-        method="predict_proba",
-    )
-    labels_sorted = np.unique(src)
-    cls["source_probe"] = {
-        "balanced_accuracy": round(float(balanced_accuracy_score(src, labels_sorted[probe.argmax(1)])), 4),
-        "macro_auc": round(float(roc_auc_score(src, probe, multi_class="ovr", average="macro")), 4),
-        "chance_balanced_accuracy": round(1.0 / len(labels_sorted), 4),
-    }
-    # leave one source out (pretrained)
-    loso: dict[str, Any] = {}
-    for s in SOURCES:
-        te = np.nonzero(src == s)[0]
-        tr = np.nonzero(src != s)[0]
-        if len(te) == 0 or len(np.unique(y[tr])) < 2:
-            continue
-        clf = train_classifier(crops[torch.from_numpy(tr).to(dev)], y[tr], encoder, plan, seed + 10, dev)
-        lgs, _e = classify(clf, crops[torch.from_numpy(te).to(dev)])
-        p = softmax(lgs)
-        entry: dict[str, Any] = {
-            "n": int(len(te)),
-            "classes_in_training": sorted({CLASSES[c] for c in y[tr]}),
-        }
-        for c, name in enumerate(CLASSES):
-            yy = (y[te] == c).astype(int)
-            if 0 < yy.sum() < len(yy) and c in set(y[tr].tolist()):
-                entry[f"auc_{name}"] = round(float(roc_auc_score(yy, p[:, c])), 4)
-        loso[s] = entry
-        dump()
-    cls["leave_one_source_out"] = loso
-    report["classification"] = cls
-    np.savez_compressed(
-        out / "classification-oof.npz",
-        files=arrays["files"][lab_idx],
-        source=src,
-        patient=arrays["patient"][lab_idx],
-        label=y,
-        fold=folds,
-        logits_pretrained=oof["pretrained"],
-        logits_scratch=oof["scratch"],
-        logits_calibrated=calibrated,
-        gradcam_heat_in_lungs=cam_frac,
-        gradcam_peak_in_lungs=cam_peak,
-    )
-    dump()
-    # the shipped classifier: every labelled image
-    final = train_classifier(crops, y, encoder, plan, seed, dev)
-    report["classification"]["sha256"] = _save(out, "crop-classifier.pt", final)
-    report["classification"]["final_temperature"] = cls["temperature"]["all"]
-    dump()
-    return report
+    encoder = stage_pretrain(run)
+    lungnet = stage_lungnet(run, encoder)
+    stage_severity(run, lungnet)
+    stage_classifier(run, encoder, lungnet["pretrained"]["lungs"])
+    return run.report
 
 
 def cli() -> None:

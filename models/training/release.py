@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from models.registry import REGISTRY_PATH, WEIGHTS_DIR, sha256_file
+from models.registry import REGISTRY_PATH, WEIGHTS_DIR, sha256_file, update_registry
 from models.result import CLASSES
 from models.training.evaluation import softmax
 
@@ -217,8 +217,7 @@ def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_P
         },
         "metrics": sev_metrics,
     }
-    registry.write_text(json.dumps(reg, indent=1) + "\n")
-    return reg
+    return update_registry(reg["models"], registry)
 
 
 if __name__ == "__main__":

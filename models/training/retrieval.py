@@ -91,7 +91,12 @@ def retrieval_metrics(
     }
 
 
-def pooled_features(cache: Path, device: str = "cpu") -> dict[str, np.ndarray]:
+def pooled_features(
+    cache: Path,
+    device: str = "cpu",
+    weights_dir: Path | None = None,
+    registry: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
     """The corpus (labels, sources, patients, hold-out flag) and the shipped LungNet's
     lung-pooled features of every image (CPU: a few minutes)."""
     import torch
@@ -101,7 +106,7 @@ def pooled_features(cache: Path, device: str = "cpu") -> dict[str, np.ndarray]:
     from models.training.fit import run_lungnet, segmentation_holdout
 
     arrays = load_cache(cache)
-    net = build_model("segmentation", device)
+    net = build_model("segmentation", device, weights_dir, registry)
     idx = np.arange(len(arrays["files"]))
     with torch.inference_mode():
         pooled = run_lungnet(net, torch.from_numpy(arrays["image"]), idx, device, batch=32)["pooled"]
@@ -129,44 +134,53 @@ def evaluate(features: dict[str, np.ndarray], projection: Projection, k: int = K
     }
 
 
+def release(cache: Path, weights: Path, registry: Path) -> dict[str, Any]:
+    """Fit the projection on the LungNet of ``registry`` (its training images only), evaluate
+    it on LungNet's held-out patients, write it to ``weights`` and register it."""
+    from models.registry import load_registry, sha256_file, update_registry
+
+    features = pooled_features(cache, weights_dir=weights, registry=load_registry(registry))
+    train = ~features["heldout"]
+    projection = fit_projection(features["pooled"][train])
+    path = weights / FILE
+    path.write_bytes(projection.to_bytes())
+    metrics = evaluate(features, projection)
+    update_registry(
+        {
+            "retrieval": {
+                "name": NAME,
+                "version": VERSION,
+                "file": FILE,
+                "sha256": sha256_file(path),
+                "arch": {"class": "Projection", "dim": DIM, "features": "lung-net pooled, right + left"},
+                "input_size": 256,
+                "labels": [],
+                "thresholds": {},
+                "training": {
+                    "command": "python -m models.training.retrieval --cache corpus256.npz "
+                    "(run by cxr-node train after the fit)",
+                    "images": int(train.sum()),
+                    "data": "LungNet's training images (never its held-out patients); no labels used",
+                },
+                "metrics": metrics,
+            }
+        },
+        registry,
+    )
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> None:
-    from models.registry import REGISTRY_PATH, WEIGHTS_DIR, sha256_file
+    from models.registry import REGISTRY_PATH, WEIGHTS_DIR
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--cache", type=Path, required=True, help="models.training.corpus cache (corpus256.npz)"
-    )
+    parser.add_argument("--cache", type=Path, required=True, help="the training corpus cache (corpus256.npz)")
     parser.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--registry", type=Path, default=REGISTRY_PATH)
     args = parser.parse_args(argv)
-
-    features = pooled_features(args.cache)
-    train = ~features["heldout"]
-    projection = fit_projection(features["pooled"][train])
-    path = args.weights / FILE
-    path.write_bytes(projection.to_bytes())
-    metrics = evaluate(features, projection)
-    registry = json.loads(args.registry.read_text())
-    registry["models"]["retrieval"] = {
-        "name": NAME,
-        "version": VERSION,
-        "file": FILE,
-        "sha256": sha256_file(path),
-        "arch": {"class": "Projection", "dim": DIM, "features": "lung-net pooled, right + left"},
-        "input_size": 256,
-        "labels": [],
-        "thresholds": {},
-        "training": {
-            "command": f"python -m models.training.retrieval --cache {args.cache.name}",
-            "images": int(train.sum()),
-            "data": "LungNet's training images (never its held-out patients); no labels used",
-        },
-        "metrics": metrics,
-    }
-    args.registry.write_text(json.dumps(registry, indent=1) + "\n")
-    print(json.dumps(metrics, indent=1))
+    print(json.dumps(release(args.cache, args.weights, args.registry), indent=1))
 
 
 if __name__ == "__main__":
