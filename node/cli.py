@@ -154,8 +154,7 @@ def send(
     except SendError as exc:
         _fail(str(exc), code=1)
     for result in results:
-        status = "no response" if result.status is None else f"0x{result.status:04X}"
-        typer.echo(f"{result.source}: {result.sop_instance_uid} {status}")
+        typer.echo(f"{result.source}: {result.sop_instance_uid} {result.describe()}")
         failed += int(not result.ok)
     if failed:
         raise typer.Exit(1)

@@ -162,7 +162,9 @@ def _deliver(destination: Destination, items: list[OutboxItem], settings: Settin
             outcomes.append(_finish(item, result.status, None, settings, elapsed))
         else:
             status = None if result is None else result.status
-            error = "no response" if status is None else f"status 0x{status:04X}"
+            error = "no response" if result is None else result.describe()
+            if status is not None:
+                error = f"status {error}"
             outcomes.append(_finish(item, status, error, settings, elapsed))
     return outcomes
 

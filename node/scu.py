@@ -26,12 +26,25 @@ MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-
 @dataclass(frozen=True)
 class SendResult:
     sop_instance_uid: str
-    status: int | None  # None: no response (association aborted or timed out)
+    status: int | None  # None: not sent or no response (see ``reason``)
     source: str = ""
+    reason: str = ""  # why there is no status, in words
 
     @property
     def ok(self) -> bool:
         return self.status is not None and (self.status == 0 or self.status in WARNING_STATUSES)
+
+    def describe(self) -> str:
+        """The status as a person reads it: ``0x0000``, or why there is none."""
+        return f"0x{self.status:04X}" if self.status is not None else (self.reason or "no response")
+
+
+def no_context_reason(ds: Dataset) -> str:
+    """PS3.8 9.3.3.2: the peer accepted no presentation context for this SOP class and syntax."""
+    return (
+        f"refused: no accepted presentation context for {ds.SOPClassUID.name} "
+        f"in {ds.file_meta.TransferSyntaxUID.name}"
+    )
 
 
 def _contexts(datasets: Iterable[Dataset]) -> list[tuple[str, list[str]]]:
@@ -81,10 +94,11 @@ def send_datasets(
                 status_ds = assoc.send_c_store(ds)
             except (ValueError, RuntimeError) as exc:  # no accepted context for the data set
                 LOGGER.warning("cannot send %s to %s: %s", sop_instance_uid, destination, exc)
-                results.append(SendResult(sop_instance_uid, None, source))
+                results.append(SendResult(sop_instance_uid, None, source, no_context_reason(ds)))
                 continue
             status = int(status_ds.Status) if "Status" in status_ds else None
-            results.append(SendResult(sop_instance_uid, status, source))
+            reason = "" if status is not None else "no response: association aborted or timed out"
+            results.append(SendResult(sop_instance_uid, status, source, reason))
             if not assoc.is_established:
                 break
     finally:
@@ -94,7 +108,9 @@ def send_datasets(
     sent = {r.sop_instance_uid for r in results}
     for index, ds in enumerate(datasets):
         if str(ds.SOPInstanceUID) not in sent:
-            results.append(SendResult(str(ds.SOPInstanceUID), None, sources[index] if sources else ""))
+            source = sources[index] if sources else ""
+            ended = "not sent: the association ended"
+            results.append(SendResult(str(ds.SOPInstanceUID), None, source, ended))
     return results
 
 

@@ -91,9 +91,12 @@ def train_all(
         out, ships = Path(tempfile.gettempdir()) / "cxr-node-train-quick", False
     registry = registry or (REGISTRY_PATH if ships else out / "registry.json")
     report = train(data, out, registry, quick=quick, seed=seed, limit=limit)
-    roles = ("segmentation", "classification", "severity", "retrieval")
-    typer.echo(json.dumps({k: report[k] for k in roles}))
-    typer.echo(f"weights in {out}, registry {registry}", err=True)
+    (out / "fit" / "train.json").write_text(json.dumps(report, indent=1))
+    from models.registry import load_registry
+
+    for role, e in load_registry(registry)["models"].items():
+        typer.echo(f"{role:15} {e['name']}@{e['version']}  {e['file']}  sha256 {e['sha256'][:16]}")
+    typer.echo(f"weights in {out}, registry {registry}, report {out / 'fit' / 'train.json'}")
 
 
 def _emit(obj: dict[str, Any], as_json: bool) -> None:

@@ -92,6 +92,37 @@ def test_send_reports_bad_files_and_bad_destinations(served, env, tmp_path: Path
     assert "Traceback" not in done.stderr + bad.stderr
 
 
+def test_send_names_a_refused_presentation_context(served, env, cr_chest: Path, tmp_path: Path) -> None:
+    """A data set the peer has no context for is reported as refused, with its SOP class and
+    transfer syntax in words, not as "no response"; the others on the association still go."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import CTImageStorage, JPEGLossless
+
+    port, _ = served
+    ct = dcmread(cr_chest)
+    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ct.file_meta.TransferSyntaxUID = JPEGLossless  # never decoded: the context is refused first
+    ct.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])
+    ct_path = tmp_path / "ct.dcm"
+    ct.save_as(ct_path, enforce_file_format=True)
+    done = subprocess.run(
+        [*CLI, "send", str(ct_path), str(cr_chest), "--to", f"CXRNODE@127.0.0.1:{port}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.strip().splitlines())
+    assert lines[str(ct_path)].endswith(
+        "refused: no accepted presentation context for CT Image Storage "
+        "in JPEG Lossless, Non-Hierarchical (Process 14)"
+    ), done.stdout
+    assert lines[str(cr_chest)].endswith("0x0000")
+    assert "no response" not in done.stdout
+
+
 def test_audit_tail_follow(served, env) -> None:
     port, _ = served
     follower = subprocess.Popen(

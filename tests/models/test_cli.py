@@ -50,12 +50,39 @@ def test_eval_json(task: str, keys: set[str]) -> None:
     assert obj["task"] == task and keys <= set(obj)
 
 
-def test_train_help_lists_commands() -> None:
+def test_train_is_one_command() -> None:
     from models.training.cli import train_app
 
     out = CliRunner().invoke(train_app, ["--help"]).output
-    for cmd in ("segmentation", "classification", "severity"):
-        assert cmd in out
+    for option in ("--quick", "--out", "--registry", "--limit"):
+        assert option in out
+    assert "Commands" not in out  # no per-model sub-commands: one run trains every model
+
+
+@pytest.mark.slow
+def test_quick_train_into_a_temporary_registry_then_analyse(tmp_path, shared_data, cr_chest) -> None:  # type: ignore[no-untyped-def]
+    """`cxr-node train --quick` reproduces every role the node runs (retrieval included) into a
+    registry of its own, and the node analyses an image with exactly those weights."""
+    from models.inference import Analyzer
+    from models.preprocessing import load_image
+    from models.registry import INFERENCE_ROLES, ROLES, load_registry, sha256_file
+    from models.training.cli import train_app
+
+    shipped = load_registry()
+    out = tmp_path / "trained"
+    result = CliRunner().invoke(
+        train_app, ["--quick", "--limit", "120", "--data", str(shared_data), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    registry = load_registry(out / "registry.json")
+    assert set(registry["models"]) == set(ROLES)
+    for role, e in registry["models"].items():
+        assert sha256_file(out / e["file"]) == e["sha256"], role
+        assert e["sha256"] != shipped["models"][role]["sha256"], f"{role}: the shipped file, not a new one"
+    analyzer = Analyzer(device="cpu", weights_dir=out, registry_path=out / "registry.json")
+    res = analyzer.analyze(load_image(cr_chest))
+    assert set(res.models) >= set(INFERENCE_ROLES)
+    assert load_registry() == shipped  # the shipped registry is untouched
 
 
 def test_classification_recompute_matches_stored() -> None:
