@@ -60,6 +60,7 @@ def test_train_is_one_command() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # about 3 minutes on an idle 2-core machine
 def test_quick_train_into_a_temporary_registry_then_analyse(tmp_path, shared_data, cr_chest) -> None:  # type: ignore[no-untyped-def]
     """`cxr-node train --quick` reproduces every role the node runs (retrieval included) into a
     registry of its own, and the node analyses an image with exactly those weights."""
