@@ -17,8 +17,8 @@ from node.dicom.sc import (
     footer_lines,
     has_window,
     legend_lines,
-    outline_width,
     lung_window,
+    outline_width,
     render,
 )
 from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result, roundtrip
