@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from models.registry import ROLES, model_id
-from models.result import CLASSES, AnalysisResult
+from models.result import CLASSES, AnalysisResult, PriorCase
 from node.dicom.exceptions import ResultMismatchError, SourceDatasetError
 from node.dicom.sr import (
     LABEL_BOX,
@@ -21,6 +22,7 @@ from node.dicom.sr import (
     TRACKING_RIGHT,
     TRACKING_RIGHT_OUTLINE,
     build_sr,
+    earlier_image_region,
     label_point,
 )
 from node.dicom.uids import derive_device_uid
@@ -295,3 +297,13 @@ def test_no_image_library_without_spacing(dx_source: Dataset) -> None:
     del source.PixelSpacing, source.ImagerPixelSpacing
     sr = build_sr(source, make_result(source, spacing=False), ALGORITHM_NAME, ALGORITHM_VERSION)
     assert _library_images(roundtrip(sr)) == []
+
+
+def test_earlier_image_region_without_a_known_size() -> None:
+    """Archive rows from before Rows/Columns were kept: a point inside any image, on that image."""
+    case = PriorCase("1.2.3", "1.2.840.10008.5.1.4.1.1.1", "1.2", "1.2.1", None, "normal", 1.0, 0.5)
+    region = earlier_image_region(case)
+    assert region.GraphicType == "POINT" and [float(v) for v in region.GraphicData] == [0.5, 0.5]
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "1.2.3"
+    sized = earlier_image_region(replace(case, rows=20, columns=10))
+    assert sized.GraphicType == "POLYLINE" and [float(v) for v in sized.GraphicData][4:6] == [10, 20]
