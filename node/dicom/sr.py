@@ -165,20 +165,23 @@ def label_point(mask: np.ndarray) -> np.ndarray | None:
     if not mask.any():
         return None
     rows, columns = mask.shape
-    step = max(1, min(rows, columns) // 128)
-    dx, dy = int(round(LABEL_BOX[0] * columns)), int(round(LABEL_BOX[1] * rows))
-    w, h = max(1, int(round(LABEL_BOX[2] * columns))), max(1, int(round(LABEL_BOX[3] * rows)))
-    covered = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    ys, xs = np.nonzero(mask[::step, ::step])
-    ys, xs = ys * step, xs * step
-    y0, x0 = np.clip(ys + dy, 0, rows), np.clip(xs + dx, 0, columns)
-    y1, x1 = np.clip(ys + dy + h, 0, rows), np.clip(xs + dx + w, 0, columns)
+    step = max(1, min(rows, columns) // 128)  # on a grid of about 128 pixels a side: fast enough
+    if not mask[::step, ::step].any():
+        step = 1  # a lung so small that the grid misses it
+    grid = mask[::step, ::step]
+    g_rows, g_columns = grid.shape
+    dx, dy = round(LABEL_BOX[0] * columns / step), round(LABEL_BOX[1] * rows / step)
+    w, h = max(1, round(LABEL_BOX[2] * columns / step)), max(1, round(LABEL_BOX[3] * rows / step))
+    covered = np.pad(grid.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    ys, xs = np.nonzero(grid)
+    y0, x0 = np.clip(ys + dy, 0, g_rows), np.clip(xs + dx, 0, g_columns)
+    y1, x1 = np.clip(ys + dy + h, 0, g_rows), np.clip(xs + dx + w, 0, g_columns)
     inside = covered[y1, x1] - covered[y0, x1] - covered[y1, x0] + covered[y0, x0]
-    centre_y, centre_x = (float(v.mean()) for v in np.nonzero(mask))
-    box_y, box_x = ys + dy + h / 2, xs + dx + w / 2
-    distance = np.hypot((box_y - centre_y) / rows, (box_x - centre_x) / columns)
+    centre_y, centre_x = (float(v.mean()) for v in np.nonzero(grid))
+    distance = np.hypot((ys + dy + h / 2 - centre_y) / g_rows, (xs + dx + w / 2 - centre_x) / g_columns)
     # The best covered boxes (all of the text inside the lung where it fits), then the most central.
     best = int(np.argmin(np.where(inside == inside.max(), distance, np.inf)))
+    ys, xs = ys * step, xs * step
     return np.array([[xs[best] + 0.5, ys[best] + 0.5]], dtype=np.float32)
 
 

@@ -307,3 +307,9 @@ def test_earlier_image_region_without_a_known_size() -> None:
     assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "1.2.3"
     sized = earlier_image_region(replace(case, rows=20, columns=10))
     assert sized.GraphicType == "POLYLINE" and [float(v) for v in sized.GraphicData][4:6] == [10, 20]
+
+
+def test_label_point_of_a_lung_between_grid_points() -> None:
+    mask = np.zeros((1024, 1024), dtype=bool)
+    mask[3, 5] = True  # off the 8-pixel grid
+    assert [float(v) for v in label_point(mask)[0]] == [5.5, 3.5]

@@ -1,7 +1,10 @@
 """A radiologist's view: OHIF in headless Chromium opens a study that went through the node.
 
 The study is a real pydicom-data CR chest analysed by ``cxr-node analyze
---out`` (SR, SC, SEG), stored in a real Orthanc with its DICOMweb plugin.
+--out`` (SR, SC, SEG) with the node's archive behind it (an earlier study of
+the patient, another patient's image), stored in a real Orthanc with its
+DICOMweb plugin. What OHIF drew is read from the page (its SVG annotation
+layer), not only photographed.
 OHIF (npm's prebuilt ``@ohif/app``) is served on loopback; Debian's
 ``chromium`` is driven by Playwright (no browser is downloaded). Screenshots
 go to ``$CXR_NODE_ARTIFACTS/viewer`` (default ``tests/.artifacts/viewer``).
@@ -59,15 +62,16 @@ def artifacts_dir() -> Path:
     return path
 
 
-def _archive(home: Path, earlier: list[Path]) -> None:
-    """The node's archive under ``home`` (SQLite), holding ``earlier`` as the worker would."""
+def _archive(home: Path, earlier: list[Path]) -> str:
+    """The node's archive in SQLite under ``home``, holding ``earlier`` as the worker would; its URL."""
     from node import archive
     from node import settings as node_settings
     from node.audit.db import dispose_engines, session_scope, upgrade
     from workers.pipeline import analyze_image
 
+    url = f"sqlite:///{home / 'audit.sqlite'}"
     node_settings.reset()
-    settings = node_settings.configure(home=home)
+    settings = node_settings.configure(home=home, database_url=url)
     try:
         upgrade()
         for path in earlier:
@@ -79,6 +83,7 @@ def _archive(home: Path, earlier: list[Path]) -> None:
     finally:
         node_settings.reset()
         dispose_engines()
+    return url
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +97,11 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     previous.StudyDate = previous.ContentDate = "20040816"  # ten days before the sample's
     other.PatientID, other.PatientName = "OTHER-1", "Other^Patient"
     home = tmp / "home"
-    _archive(home, [write(previous, tmp / "previous.dcm"), write(other, tmp / "other.dcm")])
+    url = _archive(home, [write(previous, tmp / "previous.dcm"), write(other, tmp / "other.dcm")])
     source = write(ds, tmp / "cr.dcm")
     done = subprocess.run(
         [*CLI, "analyze", str(source), "--json", "--out", str(tmp / "out")],
-        env={**os.environ, "CXR_NODE_HOME": str(home)},
+        env={**os.environ, "CXR_NODE_HOME": str(home), "CXR_NODE_DATABASE_URL": url},
         capture_output=True,
         text=True,
         timeout=300,
