@@ -54,6 +54,8 @@ class PriorCase:
     predicted_class: str
     geographic_extent: float
     opacity: float
+    rows: int | None = None  # of the image; None in archives from before it was kept
+    columns: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -90,6 +90,8 @@ def _prior(row: ArchivedAnalysis) -> PriorCase:
         predicted_class=row.predicted_class,
         geographic_extent=row.geographic_extent,
         opacity=row.opacity,
+        rows=row.rows,
+        columns=row.columns,
     )
 
 
@@ -272,6 +274,8 @@ def record(session: Session, ds: Dataset, result: AnalysisResult, settings: Sett
         "covid19_probability": float(result.classification["covid19"]),
         "geographic_extent": float(result.severity.geographic_extent),
         "opacity": float(result.severity.opacity),
+        "rows": int(ds.Rows) if ds.get("Rows") else None,
+        "columns": int(ds.Columns) if ds.get("Columns") else None,
         "urgent": bool(result.context and result.context.triage and result.context.triage.urgent),
         "embedding_model": result.models.get("retrieval", ""),
         "embedding": np.asarray(result.embedding, "<f4").tobytes(),

@@ -153,6 +153,8 @@ class ArchivedAnalysis(Base):
     covid19_probability: Mapped[float] = mapped_column(Float)
     geographic_extent: Mapped[float] = mapped_column(Float)
     opacity: Mapped[float] = mapped_column(Float)
+    rows: Mapped[int | None] = mapped_column(Integer)  # of the image, for an SR's region on it
+    columns: Mapped[int | None] = mapped_column(Integer)
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     embedding_model: Mapped[str] = mapped_column(String(64), index=True)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian

@@ -49,11 +49,20 @@ CLASS_LABELS: dict[str, str] = {
     "covid19": "COVID-19",
 }
 
-# Cohen et al. 2020 severity scores (no standard code exists).
-GEOGRAPHIC_EXTENT = _private("GEOEXTENT", "Geographic extent score")
-OPACITY = _private("OPACITY", "Opacity score")
+# Cohen et al. 2020 severity scores (no standard code exists): their geographic extent and
+# opacity scores. Short meanings: OHIF writes "<meaning>: <value> {score}" in the lung.
+GEOGRAPHIC_EXTENT = _private("GEOEXTENT", "Extent")
+OPACITY = _private("OPACITY", "Opacity")
 
 PROBABILITY = CodedConcept.from_code(codes.DCM.Probability)  # 122157
+# One concept per class for its probability, so that a viewer that shows a NUM by its
+# concept name alone (OHIF 3.13: "<meaning>: <value> <unit code>") says which class it is.
+CLASS_PROBABILITY: dict[str, CodedConcept] = {
+    "normal": _private("PNORMAL", "Normal probability"),
+    "other_disease": _private("POTHERDISEASE", "Other disease probability"),
+    "pneumonia": _private("PPNEUMONIA", "Pneumonia probability"),
+    "covid19": _private("PCOVID19", "COVID-19 probability"),
+}
 CLASSIFICATION = CodedConcept.from_code(codes.SCT.Classification)  # 278201002
 AREA = CodedConcept.from_code(codes.SCT.Area)  # 42798000
 LUNG = CodedConcept.from_code(codes.SCT.Lung)  # 39607008
@@ -66,6 +75,7 @@ CHEST_XRAY = CodedConcept(value="399208008", scheme_designator="SCT", meaning="P
 
 # UCUM units (PS3.16 CID 7181 and UCUM).
 UNIT_ONE = CodedConcept.from_code(codes.UCUM.NoUnits)  # "1"
+UNIT_PERCENT = CodedConcept(value="%", scheme_designator="UCUM", meaning="percent")
 UNIT_SCORE = CodedConcept(value="{score}", scheme_designator="UCUM", meaning="score")
 UNIT_CM2 = CodedConcept(value="cm2", scheme_designator="UCUM", meaning="square centimeter")
 

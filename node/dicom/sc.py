@@ -89,6 +89,36 @@ def _colormap_index(values: np.ndarray) -> np.ndarray:
     return scaled.astype(np.intp)
 
 
+# A source without a window of its own (PS3.3 C.11.2) gets one from its lungs: from the
+# darkest lung grey to the brightest grey of the chest around them (the lungs' bounding
+# box: mediastinum, heart, diaphragm), in percentiles that ignore a few outliers.
+LUNG_WINDOW_PERCENTILES = (0.5, 99.5)
+
+
+def has_window(source: Dataset) -> bool:
+    """Whether the source brings its own VOI: a VOI LUT Sequence or Window Center and Width."""
+    return "VOILUTSequence" in source or ("WindowCenter" in source and "WindowWidth" in source)
+
+
+def lung_window(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """``image`` (uint8 grey) windowed from its lungs: low to high percentile (see
+    ``LUNG_WINDOW_PERCENTILES``) stretched to 0-255; unchanged without lungs or contrast."""
+    image = np.asarray(image, dtype=np.uint8)
+    step = max(1, min(image.shape) // 256)  # percentiles of a grid sample: as good, far faster
+    grey = image[::step, ::step]
+    lungs = np.logical_or.reduce([np.asarray(m, dtype=bool)[::step, ::step] for m in masks])
+    if lungs.sum() < 64:
+        return image
+    rows, columns = np.nonzero(lungs.any(axis=1))[0], np.nonzero(lungs.any(axis=0))[0]
+    chest = grey[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
+    low = float(np.percentile(grey[lungs], LUNG_WINDOW_PERCENTILES[0]))
+    high = float(np.percentile(chest, LUNG_WINDOW_PERCENTILES[1]))
+    if high - low < 16:
+        return image
+    lut = np.clip(np.rint((np.arange(256) - low) * 255.0 / (high - low)), 0, 255).astype(np.uint8)
+    return lut[image]
+
+
 def blend_heatmap(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     """uint8 RGB of a grey image with the heatmap blended in colour.
 
@@ -303,13 +333,20 @@ def draw_legend(
 
 
 def render(
-    result: AnalysisResult, algorithm_name: str, algorithm_version: str, today: date | None = None
+    result: AnalysisResult,
+    algorithm_name: str,
+    algorithm_version: str,
+    today: date | None = None,
+    window_from_lungs: bool = False,
 ) -> np.ndarray:
     """uint8 RGB (rows, columns, 3): heatmap blend, lung outlines, header and footer, and the
-    patient's course (:mod:`node.dicom.trend`) when there are earlier studies and ``today``."""
+    patient's course (:mod:`node.dicom.trend`) when there are earlier studies and ``today``;
+    with ``window_from_lungs``, the grey windowed from the lungs (:func:`lung_window`)."""
     image = np.asarray(result.image)
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ResultMismatchError(f"result.image must be 2-D uint8, got {image.dtype} {image.shape}")
+    if window_from_lungs:
+        image = lung_window(image, [np.asarray(result.right_lung), np.asarray(result.left_lung)])
     rgb = blend_heatmap(image, np.asarray(result.heatmap))
     rgb = draw_outlines(rgb, [np.asarray(result.right_lung), np.asarray(result.left_lung)])
     footer = footer_lines(result, algorithm_name, algorithm_version)
@@ -347,7 +384,14 @@ def build_sc(
     check_source(source, result)
     check_result(result)
     header = evidence_header(source)
-    pixels = render(result, algorithm_name, algorithm_version, today=study_date(source)[0])
+    # The source's own window (applied when its pixels were read) where it has one.
+    pixels = render(
+        result,
+        algorithm_name,
+        algorithm_version,
+        today=study_date(source)[0],
+        window_from_lungs=not has_window(source),
+    )
     laterality = str(source.get("Laterality") or "")
     sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)
     sc = SCImage.from_ref_dataset(

@@ -1,22 +1,37 @@
 """Comprehensive SR with a TID 1500 Measurement Report of one analysis.
 
-Content tree (PS3.16 TID 1500), one TID 1410 planar ROI measurement group
-each for:
+Content tree (PS3.16 TID 1500), all TID 1410 planar ROI groups, in this order:
 
-- the predicted class (qualitative evaluation ``Classification`` = class concept);
-- each of the four classes (finding type = class concept, ``Probability``
-  in UCUM ``1``);
-- severity of both lungs (geographic extent 0-8, opacity 0-6, lung area);
-- the right and the left lung (extent 0-4, opacity 0-3, lung area), told
-  apart by their finding site, whose region is the lung outline.
+- each lung's scores (extent 0-4, opacity 0-3, lung area) with the lung as
+  the finding site of every measurement, its region a POINT inside that lung;
+- each lung's outline (a closed POLYLINE);
+- the whole image: the predicted class and the triage decision (qualitative
+  evaluations), each class's probability (UCUM ``%``) and the severity of
+  both lungs (extent 0-8, opacity 0-6, area);
+- what the node's archive adds (:func:`context_groups`): the change since the
+  previous and the first study, and similar earlier cases, each with the
+  earlier image as its region.
 
-Image-level groups have the whole image as their region, so that every group
-is on the image: OHIF draws them there with their values (see ``_group``).
-Every group carries a tracking identifier and UID, the algorithm
-identification (TID 4019) and, under its region, the source image. The
-Image Library (TID 1601) lists the source where its spacing is known. The
-observer is a device (TID 1004) naming the algorithm. ``VerificationFlag``
-is UNVERIFIED.
+The layout follows what OHIF (3.13, ``@ohif/extension-cornerstone-dicom-sr``)
+does with a TID 1500 report, since that is where a radiologist reads it:
+
+- it draws every group with a SCOORD on the image that SCOORD references and
+  writes its numbers beside it, one line per NUM, ``"<concept meaning>: <value
+  to 2 decimals> <unit code value>"`` (at most 5 lines), and a group-level
+  finding site as ``"363698007: <site>"``; qualitative evaluations are not shown;
+- it puts that text to the right of the region's right-most point at the
+  region's mid-height, so all whole-image groups would share one place (hence
+  one whole-image group), a lung outline's text would sit outside the lung
+  (hence the POINT, see :func:`label_point`), and finding sites go with the
+  measurements (TID 300) rather than the group;
+- a group without any SCOORD breaks the whole report there (its loader reads
+  the first SCOORD of every group), so the earlier images' groups keep a
+  region, on those images, which OHIF does not draw on this one.
+
+Every group carries a tracking identifier and UID and the algorithm
+identification (TID 4019). The Image Library (TID 1601) lists the source
+where its spacing is known. The observer is a device (TID 1004) naming the
+algorithm. ``VerificationFlag`` is UNVERIFIED.
 """
 
 from __future__ import annotations
@@ -65,14 +80,22 @@ SERIES_DESCRIPTION = "CXR Node AI measurement report"
 
 # Tracking identifiers of the measurement groups (TID 1501 row 2); stable
 # across versions so viewers and tests can find a group by name.
-TRACKING_CLASSIFICATION = "classification"
-TRACKING_SEVERITY = "severity both lungs"
+TRACKING_IMAGE = "whole image"
 TRACKING_RIGHT = "severity right lung"
 TRACKING_LEFT = "severity left lung"
-TRACKING_TRIAGE = "triage"
+TRACKING_RIGHT_OUTLINE = "right lung outline"
+TRACKING_LEFT_OUTLINE = "left lung outline"
 
 # Douglas-Peucker tolerance of the lung outlines, in pixels.
 OUTLINE_TOLERANCE_PX = 1.0
+
+# Where OHIF 3.13 writes the numbers of a POINT region (DICOMSRDisplayTool.renderPoint,
+# getTextBoxCoordsCanvas, drawLinkedTextBox): an arrow to the point from (x + columns/10,
+# y + rows/10), the text from about (x + 0.125 columns, y + 0.08 rows) on. The box that
+# holds a lung's three lines (about 150 x 55 screen pixels on a chest image fit to a
+# 1000 px high viewport, measured in tests/viewer): (dx, dy, width,
+# height) from the point, in fractions of (columns, rows).
+LABEL_BOX = (0.125, 0.07, 0.17, 0.065)
 
 
 def tracking_change(since: str) -> str:
@@ -85,32 +108,81 @@ def tracking_similar(rank: int) -> str:
     return f"similar case {rank}"
 
 
-def tracking_class(name: str) -> str:
-    """Tracking identifier of the group holding the probability of one class."""
-    return f"probability {name}"
+def _num(
+    name: CodedConcept, value: float, unit: CodedConcept, sites: list[FindingSite] | None = None
+) -> Measurement:
+    return Measurement(name=name, value=float(value), unit=unit, finding_sites=sites)
 
 
-def _num(name: CodedConcept, value: float, unit: CodedConcept) -> Measurement:
-    return Measurement(name=name, value=float(value), unit=unit)
-
-
-def _polyline(source: Dataset, xy: np.ndarray) -> ImageRegion:
-    """A closed POLYLINE region on the source image."""
+def _region(
+    sop_class_uid: str, sop_instance_uid: str, xy: np.ndarray, graphic_type: GraphicTypeValues
+) -> ImageRegion:
     return ImageRegion(
-        graphic_type=GraphicTypeValues.POLYLINE,
+        graphic_type=graphic_type,
         graphic_data=xy,
         source_image=SourceImageForRegion(
-            referenced_sop_class_uid=source.SOPClassUID,
-            referenced_sop_instance_uid=source.SOPInstanceUID,
+            referenced_sop_class_uid=sop_class_uid,
+            referenced_sop_instance_uid=sop_instance_uid,
         ),
     )
 
 
+def _polyline(source: Dataset, xy: np.ndarray) -> ImageRegion:
+    """A closed POLYLINE region on the source image."""
+    return _region(source.SOPClassUID, source.SOPInstanceUID, xy, GraphicTypeValues.POLYLINE)
+
+
+def _whole(rows: float, columns: float) -> np.ndarray:
+    return np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], dtype=np.float32)
+
+
 def image_region(source: Dataset) -> ImageRegion:
-    """The whole image as a closed POLYLINE: the region of an image-level group."""
-    rows, columns = float(source.Rows), float(source.Columns)
-    xy = np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], dtype=np.float32)
-    return _polyline(source, xy)
+    """The whole image as a closed POLYLINE: the region of the image-level group."""
+    return _polyline(source, _whole(float(source.Rows), float(source.Columns)))
+
+
+def earlier_image_region(case: PriorCase) -> ImageRegion:
+    """The region of a group about an earlier image: that image as a whole.
+
+    Archives from before the image size was kept know no size: the region is
+    then the centre of the image's first pixel, which is inside any image.
+    """
+    if case.rows and case.columns:
+        xy, kind = _whole(float(case.rows), float(case.columns)), GraphicTypeValues.POLYLINE
+    else:
+        xy, kind = np.array([[0.5, 0.5]], dtype=np.float32), GraphicTypeValues.POINT
+    return _region(case.sop_class_uid, case.sop_instance_uid, xy, kind)
+
+
+def label_point(mask: np.ndarray) -> np.ndarray | None:
+    """A POINT inside a lung such that OHIF's text for it lies inside that lung too.
+
+    Among the mask's pixels (on a grid), of those whose text box (``LABEL_BOX``)
+    the mask covers most, the one whose box is nearest the lung's centre.
+    (column, row) of the pixel centre; None for an empty mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return None
+    rows, columns = mask.shape
+    step = max(1, min(rows, columns) // 128)  # on a grid of about 128 pixels a side: fast enough
+    if not mask[::step, ::step].any():
+        step = 1  # a lung so small that the grid misses it
+    grid = mask[::step, ::step]
+    g_rows, g_columns = grid.shape
+    dx, dy = round(LABEL_BOX[0] * columns / step), round(LABEL_BOX[1] * rows / step)
+    w, h = max(1, round(LABEL_BOX[2] * columns / step)), max(1, round(LABEL_BOX[3] * rows / step))
+    covered = np.pad(grid.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    ys, xs = np.nonzero(grid)
+    y0, x0 = np.clip(ys + dy, 0, g_rows), np.clip(xs + dx, 0, g_columns)
+    y1, x1 = np.clip(ys + dy + h, 0, g_rows), np.clip(xs + dx + w, 0, g_columns)
+    inside = covered[y1, x1] - covered[y0, x1] - covered[y1, x0] + covered[y0, x0]
+    centre_y, centre_x = (float(v.mean()) for v in np.nonzero(grid))
+    distance = np.hypot((ys + dy + h / 2 - centre_y) / g_rows, (xs + dx + w / 2 - centre_x) / g_columns)
+    # The best covered boxes (all of the text inside the lung where it fits), then the most central.
+    best = int(np.argmin(np.where(inside == inside.max(), distance, np.inf)))
+    ys, xs = ys * step, xs * step
+    return np.array([[xs[best] + 0.5, ys[best] + 0.5]], dtype=np.float32)
 
 
 def _group(
@@ -118,19 +190,14 @@ def _group(
     algorithm_version: str,
     identifier: str,
     algorithm_id: AlgorithmIdentification,
-    region: ImageRegion | None = None,
+    region: ImageRegion,
     **kwargs: object,
 ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    """A TID 1410 group; image-level results have the whole image as their region.
-
-    Every group has a region: OHIF (3.13) places an SR's measurements on the
-    image through their regions and stops at the first group without one,
-    so a single TID 1501 group would hide every measurement of the report.
-    """
+    """A TID 1410 group: every group has a region (see the module docstring)."""
     tracking_uid = derive_uid(source.SOPInstanceUID, f"{KIND}:{identifier}", algorithm_version)
     return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=identifier),
-        referenced_region=region or image_region(source),
+        referenced_region=region,
         algorithm_id=algorithm_id,
         **kwargs,  # type: ignore[arg-type]
     )
@@ -142,76 +209,105 @@ def build_measurement_groups(
     algorithm_id: AlgorithmIdentification,
     algorithm_version: str,
 ) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """TID 1410 measurement groups of one result, in report order."""
-    groups = [
-        _group(
-            source,
-            algorithm_version,
-            TRACKING_CLASSIFICATION,
-            algorithm_id,
-            qualitative_evaluations=[
-                QualitativeEvaluation(
-                    name=cxr_codes.CLASSIFICATION,
-                    value=cxr_codes.CLASS_CONCEPTS[result.predicted_class],
-                )
-            ],
-        )
-    ]
-    for name in CLASSES:
-        groups.append(
-            _group(
-                source,
-                algorithm_version,
-                tracking_class(name),
-                algorithm_id,
-                finding_type=cxr_codes.CLASS_CONCEPTS[name],
-                measurements=[_num(cxr_codes.PROBABILITY, result.classification[name], cxr_codes.UNIT_ONE)],
-            )
-        )
-
+    """TID 1410 groups of one result, in report order (the lungs first: OHIF opens on the first)."""
     severity = result.severity
     right_area = result.lung_area_cm2(result.right_lung)
     left_area = result.lung_area_cm2(result.left_lung)
-    both = [
-        _num(cxr_codes.GEOGRAPHIC_EXTENT, severity.geographic_extent, cxr_codes.UNIT_SCORE),
-        _num(cxr_codes.OPACITY, severity.opacity, cxr_codes.UNIT_SCORE),
-    ]
-    if right_area is not None and left_area is not None:
-        both.append(_num(cxr_codes.AREA, right_area + left_area, cxr_codes.UNIT_CM2))
-    groups.append(
-        _group(
-            source,
-            algorithm_version,
-            TRACKING_SEVERITY,
-            algorithm_id,
-            finding_type=cxr_codes.ABNORMAL_OPACITY,
-            finding_sites=[FindingSite(cxr_codes.LUNG)],
-            measurements=both,
-        )
+    lungs = (
+        (
+            TRACKING_RIGHT,
+            TRACKING_RIGHT_OUTLINE,
+            severity.right,
+            cxr_codes.RIGHT,
+            right_area,
+            result.right_lung,
+        ),
+        (TRACKING_LEFT, TRACKING_LEFT_OUTLINE, severity.left, cxr_codes.LEFT, left_area, result.left_lung),
     )
-    for identifier, lung, laterality, area, mask in (
-        (TRACKING_RIGHT, severity.right, cxr_codes.RIGHT, right_area, result.right_lung),
-        (TRACKING_LEFT, severity.left, cxr_codes.LEFT, left_area, result.left_lung),
-    ):
+    groups = []
+    for identifier, _, lung, laterality, area, mask in lungs:
+        sites = [FindingSite(cxr_codes.LUNG, laterality=laterality)]
         measurements = [
-            _num(cxr_codes.GEOGRAPHIC_EXTENT, lung.extent, cxr_codes.UNIT_SCORE),
-            _num(cxr_codes.OPACITY, lung.opacity, cxr_codes.UNIT_SCORE),
+            _num(cxr_codes.GEOGRAPHIC_EXTENT, lung.extent, cxr_codes.UNIT_SCORE, sites),
+            _num(cxr_codes.OPACITY, lung.opacity, cxr_codes.UNIT_SCORE, sites),
         ]
         if area is not None:
-            measurements.append(_num(cxr_codes.AREA, area, cxr_codes.UNIT_CM2))
+            measurements.append(_num(cxr_codes.AREA, area, cxr_codes.UNIT_CM2, sites))
+        point = label_point(mask)
+        region = (
+            image_region(source)  # no lung found: the image
+            if point is None
+            else _region(source.SOPClassUID, source.SOPInstanceUID, point, GraphicTypeValues.POINT)
+        )
         groups.append(
             _group(
                 source,
                 algorithm_version,
                 identifier,
                 algorithm_id,
-                region=lung_region(source, mask),  # the lung outline; the image if no mask
+                region,
                 finding_type=cxr_codes.ABNORMAL_OPACITY,
-                finding_sites=[FindingSite(cxr_codes.LUNG, laterality=laterality)],
                 measurements=measurements,
             )
         )
+    for _, identifier, _, _, _, mask in lungs:
+        outline = lung_region(source, mask)
+        if outline is not None:
+            groups.append(_group(source, algorithm_version, identifier, algorithm_id, outline))
+    groups.append(image_group(source, result, algorithm_id, algorithm_version))
     return groups
+
+
+def image_group(
+    source: Dataset,
+    result: AnalysisResult,
+    algorithm_id: AlgorithmIdentification,
+    algorithm_version: str,
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The whole image's group: class, triage, probabilities, severity of both lungs.
+
+    One group, so that OHIF writes one block of text at the image's edge; the
+    most probable class and the severity first, as OHIF shows five lines.
+    """
+    evaluations = [
+        QualitativeEvaluation(
+            name=cxr_codes.CLASSIFICATION, value=cxr_codes.CLASS_CONCEPTS[result.predicted_class]
+        )
+    ]
+    context = result.context
+    if context is not None and context.triage is not None:
+        urgent = context.triage.urgent
+        evaluations.append(
+            QualitativeEvaluation(
+                name=cxr_codes.TRIAGE, value=cxr_codes.URGENT if urgent else cxr_codes.ROUTINE
+            )
+        )
+    ranked = sorted(CLASSES, key=lambda name: -result.classification[name])
+    probabilities = [
+        _num(cxr_codes.CLASS_PROBABILITY[name], 100.0 * result.classification[name], cxr_codes.UNIT_PERCENT)
+        for name in ranked
+    ]
+    severity = result.severity
+    both = [FindingSite(cxr_codes.LUNG)]
+    measurements = [
+        probabilities[0],
+        _num(cxr_codes.GEOGRAPHIC_EXTENT, severity.geographic_extent, cxr_codes.UNIT_SCORE, both),
+        _num(cxr_codes.OPACITY, severity.opacity, cxr_codes.UNIT_SCORE, both),
+        *probabilities[1:],
+    ]
+    right_area = result.lung_area_cm2(result.right_lung)
+    left_area = result.lung_area_cm2(result.left_lung)
+    if right_area is not None and left_area is not None:
+        measurements.append(_num(cxr_codes.AREA, right_area + left_area, cxr_codes.UNIT_CM2, both))
+    return _group(
+        source,
+        algorithm_version,
+        TRACKING_IMAGE,
+        algorithm_id,
+        image_region(source),
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
 
 
 def _study_label(case: PriorCase) -> str:
@@ -226,43 +322,37 @@ def context_groups(
 ) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
     """TID 1410 groups of what the node's archive adds (:mod:`node.archive`), after the image's own.
 
-    - ``triage``: qualitative evaluation Triage priority = Urgent / Routine (SCT);
     - ``change since previous study`` / ``... first study``: change in extent and
       opacity and the interval in days, each measurement's source the earlier
       image, the group's time point that study's date (TID 1502);
     - ``similar case N``: the earlier image's cosine distance in the retrieval
       embedding, its extent and opacity (source: that image), its class, its date.
 
-    Every group keeps this image as its region (see :func:`_group`); the
-    earlier images are referenced by their measurements and listed as evidence.
+    Each group's region is the earlier image (:func:`earlier_image_region`):
+    OHIF shows them with that image, not on this one. The triage decision is
+    in the whole-image group (:func:`image_group`).
     """
     context = result.context
     if context is None:
         return []
     groups = []
-    if context.triage is not None:
-        groups.append(
-            _group(
-                source,
-                algorithm_version,
-                TRACKING_TRIAGE,
-                algorithm_id,
-                qualitative_evaluations=[
-                    QualitativeEvaluation(
-                        name=cxr_codes.TRIAGE,
-                        value=cxr_codes.URGENT if context.triage.urgent else cxr_codes.ROUTINE,
-                    )
-                ],
-            )
-        )
+    both = [FindingSite(cxr_codes.LUNG)]
     for change in context.changes:
         ref = [SourceImageForMeasurement(change.case.sop_class_uid, change.case.sop_instance_uid)]
         measurements = [
             Measurement(
-                cxr_codes.EXTENT_CHANGE, change.geographic_extent, cxr_codes.UNIT_SCORE, referenced_images=ref
+                cxr_codes.EXTENT_CHANGE,
+                change.geographic_extent,
+                cxr_codes.UNIT_SCORE,
+                referenced_images=ref,
+                finding_sites=both,
             ),
             Measurement(
-                cxr_codes.OPACITY_CHANGE, change.opacity, cxr_codes.UNIT_SCORE, referenced_images=ref
+                cxr_codes.OPACITY_CHANGE,
+                change.opacity,
+                cxr_codes.UNIT_SCORE,
+                referenced_images=ref,
+                finding_sites=both,
             ),
         ]
         if change.days is not None:
@@ -275,9 +365,9 @@ def context_groups(
                 algorithm_version,
                 tracking_change(change.since),
                 algorithm_id,
+                earlier_image_region(change.case),
                 time_point_context=TimePointContext(time_point=f"{change.since} {_study_label(change.case)}"),
                 finding_type=cxr_codes.ABNORMAL_OPACITY,
-                finding_sites=[FindingSite(cxr_codes.LUNG)],
                 measurements=measurements,
             )
         )
@@ -290,6 +380,7 @@ def context_groups(
                 algorithm_version,
                 tracking_similar(rank),
                 algorithm_id,
+                earlier_image_region(case),
                 time_point_context=TimePointContext(time_point=_study_label(case)),
                 finding_type=cxr_codes.SIMILAR_CASE,
                 measurements=[
@@ -304,8 +395,15 @@ def context_groups(
                         case.geographic_extent,
                         cxr_codes.UNIT_SCORE,
                         referenced_images=ref,
+                        finding_sites=both,
                     ),
-                    Measurement(cxr_codes.OPACITY, case.opacity, cxr_codes.UNIT_SCORE, referenced_images=ref),
+                    Measurement(
+                        cxr_codes.OPACITY,
+                        case.opacity,
+                        cxr_codes.UNIT_SCORE,
+                        referenced_images=ref,
+                        finding_sites=both,
+                    ),
                 ],
                 qualitative_evaluations=[
                     QualitativeEvaluation(
@@ -474,4 +572,4 @@ def build_sr(
     return sr
 
 
-__all__ = ["build_sr", "build_measurement_groups", "model_parameters", "tracking_class"]
+__all__ = ["build_sr", "build_measurement_groups", "label_point", "model_parameters"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
@@ -13,7 +15,9 @@ from node.dicom.sc import (
     WARNING_RGB,
     build_sc,
     footer_lines,
+    has_window,
     legend_lines,
+    lung_window,
     outline_width,
     render,
 )
@@ -162,3 +166,38 @@ def test_shape_mismatch_names_the_array(dx_source: Dataset) -> None:
     result.heatmap = result.heatmap[:-1]
     with pytest.raises(ResultMismatchError, match="heatmap"):
         build_sc(dx_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)
+
+
+def test_lung_window_spans_the_chest() -> None:
+    """Darkest lung grey to 0, brightest chest grey to 255; outside the chest clipped."""
+    image = np.full((200, 200), 10, dtype=np.uint8)  # background, darker than the lungs
+    image[40:160, 20:180] = 150  # mediastinum, heart
+    lungs = np.zeros((200, 200), dtype=bool)
+    lungs[50:150, 30:90] = lungs[50:150, 110:170] = True
+    image[lungs] = np.tile(np.linspace(90, 120, 60).astype(np.uint8), (100, 2)).ravel()
+    out = lung_window(image, [lungs])
+    assert out[lungs].min() == 0 and out[100, 100] == 255
+    assert out[5, 5] == 0  # the background below the window
+    assert np.unique(out[lungs]).size == np.unique(image[lungs]).size  # lung detail kept
+    # No lungs, or no contrast: unchanged.
+    assert (lung_window(image, [np.zeros_like(lungs)]) == image).all()
+    flat = np.full((200, 200), 100, dtype=np.uint8)
+    assert (lung_window(flat, [lungs]) == flat).all()
+
+
+def test_sc_window_from_lungs_only_without_the_sources(dx_source: Dataset) -> None:
+    """The source's window (VOI LUT or Window Center/Width) wins; without one, the lungs'."""
+    assert has_window(dx_source)
+    bare = copy.deepcopy(dx_source)
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTSequence"):
+        if keyword in bare:
+            delattr(bare, keyword)
+    assert not has_window(bare)
+    result = make_result(dx_source)
+    result.heatmap = np.zeros_like(result.heatmap)  # grey only
+    plain = build_sc(dx_source, result, ALGORITHM_NAME, ALGORITHM_VERSION).pixel_array[..., 0]
+    windowed = build_sc(bare, result, ALGORITHM_NAME, ALGORITHM_VERSION).pixel_array[..., 0]
+    lungs = result.right_lung & ~result.left_lung
+    lungs[: lungs.shape[0] // 3] = False  # below the legend
+    spread = lambda grey: np.ptp(np.percentile(grey[lungs], [5, 95]))  # noqa: E731
+    assert spread(windowed) > 1.5 * spread(plain)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,18 @@ import pytest
 from pydicom.dataset import Dataset
 
 from models.registry import ROLES, model_id
-from models.result import CLASSES, AnalysisResult
+from models.result import CLASSES, AnalysisResult, PriorCase
 from node.dicom.exceptions import ResultMismatchError, SourceDatasetError
 from node.dicom.sr import (
-    TRACKING_CLASSIFICATION,
+    LABEL_BOX,
+    TRACKING_IMAGE,
     TRACKING_LEFT,
+    TRACKING_LEFT_OUTLINE,
     TRACKING_RIGHT,
-    TRACKING_SEVERITY,
+    TRACKING_RIGHT_OUTLINE,
     build_sr,
-    tracking_class,
+    earlier_image_region,
+    label_point,
 )
 from node.dicom.uids import derive_device_uid
 from tests.dicom.fakes import (
@@ -43,7 +47,12 @@ CLASS_CODES = {
 GEO = ("99CXRNODE", "GEOEXTENT")
 OPACITY = ("99CXRNODE", "OPACITY")
 AREA = ("SCT", "42798000")
-PROBABILITY = ("DCM", "122157")
+CLASS_PROBABILITY = {
+    "normal": ("99CXRNODE", "PNORMAL"),
+    "other_disease": ("99CXRNODE", "POTHERDISEASE"),
+    "pneumonia": ("99CXRNODE", "PPNEUMONIA"),
+    "covid19": ("99CXRNODE", "PCOVID19"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +90,7 @@ def test_source_image_referenced(any_source: Dataset, sr: Dataset) -> None:
 
 def test_every_group_has_tracking_uid_and_algorithm(sr: Dataset) -> None:
     groups = measurement_groups(sr)
-    expected = {TRACKING_CLASSIFICATION, TRACKING_SEVERITY, TRACKING_RIGHT, TRACKING_LEFT}
-    expected |= {tracking_class(name) for name in CLASSES}
+    expected = {TRACKING_IMAGE, TRACKING_RIGHT, TRACKING_LEFT, TRACKING_RIGHT_OUTLINE, TRACKING_LEFT_OUTLINE}
     assert set(groups) == expected
     uids = set()
     for identifier, group in groups.items():
@@ -102,23 +110,34 @@ def test_device_observer_names_algorithm(sr: Dataset) -> None:
 
 
 def test_class_probabilities(sr: Dataset, result: AnalysisResult) -> None:
-    groups = measurement_groups(sr)
+    """One whole-image group: each class's probability in percent, named after the class."""
+    group = measurement_groups(sr)[TRACKING_IMAGE]
     for name in CLASSES:
-        group = groups[tracking_class(name)]
-        value, unit = numeric(group, *PROBABILITY)
-        assert value == pytest.approx(result.classification[name], abs=1e-6), name
-        assert unit == "1"
-        finding = [item for item in group.ContentSequence if concept(item) == ("DCM", "121071")]
-        code = finding[0].ConceptCodeSequence[0]
-        assert (code.CodingSchemeDesignator, code.CodeValue) == CLASS_CODES[name]
+        value, unit = numeric(group, *CLASS_PROBABILITY[name])
+        assert value == pytest.approx(100 * result.classification[name], abs=1e-4), name
+        assert unit == "%"
+    # The most probable class first: OHIF shows a group's first five numbers.
+    first = next(item for item in group.ContentSequence if item.ValueType == "NUM")
+    assert concept(first) == CLASS_PROBABILITY[result.predicted_class]
 
 
 def test_predicted_class(sr: Dataset, result: AnalysisResult) -> None:
-    group = measurement_groups(sr)[TRACKING_CLASSIFICATION]
+    group = measurement_groups(sr)[TRACKING_IMAGE]
     [evaluation] = [item for item in group.ContentSequence if concept(item) == ("SCT", "278201002")]
     code = evaluation.ConceptCodeSequence[0]
     assert result.predicted_class == "covid19"
     assert (code.CodingSchemeDesignator, code.CodeValue) == ("SCT", "840539006")
+
+
+def _sites(item: Dataset) -> list[tuple[str, str | None]]:
+    """(finding site, laterality) code values of a NUM's TID 300 finding sites."""
+    out = []
+    for site in item.get("ContentSequence", []):
+        if concept(site) == ("SCT", "363698007"):
+            modifiers = [m for m in site.get("ContentSequence", []) if concept(m) == ("SCT", "272741003")]
+            laterality = modifiers[0].ConceptCodeSequence[0].CodeValue if modifiers else None
+            out.append((site.ConceptCodeSequence[0].CodeValue, laterality))
+    return out
 
 
 def test_severity_scores_and_areas(sr: Dataset, result: AnalysisResult) -> None:
@@ -128,26 +147,21 @@ def test_severity_scores_and_areas(sr: Dataset, result: AnalysisResult) -> None:
     left_area = result.lung_area_cm2(result.left_lung)
     assert right_area is not None and left_area is not None
     expected = {
-        TRACKING_SEVERITY: (severity.geographic_extent, severity.opacity, right_area + left_area),
-        TRACKING_RIGHT: (severity.right.extent, severity.right.opacity, right_area),
-        TRACKING_LEFT: (severity.left.extent, severity.left.opacity, left_area),
+        TRACKING_IMAGE: (severity.geographic_extent, severity.opacity, right_area + left_area, None),
+        TRACKING_RIGHT: (severity.right.extent, severity.right.opacity, right_area, "24028007"),
+        TRACKING_LEFT: (severity.left.extent, severity.left.opacity, left_area, "7771000"),
     }
-    for identifier, (extent, opacity, area) in expected.items():
+    for identifier, (extent, opacity, area, laterality) in expected.items():
         group = groups[identifier]
         assert numeric(group, *GEO) == (pytest.approx(extent), "{score}"), identifier
         assert numeric(group, *OPACITY) == (pytest.approx(opacity), "{score}"), identifier
         assert numeric(group, *AREA) == (pytest.approx(area, rel=1e-6), "cm2"), identifier
-
-
-def test_per_lung_finding_site_laterality(sr: Dataset) -> None:
-    groups = measurement_groups(sr)
-    for identifier, laterality in ((TRACKING_RIGHT, "24028007"), (TRACKING_LEFT, "7771000")):
-        [site] = [
-            item for item in groups[identifier].ContentSequence if concept(item) == ("SCT", "363698007")
-        ]
-        assert site.ConceptCodeSequence[0].CodeValue == "39607008"  # Lung
-        [modifier] = [item for item in site.ContentSequence if concept(item) == ("SCT", "272741003")]
-        assert modifier.ConceptCodeSequence[0].CodeValue == laterality, identifier
+        # The lung is the finding site of each measurement (TID 300), not of the group:
+        # OHIF writes a group's finding site as its bare code ("363698007: Lung").
+        for item in group.ContentSequence:
+            if item.ValueType == "NUM" and concept(item) in (GEO, OPACITY, AREA):
+                assert _sites(item) == [("39607008", laterality)], identifier
+        assert not [item for item in group.ContentSequence if concept(item) == ("SCT", "363698007")]
 
 
 def test_no_area_without_pixel_spacing(dx_source: Dataset) -> None:
@@ -211,7 +225,10 @@ def test_shipped_model_versions_in_full(
 
 def test_lung_groups_outline_the_lungs(sr: Dataset, result: AnalysisResult) -> None:
     groups = measurement_groups(sr)
-    for identifier, mask in ((TRACKING_RIGHT, result.right_lung), (TRACKING_LEFT, result.left_lung)):
+    for identifier, mask in (
+        (TRACKING_RIGHT_OUTLINE, result.right_lung),
+        (TRACKING_LEFT_OUTLINE, result.left_lung),
+    ):
         [scoord] = [item for item in groups[identifier].ContentSequence if item.ValueType == "SCOORD"]
         assert concept(scoord) == ("DCM", "111030")  # Image Region
         assert scoord.GraphicType == "POLYLINE"
@@ -225,7 +242,7 @@ def test_lung_groups_outline_the_lungs(sr: Dataset, result: AnalysisResult) -> N
         area = abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2
         assert area == pytest.approx(mask.sum(), rel=0.03), identifier
         # Its centroid is on the right side of the image for that lung.
-        assert (x.mean() < columns / 2) == (identifier == TRACKING_RIGHT)
+        assert (x.mean() < columns / 2) == (identifier == TRACKING_RIGHT_OUTLINE)
 
 
 def test_every_group_has_a_region_on_the_source(sr: Dataset, any_source: Dataset) -> None:
@@ -235,8 +252,33 @@ def test_every_group_has_a_region_on_the_source(sr: Dataset, any_source: Dataset
         [scoord] = [item for item in group.ContentSequence if item.ValueType == "SCOORD"]
         [source] = scoord.ContentSequence
         assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == any_source.SOPInstanceUID
-        if identifier not in (TRACKING_RIGHT, TRACKING_LEFT):
+        if identifier == TRACKING_IMAGE:
             assert [float(v) for v in scoord.GraphicData] == image, identifier
+
+
+def test_lung_scores_at_a_point_whose_text_fits_in_the_lung(sr: Dataset, result: AnalysisResult) -> None:
+    """OHIF writes a POINT's numbers below right of it: the point and that box in the lung."""
+    groups = measurement_groups(sr)
+    for identifier, mask in ((TRACKING_RIGHT, result.right_lung), (TRACKING_LEFT, result.left_lung)):
+        [scoord] = [item for item in groups[identifier].ContentSequence if item.ValueType == "SCOORD"]
+        assert scoord.GraphicType == "POINT", identifier
+        x, y = (float(v) for v in scoord.GraphicData)
+        mask = np.asarray(mask, dtype=bool)
+        rows, columns = mask.shape
+        assert mask[int(y), int(x)], identifier
+        dx, dy, w, h = LABEL_BOX
+        x0, y0 = int(x + dx * columns), int(y + dy * rows)
+        box = mask[y0 : y0 + int(h * rows), x0 : x0 + int(w * columns)]
+        assert box.size and box.all(), identifier
+
+
+def test_label_point_empty_and_unfitting_masks() -> None:
+    assert label_point(np.zeros((64, 64), dtype=bool)) is None
+    # Too narrow for the text anywhere: still a point in the lung, the best covered.
+    mask = np.zeros((200, 200), dtype=bool)
+    mask[20:180, 90:100] = True
+    [[x, y]] = label_point(mask)
+    assert mask[int(y), int(x)]
 
 
 def _library_images(sr: Dataset) -> list[Dataset]:
@@ -255,3 +297,19 @@ def test_no_image_library_without_spacing(dx_source: Dataset) -> None:
     del source.PixelSpacing, source.ImagerPixelSpacing
     sr = build_sr(source, make_result(source, spacing=False), ALGORITHM_NAME, ALGORITHM_VERSION)
     assert _library_images(roundtrip(sr)) == []
+
+
+def test_earlier_image_region_without_a_known_size() -> None:
+    """Archive rows from before Rows/Columns were kept: a point inside any image, on that image."""
+    case = PriorCase("1.2.3", "1.2.840.10008.5.1.4.1.1.1", "1.2", "1.2.1", None, "normal", 1.0, 0.5)
+    region = earlier_image_region(case)
+    assert region.GraphicType == "POINT" and [float(v) for v in region.GraphicData] == [0.5, 0.5]
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "1.2.3"
+    sized = earlier_image_region(replace(case, rows=20, columns=10))
+    assert sized.GraphicType == "POLYLINE" and [float(v) for v in sized.GraphicData][4:6] == [10, 20]
+
+
+def test_label_point_of_a_lung_between_grid_points() -> None:
+    mask = np.zeros((1024, 1024), dtype=bool)
+    mask[3, 5] = True  # off the 8-pixel grid
+    assert [float(v) for v in label_point(mask)[0]] == [5.5, 3.5]

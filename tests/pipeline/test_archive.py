@@ -136,7 +136,22 @@ def test_course_similar_cases_and_triage(node_config, shared_data: Path, tmp_pat
     )
     assert _referenced(groups["change since first study"], now_uid) == {first.sop_instance_uid}
     assert _referenced(groups["similar case 1"], now_uid) == {other.sop_instance_uid}
-    assert "triage" in groups
+    # The earlier images' groups have those images as their region (OHIF draws nothing of
+    # them on this image); the triage decision is in the whole image's group.
+    for name, earlier in (("change since previous study", previous), ("similar case 1", other)):
+        [region] = [item for item in groups[name].ContentSequence if item.ValueType == "SCOORD"]
+        assert (
+            region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            == earlier.sop_instance_uid
+        )
+        shape = dcmread(earlier.input, stop_before_pixels=True)
+        assert [float(v) for v in region.GraphicData][4:6] == [shape.Columns, shape.Rows], name
+    triage = [
+        item.ConceptCodeSequence[0].CodeMeaning
+        for item in groups["whole image"].ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Triage priority"
+    ]
+    assert triage == ["Urgent" if report["triage"]["urgent"] else "Routine"]
     pertinent = {
         str(s.ReferencedSOPInstanceUID)
         for study in sr.PertinentOtherEvidenceSequence

@@ -62,7 +62,10 @@ def check_results(orthanc: Orthanc, chest: Path, node: NodeProcess, tmp_path: Pa
     # The SR says what `cxr-node analyze --json` says for the same file.
     expected = analyze_json(chest, node.env)
     numbers = numeric_values(sr)
-    wanted = list(expected["classification"].values()) + [
+    # Class probabilities in percent (UCUM "%"), from the JSON's four decimals.
+    for value in expected["classification"].values():
+        assert any(abs(n - 100 * value) < 6e-3 for n in numbers), (100 * value, numbers)
+    wanted = [
         expected["severity"]["geographic_extent"],
         expected["severity"]["opacity"],
         expected["severity"]["right"]["extent"],

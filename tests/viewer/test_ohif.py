@@ -1,7 +1,10 @@
 """A radiologist's view: OHIF in headless Chromium opens a study that went through the node.
 
 The study is a real pydicom-data CR chest analysed by ``cxr-node analyze
---out`` (SR, SC, SEG), stored in a real Orthanc with its DICOMweb plugin.
+--out`` (SR, SC, SEG) with the node's archive behind it (an earlier study of
+the patient, another patient's image), stored in a real Orthanc with its
+DICOMweb plugin. What OHIF drew is read from the page (its SVG annotation
+layer), not only photographed.
 OHIF (npm's prebuilt ``@ohif/app``) is served on loopback; Debian's
 ``chromium`` is driven by Playwright (no browser is downloaded). Screenshots
 go to ``$CXR_NODE_ARTIFACTS/viewer`` (default ``tests/.artifacts/viewer``).
@@ -9,6 +12,7 @@ go to ``$CXR_NODE_ARTIFACTS/viewer`` (default ``tests/.artifacts/viewer``).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -22,9 +26,17 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from skimage.measure import points_in_poly
 
-from node.dicom.sr import TRACKING_LEFT, TRACKING_RIGHT
-from tests.dicom.fakes import measurement_groups, numeric
+from node.dicom.sr import (
+    TRACKING_IMAGE,
+    TRACKING_LEFT,
+    TRACKING_LEFT_OUTLINE,
+    TRACKING_RIGHT,
+    TRACKING_RIGHT_OUTLINE,
+)
+from tests.dicom.fakes import concept, measurement_groups, numeric
 from tests.helpers import CLI, pydicom_data_file, with_new_uids, write
 from tests.orthanc import Orthanc
 from tests.viewer.ohif import OhifServer, dicomweb_config, ohif_dir
@@ -36,7 +48,7 @@ pytestmark = [
     pytest.mark.viewer,
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is missing (deploy/test.sh installs it)"),
 ]
-VIEWPORT = {"width": 1400, "height": 1000}
+VIEWPORT = {"width": 1920, "height": 1080}  # a reading-room monitor: room beside a chest image
 # Software WebGL: headless, no GPU.
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
 LOAD_TIMEOUT_MS = 120_000  # generous: OHIF under a loaded 2-core CI machine
@@ -50,15 +62,46 @@ def artifacts_dir() -> Path:
     return path
 
 
+def _archive(home: Path, earlier: list[Path]) -> str:
+    """The node's archive in SQLite under ``home``, holding ``earlier`` as the worker would; its URL."""
+    from node import archive
+    from node import settings as node_settings
+    from node.audit.db import dispose_engines, session_scope, upgrade
+    from workers.pipeline import analyze_image
+
+    url = f"sqlite:///{home / 'audit.sqlite'}"
+    node_settings.reset()
+    settings = node_settings.configure(home=home, database_url=url)
+    try:
+        upgrade()
+        for path in earlier:
+            ds = dcmread(path)
+            result = analyze_image(ds)
+            result.context = archive.case_context(ds, result, settings)
+            with session_scope() as session:
+                archive.record(session, ds, result, settings)
+    finally:
+        node_settings.reset()
+        dispose_engines()
+    return url
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """A CR chest and what ``cxr-node analyze --out`` made of it."""
+    """A CR chest and what ``cxr-node analyze --out`` made of it, with an archive behind it:
+    an earlier study of the same patient (a change since it) and another patient (a similar case)."""
     tmp = tmp_path_factory.mktemp("viewer")
-    ds = with_new_uids(dcmread(pydicom_data_file("RG1_UNCI.dcm")))
-    ds.PixelSpacing = [0.16, 0.16]  # the sample's 0\0 is invalid; a real CR has a spacing
+    cr = dcmread(pydicom_data_file("RG1_UNCI.dcm"))
+    cr.PixelSpacing = [0.16, 0.16]  # the sample's 0\0 is invalid; a real CR has a spacing
+    ds, previous, other = (with_new_uids(copy.deepcopy(cr)) for _ in range(3))  # own file meta each
+    previous.StudyDate = previous.ContentDate = "20040816"  # ten days before the sample's
+    other.PatientID, other.PatientName = "OTHER-1", "Other^Patient"
+    home = tmp / "home"
+    url = _archive(home, [write(previous, tmp / "previous.dcm"), write(other, tmp / "other.dcm")])
     source = write(ds, tmp / "cr.dcm")
     done = subprocess.run(
         [*CLI, "analyze", str(source), "--json", "--out", str(tmp / "out")],
+        env={**os.environ, "CXR_NODE_HOME": str(home), "CXR_NODE_DATABASE_URL": url},
         capture_output=True,
         text=True,
         timeout=300,
@@ -67,6 +110,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.splitlines()[0])
     assert result["eligible"] and len(result["outputs"]) == 3, result
+    assert result["longitudinal"]["changes"] and result["similar_cases"], result
     return {"source": source, "result": result, "study_instance_uid": ds.StudyInstanceUID, "tmp": tmp}
 
 
@@ -206,35 +250,137 @@ def test_lung_seg_overlays(page, console: list[str]) -> None:  # type: ignore[no
     assert seg > 0.02, f"the lung SEG does not overlay the CR: {_seg_failed(console)[:1]}"
 
 
-def _lung_scores(study: dict[str, object]) -> list[float]:
-    """Geographic extent and opacity of each lung, as stored in our SR."""
+def _tracking_uids(study: dict[str, object]) -> tuple[dict[str, str], dict[str, Dataset]]:
+    """Our SR's groups and their Tracking Unique Identifiers (OHIF's annotation UIDs), by tracking
+    identifier."""
     [sr] = [Path(p) for p in study["result"]["outputs"] if Path(p).name.startswith("sr-")]  # type: ignore[index]
     groups = measurement_groups(dcmread(sr))
-    return [
-        numeric(groups[identifier], *concept)[0]
-        for identifier in (TRACKING_RIGHT, TRACKING_LEFT)
-        for concept in (("99CXRNODE", "GEOEXTENT"), ("99CXRNODE", "OPACITY"))
-    ]
+    return {
+        name: str(next(item.UID for item in group.ContentSequence if concept(item) == ("DCM", "112040")))
+        for name, group in groups.items()
+    }, groups
+
+
+# What OHIF drew: per annotation, its text blocks (lines and box) and polylines, in page pixels.
+ANNOTATIONS_JS = """() => {
+  // cornerstone draws an annotation's lines, then its text in a <g data-annotation-uid>: walk in order.
+  const out = {};
+  for (const svg of document.querySelectorAll('svg.svg-layer')) {
+    let pending = [];
+    for (const el of svg.children) {
+      if (el.tagName === 'polyline') {
+        const m = el.getScreenCTM();
+        pending.push(Array.from(el.points).map(p => {
+          const q = new DOMPoint(p.x, p.y).matrixTransform(m); return [q.x, q.y];
+        }));
+      } else if (el.tagName === 'g' && el.hasAttribute('data-annotation-uid')) {
+        const entry = {texts: [], polylines: pending};
+        pending = [];
+        for (const t of el.querySelectorAll('text')) {
+          const lines = Array.from(t.querySelectorAll('tspan')).map(x => x.textContent);
+          const r = t.getBoundingClientRect();
+          if (lines.join('').trim()) entry.texts.push({lines, box: [r.left, r.top, r.right, r.bottom]});
+        }
+        out[el.getAttribute('data-annotation-uid')] = entry;
+      }
+    }
+  }
+  return out;
+}"""
+# A line as OHIF writes a NUM: "<concept meaning>: <value> <unit>"; the meaning in words.
+LINE = re.compile(r"^(?P<label>[A-Za-z][A-Za-z0-9 ,()-]*): (?P<value>-?\d+\.\d\d) (?P<unit>\S+)$")
+
+
+def _overlap(a: list[float], b: list[float]) -> float:
+    """Area (page pixels) two boxes [left, top, right, bottom] share."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
 def test_sr_drawn_with_our_numbers(page, study: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
-    """OHIF's SR viewport: the CR, each lung outlined, its scores as text beside it."""
+    """OHIF's SR viewport: each lung outlined with its scores inside it, one block for the whole
+    image, nothing for the earlier images; no block on another, every label in words."""
     out = artifacts_dir()
     page.get_by_text("CXR Node AI measurement report").first.dblclick()
     shown = _viewport_until(page, out / "ohif-sr.png", lambda png: _bright_fraction(png) > 0.2)
     assert shown > 0.2, "OHIF's SR viewport shows no image: see ohif-sr.png"
-    # Annotation labels are SVG text over the image.
-    labels = page.locator("svg text")
-    page.wait_for_function("document.querySelectorAll('svg text').length > 0", timeout=LOAD_TIMEOUT_MS)
-    text = " ".join(labels.all_text_contents())
+    uids, groups = _tracking_uids(study)
+    lungs = (TRACKING_RIGHT, TRACKING_LEFT)
+    page.wait_for_function(
+        "uids => uids.every(u => document.querySelector(`g[data-annotation-uid='${u}'] text`))",
+        arg=[uids[name] for name in (*lungs, TRACKING_IMAGE)],
+        timeout=LOAD_TIMEOUT_MS,
+    )
+    drawn = page.evaluate(ANNOTATIONS_JS)
     page.locator(".cornerstone-viewport-element").first.screenshot(path=out / "ohif-sr.png")
     page.screenshot(path=out / "ohif-sr-page.png")
-    (out / "ohif-sr-labels.txt").write_text(text)
-    extent_right, opacity_right, extent_left, opacity_left = _lung_scores(study)
-    for label in (
-        f"Geographic extent score: {extent_right:.2f}",
-        f"Opacity score: {opacity_right:.2f}",
-        f"Geographic extent score: {extent_left:.2f}",
-        f"Opacity score: {opacity_left:.2f}",
-    ):
-        assert label in text, (label, text[:500])
+    by_name = {name: drawn.get(uid, {"texts": [], "polylines": []}) for name, uid in uids.items()}
+    blocks = {name: entry["texts"] for name, entry in by_name.items() if entry["texts"]}
+
+    # Text for the two lungs and the whole image only; the earlier images' groups not on this one.
+    assert set(blocks) == {*lungs, TRACKING_IMAGE}, sorted(blocks)
+    assert all(len(texts) == 1 for texts in blocks.values()), blocks
+    earlier = [name for name in groups if name.startswith(("change since", "similar case"))]
+    assert earlier and not [name for name in earlier if uids[name] in drawn], earlier
+
+    # Every line in words: a concept meaning, a number, a UCUM unit; no code where a word belongs.
+    lines = [line for texts in blocks.values() for line in texts[0]["lines"]]
+    for line in lines:
+        match = LINE.match(line)
+        assert match, line
+        assert match["unit"] in ("{score}", "%", "cm2"), line  # never "1"
+        assert not re.search(r"\d{6,}", match["label"]), line  # no bare SNOMED CT code
+
+    # The lungs' scores, each inside that lung's outline (the right lung is on the image's left).
+    extent_right, opacity_right, extent_left, opacity_left = _lung_scores(groups)
+    expected = {
+        TRACKING_RIGHT: (extent_right, opacity_right, TRACKING_RIGHT_OUTLINE),
+        TRACKING_LEFT: (extent_left, opacity_left, TRACKING_LEFT_OUTLINE),
+    }
+    inside = {}
+    for name, (extent, opacity, outline_name) in expected.items():
+        block = blocks[name][0]
+        assert f"Extent: {extent:.2f} {{score}}" in block["lines"], block
+        assert f"Opacity: {opacity:.2f} {{score}}" in block["lines"], block
+        [outline] = by_name[outline_name]["polylines"]
+        left, top, right, bottom = block["box"]
+        corners = np.array([[left, top], [right, top], [right, bottom], [left, bottom]])
+        inside[name] = points_in_poly(corners, np.array(outline)).tolist()
+    boxes = {name: texts[0]["box"] for name, texts in blocks.items()}
+    names = sorted(boxes)
+    overlaps = {
+        f"{a} / {b}": _overlap(boxes[a], boxes[b]) for i, a in enumerate(names) for b in names[i + 1 :]
+    }
+    (out / "ohif-sr-labels.json").write_text(
+        json.dumps(
+            {
+                "blocks": blocks,
+                "overlap_px2": overlaps,
+                "corners_inside_lung": inside,
+                "outlines": {
+                    name: by_name[name]["polylines"]
+                    for name in (TRACKING_RIGHT_OUTLINE, TRACKING_LEFT_OUTLINE)
+                },
+            },
+            indent=1,
+        )
+    )
+    assert all(all(corners) for corners in inside.values()), inside
+    assert boxes[TRACKING_RIGHT][0] < boxes[TRACKING_LEFT][0]
+
+    # The whole image's block beside the image, inside the viewport (not cut off at its edge).
+    frame = page.locator(".cornerstone-viewport-element").first.bounding_box()
+    left, top, right, bottom = blocks[TRACKING_IMAGE][0]["box"]
+    assert frame["x"] <= left and right <= frame["x"] + frame["width"], (blocks[TRACKING_IMAGE], frame)
+    assert frame["y"] <= top and bottom <= frame["y"] + frame["height"], (blocks[TRACKING_IMAGE], frame)
+
+    # No block of text on another.
+    assert not any(overlaps.values()), overlaps
+
+
+def _lung_scores(groups: dict[str, Dataset]) -> list[float]:
+    """Geographic extent and opacity of each lung, as stored in our SR."""
+    return [
+        numeric(groups[identifier], *concept_)[0]
+        for identifier in (TRACKING_RIGHT, TRACKING_LEFT)
+        for concept_ in (("99CXRNODE", "GEOEXTENT"), ("99CXRNODE", "OPACITY"))
+    ]
