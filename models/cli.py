@@ -74,10 +74,22 @@ def train_segmentation(
 def train_classification(
     data: Path = DataOpt, out: Path = OutOpt, seed: int = SeedOpt, quick: bool = QuickOpt
 ) -> None:
-    """Pretrain the encoder and train every model (one run); print the classifier's part."""
+    """The lung-opacity classifier (round 3, CPU): the shipped LungNet run once over every image
+    (cached), then the classifier chosen and measured by leave-one-source-out; print the
+    leave-one-source-out matrix, the source probe and triage per source. Ships into models/
+    when --out is the package's weights (never with --quick)."""
     _setup()
-    report = _fit(data, out, quick, seed)
-    typer.echo(json.dumps(report["classification"]))
+    from models.training import extract, round3
+
+    ship = out.resolve() == DEFAULT_OUT.resolve()
+    work = out / "round3" if ship else out
+    cache = work / "lungnet-cache"
+    if quick:  # 12 images per source: minutes on a CPU, numbers mean nothing
+        extract.extract(data, cache, limit=12)
+    else:
+        extract.extract(data, cache, subsample={"covid-radiography": 4, "nih": 3})
+    report = round3.main(cache, work, data, ship=ship and not quick, seed=seed, heat_n=3 if quick else 40)
+    typer.echo(json.dumps({k: report[k] for k in ("leave_one_source_out", "source_probe", "triage")}))
 
 
 @train_app.command("severity")
@@ -143,10 +155,10 @@ def eval_segmentation(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: 
 def eval_classification(
     data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool = RecomputeOpt
 ) -> None:
-    """Per-class AUC (bootstrap CI), accuracy, per source, calibration, COVID-19 at 98% sensitivity.
+    """Leave-one-source-out AUCs, source probe, triage per source, quality check, calibration.
 
-    ``--recompute`` recomputes every number from the shipped out-of-fold predictions
-    (retraining the folds is ``python -m models.fit``, a GPU run)."""
+    ``--recompute`` recomputes the out-of-source numbers from the shipped predictions
+    (``models/weights/classification-loso.npz``); retraining is ``cxr-node train classification``."""
     _setup(verbose=not as_json)
     from models.registry import entry, model_id
 
@@ -154,11 +166,10 @@ def eval_classification(
     if recompute:
         import numpy as np
 
-        from models.release import classification_metrics
+        from models.training.round3 import recompute as fresh_metrics
 
-        with np.load(DEFAULT_OUT / "classification-oof.npz", allow_pickle=False) as z:
-            fresh = classification_metrics({k: z[k] for k in z.files})
-        metrics.update(fresh)
+        with np.load(DEFAULT_OUT / "classification-loso.npz", allow_pickle=False) as z:
+            metrics.update(fresh_metrics({k: z[k] for k in z.files}))
     metrics["model"] = model_id("classification")
     metrics["recomputed"] = recompute
     _emit(metrics, as_json)
@@ -216,17 +227,21 @@ def eval_severity(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool
 
 @eval_app.command("triage")
 def eval_triage(data: Path = DataOpt, as_json: bool = JsonOpt) -> None:
-    """Sensitivity and specificity of the default triage rule's conditions on held-out predictions."""
+    """The default triage rule per held-out source (its ``auto`` threshold fitted without that source)."""
     _setup(verbose=not as_json)
-    import numpy as np
-
-    from models.corpus import cached, scored, severity_targets
     from models.registry import entry
-    from models.release import SEVERITY_FEATURES, triage_metrics
 
-    with np.load(DEFAULT_OUT / "classification-oof.npz", allow_pickle=False) as z:
-        oof = {k: z[k] for k in z.files}
-    arrays = cached(data)
-    truth = severity_targets(arrays, np.nonzero(scored(arrays))[0])["geographic_extent"]
-    pred = entry("severity")["metrics"][SEVERITY_FEATURES]["cv234_oof_first_repeat"]["geographic_extent"]
-    _emit(triage_metrics(oof, np.asarray(pred), truth), as_json)
+    metrics = entry("classification")["metrics"]
+    _emit(
+        {
+            "task": "triage",
+            "rule": "covid19 >= auto or extent >= 4 (the default triage_rule)",
+            "protocol": "nested leave-one-source-out: auto set at 97 % sensitivity on out-of-source "
+            "predictions "
+            "for the other sources, applied to the held-out source; no class when the quality check found "
+            "nothing lung-like, no extent when the outline is not assessable",
+            "shipped_auto_threshold": metrics["auto_threshold"],
+            "per_source": metrics["triage"],
+        },
+        as_json,
+    )

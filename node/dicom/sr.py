@@ -136,6 +136,11 @@ def _group(
     )
 
 
+def _not_assessable() -> list[QualitativeEvaluation]:
+    """The coded "not assessable" a group carries instead of numbers the quality check withholds."""
+    return [QualitativeEvaluation(name=cxr_codes.ASSESSMENT, value=cxr_codes.NOT_ASSESSABLE)]
+
+
 def build_measurement_groups(
     source: Dataset,
     result: AnalysisResult,
@@ -143,6 +148,7 @@ def build_measurement_groups(
     algorithm_version: str,
 ) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
     """TID 1410 measurement groups of one result, in report order."""
+    quality = result.quality
     groups = [
         _group(
             source,
@@ -154,10 +160,12 @@ def build_measurement_groups(
                     name=cxr_codes.CLASSIFICATION,
                     value=cxr_codes.CLASS_CONCEPTS[result.predicted_class],
                 )
-            ],
+            ]
+            if quality.lungs_found
+            else _not_assessable(),
         )
     ]
-    for name in CLASSES:
+    for name in CLASSES if quality.lungs_found else ():
         groups.append(
             _group(
                 source,
@@ -178,6 +186,8 @@ def build_measurement_groups(
     ]
     if right_area is not None and left_area is not None:
         both.append(_num(cxr_codes.AREA, right_area + left_area, cxr_codes.UNIT_CM2))
+    if not quality.assessable:  # no scores (nor areas) off an outline that failed the check
+        both = []
     groups.append(
         _group(
             source,
@@ -187,8 +197,11 @@ def build_measurement_groups(
             finding_type=cxr_codes.ABNORMAL_OPACITY,
             finding_sites=[FindingSite(cxr_codes.LUNG)],
             measurements=both,
+            qualitative_evaluations=None if quality.assessable else _not_assessable(),
         )
     )
+    if not quality.assessable:
+        return groups
     for identifier, lung, laterality, area, mask in (
         (TRACKING_RIGHT, severity.right, cxr_codes.RIGHT, right_area, result.right_lung),
         (TRACKING_LEFT, severity.left, cxr_codes.LEFT, left_area, result.left_lung),

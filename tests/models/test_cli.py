@@ -24,16 +24,16 @@ def test_cli_import_does_not_import_torch() -> None:
             {
                 "task",
                 "protocol",
-                "auc",
-                "accuracy",
-                "covid19_at_98_sensitivity",
-                "within_collection_covid19_vs_pneumonia_auc",
-                "confusion",
-                "per_source",
                 "leave_one_source_out",
                 "source_probe",
-                "calibration",
-                "gradcam",
+                "triage",
+                "quality",
+                "accuracy_out_of_source",
+                "confusion_out_of_source",
+                "ece_out_of_source",
+                "auto_threshold",
+                "hannover_icu",
+                "heat",
             },
         ),
         ("severity", {"task", "protocol", "geographic_extent", "opacity", "baseline", "cv234"}),
@@ -59,11 +59,37 @@ def test_train_help_lists_commands() -> None:
 
 
 def test_classification_recompute_matches_stored() -> None:
-    """Every stored classification number is recomputed from the shipped out-of-fold predictions."""
+    """Every stored out-of-source number is recomputed from the shipped predictions."""
     from models.cli import eval_app
 
     stored = json.loads(CliRunner().invoke(eval_app, ["classification", "--json"]).output)
     fresh = json.loads(CliRunner().invoke(eval_app, ["classification", "--json", "--recompute"]).output)
     assert fresh["recomputed"] is True
-    for key in ("auc", "accuracy", "covid19_at_98_sensitivity", "per_source", "calibration", "confusion"):
+    for key in (
+        "leave_one_source_out",
+        "accuracy_out_of_source",
+        "confusion_out_of_source",
+        "ece_out_of_source",
+    ):
         assert fresh[key] == stored[key], key
+
+
+def test_train_classification_quick_runs_end_to_end(shared_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``cxr-node train classification --quick``: LungNet cache, leave-one-source-out, probe, triage (CPU)."""
+    from models.cli import train_app
+
+    result = CliRunner().invoke(
+        train_app, ["classification", "--quick", "--data", str(shared_data), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    obj = json.loads([ln for ln in result.output.splitlines() if ln.startswith("{")][-1])
+    assert set(obj["leave_one_source_out"]) == {
+        "cxr",
+        "covid-radiography",
+        "hannover",
+        "covid-cxnet",
+        "nih",
+        "montgomery",
+        "shenzhen",
+    }
+    assert (tmp_path / "opacity-classifier.json").is_file() and (tmp_path / "report.json").is_file()

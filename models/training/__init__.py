@@ -1,0 +1,1 @@
+"""Training and evaluation code (not imported by the node at run time)."""
