@@ -338,6 +338,7 @@ def main(
         extent=extent,
         assessable=assessable,
         found=found,
+        temperature=temperature,
     )
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "opacity-classifier.json").write_text(json.dumps(final.to_json(), indent=1))
