@@ -30,7 +30,8 @@ def main(cache: Path, data: Path) -> dict[str, Any]:
     recs = [r for r in build_index(data) if r.source == "cxr" and r.style != STYLE_NONE]
     scored = {r.patient for r in recs if not np.isnan(r.extent)}
     held = [r for r in recs if r.patient in scored or in_holdout(np.array([r.patient]))[0]]
-    before, after = [], []
+    before: list[float] = []
+    after: list[float] = []
     for r in held:
         i = where[r.file]
         pix = load_image(Path(data) / r.file).pixels
@@ -39,14 +40,14 @@ def main(cache: Path, data: Path) -> dict[str, Any]:
             right, left = read_mask(Path(data) / r.masks[0]), read_mask(Path(data) / r.masks[1])
         else:
             right, left = split_lungs(read_mask(Path(data) / r.masks[0]))
-        ref = (geom.to_square(right | left, nearest=True) > 0.5)
+        ref = geom.to_square(right | left, nearest=True) > 0.5
         before.append(dice(arrays["raw_lungs"][i].any(0), ref))
         after.append(dice(arrays["lungs"][i].any(0), ref))
-    return {
-        "n": len(held),
-        "dice_raw": {"mean": round(float(np.mean(before)), 4), "median": round(float(np.median(before)), 4)},
-        "dice_refined": {"mean": round(float(np.mean(after)), 4), "median": round(float(np.median(after)), 4)},
-    }
+
+    def summary(v: list[float]) -> dict[str, float]:
+        return {"mean": round(float(np.mean(v)), 4), "median": round(float(np.median(v)), 4)}
+
+    return {"n": len(held), "dice_raw": summary(before), "dice_refined": summary(after)}
 
 
 def cli() -> None:
