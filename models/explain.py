@@ -87,3 +87,64 @@ def explain(model: torch.nn.Module, x: torch.Tensor, target: int, method: str = 
     if method == "occlusion":
         return occlusion(model, x, target)
     raise ValueError(f"unknown heatmap method {method!r}; choose one of {METHODS}")
+
+
+class LungEvidence(torch.nn.Module):
+    """LungNet's opacity inside the predicted lungs, as a model the explainers above can read.
+
+    The round-3 classifier reads lung-restricted opacity (:mod:`models.evidence`), so the
+    heatmap explains that: output column 0 is the logit of the mean opacity probability over
+    the lungs (column 1 its negative, so that a softmax gives that probability back).
+    ``features`` runs the encoder to stride 16, ``head`` the rest (Grad-CAM's split).
+    """
+
+    def __init__(self, net: Any, lungs: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.lungs = lungs  # (1, H, W) float: union of both lungs at the input size
+        self._skips: list[torch.Tensor] = []
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        enc = self.net.encoder
+        s0 = enc.stem(x / 1024.0)
+        y = F.max_pool2d(s0, 2)
+        skips = [s0]
+        for stage in enc.stages[:3]:
+            y = stage(y)
+            skips.append(y)
+        self._skips = skips[:3]  # strides 2, 4, 8
+        return y
+
+    def head(self, f3: torch.Tensor) -> torch.Tensor:
+        from models.networks import OPACITY
+
+        net = self.net
+        y = net.lateral(net.encoder.stages[3](f3))
+        s0, s1, s2 = (s.expand(f3.shape[0], -1, -1, -1) for s in self._skips)
+        for block, skip in zip(net.dec, (f3, s2, s1, s0), strict=True):
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = block(torch.cat([y, skip], 1))
+        size = self.lungs.shape[-2:]
+        maps = F.interpolate(net.maps(y), size=size, mode="bilinear", align_corners=False)
+        opac = torch.sigmoid(maps[:, OPACITY])
+        score = (opac * self.lungs).sum((1, 2)) / self.lungs.sum().clamp_min(1.0)
+        logit = torch.logit(score.clamp(1e-4, 1 - 1e-4))
+        return torch.stack([logit / 2, -logit / 2], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def explain_lungs(net: Any, x: torch.Tensor, lungs: np.ndarray, method: str = "gradcam") -> np.ndarray:
+    """Heatmap of LungNet's lung-restricted opacity evidence for one (1, 1, H, W) input, kept to
+    the predicted lungs (``lungs`` (2, H, W) bool): heat is shown only where the classifier reads."""
+    union = np.asarray(lungs, bool).any(0)
+    if not union.any():
+        return np.zeros(union.shape, np.float32)
+    mask = torch.from_numpy(union.astype(np.float32))[None].to(x.device)
+    model = LungEvidence(net, mask).eval()
+    if method == "occlusion":  # a whole LungNet pass per patch: 8 x 8 patches, not 20 x 20
+        heat = occlusion(model, x, 0, patch=32, stride=32)
+    else:
+        heat = explain(model, x, 0, method)
+    return to_unit(heat * union)

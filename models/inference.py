@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from models.preprocessing import LoadedImage, display_uint8, model_square, network_input
-from models.result import CLASSES, AnalysisResult, LungSeverity, Severity
+from models.result import CLASSES, AnalysisResult, LungSeverity, Quality, Severity
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,12 @@ class Analyzer:
     def analyze(self, loaded: LoadedImage, heatmap: str = "gradcam") -> AnalysisResult:
         """Segment, classify, score severity and explain one image.
 
-        Masks and heatmap are returned at the input image's resolution.
+        Masks and heatmap are returned at the input image's resolution. The 256-px square goes
+        through :func:`models.evidence.resolution_chain` (as every training image did); the lung
+        outline is LungNet's, refined (:func:`models.quality.refine_lungs`) and checked
+        (``result.quality``); the class is read off the opacity inside those lungs
+        (:class:`models.evidence.OpacityClassifier`), and the heatmap explains that evidence,
+        inside the lungs (:func:`models.explain.explain_lungs`).
         """
         return self.analyze_batch([loaded], heatmap=heatmap)[0]
 
@@ -98,10 +103,11 @@ class Analyzer:
         statistics), so each image's result does not depend on the others;
         Grad-CAM runs per image. ``timings_s`` holds each image's share.
         """
-        import torch
 
-        from models.explain import METHODS, explain, to_unit
-        from models.networks import OPACITY, lung_crop, uncrop
+        from models.evidence import opacity_features, resolution_chain
+        from models.explain import METHODS, explain_lungs, to_unit
+        from models.networks import OPACITY, V7_LEFT, V7_RIGHT
+        from models.quality import CONFIDENT, check, lung_confidence, refine_lungs
         from models.segmentation import lungnet_outputs
         from models.severity import severity_matrix
 
@@ -114,22 +120,32 @@ class Analyzer:
         t = time.perf_counter()
         prepared = [model_square(loaded.pixels, SEG_SIZE) for loaded in images]
         geoms = [geom for _, geom in prepared]
-        img8 = np.stack([sq for sq, _ in prepared])
+        boxes = [
+            (g.offset[0], g.offset[0] + g.resized[0], g.offset[1], g.offset[1] + g.resized[1]) for g in geoms
+        ]
+        # As the training cache, then the one resolution chain every training image went through.
+        img8 = np.stack([resolution_chain(sq) for sq, _ in prepared])
         x256 = network_input(img8).to(self.device)
-        timings["preprocess"] = time.perf_counter() - t  # as the training cache
+        timings["preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        net_out = lungnet_outputs(self.model("segmentation"), x256)
-        lungs = net_out["lungs"]
-        timings["segmentation"] = time.perf_counter() - t
+        seg = self.model("segmentation")
+        net_out = lungnet_outputs(seg, x256)
+        lungs = np.stack([refine_lungs(img8[i], net_out["lungs"][i], boxes[i]) for i in range(n)])
+        net_out["lungs"] = lungs
+        confidence = [lung_confidence(net_out["maps"][i][[V7_RIGHT, V7_LEFT]]) for i in range(n)]
+        turned: list[float | None] = [None] * n
+        for i in [int(j) for j in np.nonzero(np.array(confidence) < CONFIDENT)[0]]:  # unsure: turn it
+            both = np.stack([np.rot90(img8[i], k).copy() for k in (1, 3)])
+            maps = lungnet_outputs(seg, network_input(both).to(self.device))
+            turned[i] = max(lung_confidence(m[[V7_RIGHT, V7_LEFT]]) for m in maps["maps"])
+        checks = [check(img8[i], lungs[i], boxes[i], confidence[i], turned[i]) for i in range(n)]
+        timings["segmentation"] = time.perf_counter() - t  # and the quality check
 
         t = time.perf_counter()
-        crops = [lung_crop(img8[i], lungs[i]) for i in range(n)]
-        xc = torch.from_numpy(np.stack([c for c, _ in crops])[:, None]).to(self.device)
-        clf = self.model("classification")
-        temperature = float(self.registry["models"]["classification"].get("temperature", 1.0))
-        with torch.no_grad():
-            probs = torch.softmax(clf(xc) / temperature, 1).cpu().numpy()
+        opac = net_out["maps"][:, OPACITY]
+        feats = np.stack([opacity_features(opac[i], lungs[i]) for i in range(n)])
+        probs = self.model("classification").predict_proba(feats)
         timings["classification"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -146,14 +162,13 @@ class Analyzer:
             )
             for i in range(n)
         ]
-        opac = net_out["maps"][:, OPACITY]
         embeddings = self.model("retrieval").transform(net_out["pooled"])
         timings["severity"] = time.perf_counter() - t  # and the retrieval embedding
 
         t = time.perf_counter()
         targets = [int(np.argmax(p)) for p in probs]
         heats = [
-            to_unit(geoms[i].to_input(uncrop(explain(clf, xc[i : i + 1], targets[i], heatmap), crops[i][1])))
+            to_unit(geoms[i].to_input(explain_lungs(seg, x256[i : i + 1], lungs[i], heatmap)))
             for i in range(n)
         ]
         timings["heatmap"] = time.perf_counter() - t  # renormalised: padding is cut away
@@ -166,6 +181,7 @@ class Analyzer:
             right = geoms[i].to_input(lungs[i][0].astype(np.float32)) > 0.5
             left = geoms[i].to_input(lungs[i][1].astype(np.float32)) > 0.5
             p_covid = float(probs[i][CLASSES.index("covid19")])
+            qc = checks[i]
             results.append(
                 AnalysisResult(
                     classification={c: float(p) for c, p in zip(CLASSES, probs[i], strict=True)},
@@ -178,11 +194,13 @@ class Analyzer:
                     pixel_spacing_mm=loaded.pixel_spacing_mm,
                     heatmap_method=heatmap,
                     embedding=embeddings[i],
+                    quality=Quality(qc.assessable, qc.lungs_found, qc.reasons, qc.text()),
                     extra={
                         "covid19_threshold": thr,
-                        "covid19_positive": p_covid >= thr,
+                        "covid19_positive": qc.lungs_found and p_covid >= thr,
                         "heatmap_class": CLASSES[targets[i]],
-                        "opacity_fraction": float(opac[i][lungs[i].any(0)].mean()) if lungs[i].any() else 0.0,
+                        "opacity_fraction": float(feats[i][0]),
+                        "quality_measures": {k: round(v, 4) for k, v in qc.measures.items()},
                         "timings_s": dict(share),
                         "batch_size": n,
                     },

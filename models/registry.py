@@ -105,6 +105,8 @@ def build_model(
     path = verified_path(role, weights_dir, registry)
     arch = dict(e["arch"])
     cls = arch.pop("class")
+    if cls == "OpacityLogistic":  # coefficients as JSON, no network
+        return load_opacity_classifier(path)
     widths = tuple(arch.get("widths", (32, 64, 128, 256)))
     model: torch.nn.Module
     if cls == "LungNet":
@@ -122,6 +124,16 @@ def build_model(
         raise RegistryError(f"cannot load weights {path} for {role!r}: {exc}") from exc
     logger.info("loaded %s@%s on %s", e["name"], e["version"], device)
     return model.to(device).eval()
+
+
+def load_opacity_classifier(path: Path) -> Any:
+    """The round-3 classifier (:class:`models.evidence.OpacityClassifier`) from its verified JSON."""
+    from models.evidence import OpacityClassifier
+
+    try:
+        return OpacityClassifier.from_json(json.loads(Path(path).read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"cannot load classifier coefficients {path}: {exc}") from exc
 
 
 def load_ridge(weights_dir: Path | None = None, registry: dict[str, Any] | None = None) -> Any:

@@ -43,6 +43,29 @@ class Severity:
 
 
 @dataclass(frozen=True)
+class Quality:
+    """The anatomical quality check of the lung outline (:mod:`models.quality`).
+
+    ``assessable``: the severity scores can be reported; ``lungs_found``: the input held
+    lung-like fields at all, so the classification can be reported. ``reasons``: codes of the
+    failed checks; ``description``: them in words.
+    """
+
+    assessable: bool = True
+    lungs_found: bool = True
+    reasons: tuple[str, ...] = ()
+    description: str = "passed"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "assessable": self.assessable,
+            "lungs_found": self.lungs_found,
+            "reasons": list(self.reasons),
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
 class PriorCase:
     """An image the node analysed earlier, as its archive keeps it (UIDs and results only)."""
 
@@ -157,6 +180,7 @@ class AnalysisResult:
     embedding: np.ndarray | None = None  # float32 (DIM,) unit vector for similar-case retrieval
     context: CaseContext | None = None  # set by the node from its archive (node.archive)
     extra: dict[str, Any] = field(default_factory=dict)
+    quality: Quality = field(default_factory=Quality)  # False: scores / class not to be reported
 
     @property
     def predicted_class(self) -> str:

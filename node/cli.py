@@ -201,10 +201,22 @@ def analyze(
                 )
             if record.get("similar_cases"):
                 notes.append(f"{len(record['similar_cases'])} similar earlier cases")
+            quality = record.get("quality") or {}
+            found, assessable = quality.get("lungs_found", True), quality.get("assessable", True)
+            why = f" ({quality.get('description')})" if not assessable else ""
+            predicted = record["predicted_class"]
             typer.echo(
-                f"{path}: {record['predicted_class']} "
-                f"({record['classification'][record['predicted_class']]:.2f}); "
-                f"extent {sev['geographic_extent']:.1f}/8, opacity {sev['opacity']:.1f}/6; "
+                f"{path}: "
+                + (
+                    f"{predicted} ({record['classification'][predicted]:.2f}); "
+                    if found
+                    else "class not assessable; "
+                )
+                + (
+                    f"extent {sev['geographic_extent']:.1f}/8, opacity {sev['opacity']:.1f}/6; "
+                    if assessable
+                    else f"severity not assessable{why}; "
+                )
                 + "".join(f"{n}; " for n in notes)
                 + f"{analysis.seconds:.1f}s"
             )

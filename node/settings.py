@@ -150,8 +150,8 @@ class Settings(BaseSettings):
     triage_rule: str = Field(
         "covid19 >= auto or extent >= 4",
         description="'or'-joined 'metric >= value' conditions; metrics: normal, other_disease, pneumonia, "
-        "covid19 (value 'auto': the 98 %-sensitivity threshold), extent, opacity, extent_increase, "
-        "opacity_increase (since the previous study); empty: no triage",
+        "covid19 (value 'auto': the registry's threshold, 97 % sensitivity out of source), extent, "
+        "opacity, extent_increase, opacity_increase (since the previous study); empty: no triage",
     )
     triage_webhook: str | None = Field(None, description="POST urgent studies (UIDs only) as JSON here")
 

@@ -66,6 +66,11 @@ def parse_rule(rule: str) -> tuple[Condition, ...]:
 
 
 def _value(metric: str, result: AnalysisResult, changes: list[SeverityChange]) -> float | None:
+    # Numbers the quality check withholds (models/quality.py) never make a study urgent.
+    if metric in CLASSES and not result.quality.lungs_found:
+        return None
+    if metric not in CLASSES and not result.quality.assessable:
+        return None
     if metric in CLASSES:
         return result.classification[metric]
     if metric == "extent":

@@ -102,6 +102,7 @@ class Analysis:
             out["predicted_class"] = r.predicted_class
             out["severity"] = r.severity.as_json()
             out["lungs"] = r.lungs_json()
+            out["quality"] = r.quality.as_json()
             out["models"] = dict(r.models)
             out["heatmap"] = r.heatmap_method
             out.update((r.context or CaseContext()).as_json())

@@ -49,11 +49,18 @@ def train(
     seed: int = 0,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Reproduce every shipped model: corpus cache, the joint fit (encoder, LungNet, classifier,
-    severity: they share the encoder), release into ``out`` + ``registry``, then the retrieval
-    projection on the released LungNet. ``registry`` is updated role by role
-    (:func:`models.registry.update_registry`); the fit's work files go to ``out/fit``."""
-    from models.training import fit, release, retrieval
+    """Reproduce every shipped model, each stage on the models the stages before it released:
+
+    1. corpus cache and the joint fit (encoder, LungNet, severity: they share the encoder),
+       released into ``out`` + ``registry``;
+    2. the retrieval projection on the released LungNet;
+    3. the lung-opacity classifier: the released LungNet run once over every source
+       (:mod:`models.training.extract`), then chosen and measured by leave-one-source-out
+       (:mod:`models.training.round3`).
+
+    ``registry`` is updated role by role (:func:`models.registry.update_registry`); work files
+    go to ``out/fit`` and ``out/round3``."""
+    from models.training import extract, fit, release, retrieval, round3
     from models.training.corpus import build_cache
 
     work = out / "fit"
@@ -63,6 +70,22 @@ def train(
     report = fit.main(cache, work, quick=quick, seed=seed)
     release.main(work, weights=out, registry=registry)
     report["retrieval"] = retrieval.release(cache, out, registry)
+    lungnet_cache = out / "round3" / "lungnet-cache"
+    if quick:  # a few images per source: numbers mean nothing
+        extract.extract(data, lungnet_cache, limit=12, weights_dir=out, registry=registry)
+    else:  # CPU budget: every 4th covid-radiography and every 3rd NIH image
+        subsample = {"covid-radiography": 4, "nih": 3}
+        extract.extract(data, lungnet_cache, subsample=subsample, weights_dir=out, registry=registry)
+    report["classification"] = round3.main(
+        lungnet_cache,
+        out / "round3",
+        data,
+        ship=True,
+        seed=seed,
+        heat_n=3 if quick else 40,
+        weights_dir=out,
+        registry=registry,
+    )
     return report
 
 
@@ -152,10 +175,10 @@ def eval_segmentation(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: 
 def eval_classification(
     data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool = RecomputeOpt
 ) -> None:
-    """Per-class AUC (bootstrap CI), accuracy, per source, calibration, COVID-19 at 98% sensitivity.
+    """Leave-one-source-out AUCs, source probe, triage per source, quality check, calibration.
 
-    ``--recompute`` recomputes every number from the shipped out-of-fold predictions
-    (retraining the folds is ``python -m models.training.fit``, a GPU run)."""
+    ``--recompute`` recomputes the out-of-source numbers from the shipped predictions
+    (``models/weights/classification-loso.npz``); retraining is ``cxr-node train``."""
     _setup(verbose=not as_json)
     from models.registry import entry, model_id
 
@@ -163,11 +186,10 @@ def eval_classification(
     if recompute:
         import numpy as np
 
-        from models.training.release import classification_metrics
+        from models.training.round3 import recompute as fresh_metrics
 
-        with np.load(DEFAULT_OUT / "classification-oof.npz", allow_pickle=False) as z:
-            fresh = classification_metrics({k: z[k] for k in z.files})
-        metrics.update(fresh)
+        with np.load(DEFAULT_OUT / "classification-loso.npz", allow_pickle=False) as z:
+            metrics.update(fresh_metrics({k: z[k] for k in z.files}))
     metrics["model"] = model_id("classification")
     metrics["recomputed"] = recompute
     _emit(metrics, as_json)
@@ -225,17 +247,21 @@ def eval_severity(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool
 
 @eval_app.command("triage")
 def eval_triage(data: Path = DataOpt, as_json: bool = JsonOpt) -> None:
-    """Sensitivity and specificity of the default triage rule's conditions on held-out predictions."""
+    """The default triage rule per held-out source (its ``auto`` threshold fitted without that source)."""
     _setup(verbose=not as_json)
-    import numpy as np
-
     from models.registry import entry
-    from models.training.corpus import cached, scored, severity_targets
-    from models.training.release import SEVERITY_FEATURES, triage_metrics
 
-    with np.load(DEFAULT_OUT / "classification-oof.npz", allow_pickle=False) as z:
-        oof = {k: z[k] for k in z.files}
-    arrays = cached(data)
-    truth = severity_targets(arrays, np.nonzero(scored(arrays))[0])["geographic_extent"]
-    pred = entry("severity")["metrics"][SEVERITY_FEATURES]["cv234_oof_first_repeat"]["geographic_extent"]
-    _emit(triage_metrics(oof, np.asarray(pred), truth), as_json)
+    metrics = entry("classification")["metrics"]
+    _emit(
+        {
+            "task": "triage",
+            "rule": "covid19 >= auto or extent >= 4 (the default triage_rule)",
+            "protocol": "nested leave-one-source-out: auto set at 97 % sensitivity on out-of-source "
+            "predictions "
+            "for the other sources, applied to the held-out source; no class when the quality check found "
+            "nothing lung-like, no extent when the outline is not assessable",
+            "shipped_auto_threshold": metrics["auto_threshold"],
+            "per_source": metrics["triage"],
+        },
+        as_json,
+    )

@@ -217,6 +217,11 @@ def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_P
         },
         "metrics": sev_metrics,
     }
+    # The round-2 crop classifier is measured and kept beside the weights for comparison; the
+    # classification role is the lung-opacity classifier (models.training.round3), registered
+    # after this by `cxr-node train`.
+    crop = reg["models"].pop("classification")
+    (weights / "crop-classifier.json").write_text(json.dumps(crop, indent=1) + "\n")
     return update_registry(reg["models"], registry)
 
 

@@ -89,3 +89,7 @@ TRIAGE = _private("TRIAGE", "Triage priority")
 URGENT = CodedConcept(value="103391001", scheme_designator="SCT", meaning="Urgent")
 ROUTINE = CodedConcept(value="50811001", scheme_designator="SCT", meaning="Routine")
 UNIT_DAY = CodedConcept(value="d", scheme_designator="UCUM", meaning="day")
+
+# The anatomical quality check (models/quality.py, issue 15): a result the node withholds.
+ASSESSMENT = _private("ASSESSMENT", "Assessment by the algorithm")
+NOT_ASSESSABLE = _private("NOTASSESSABLE", "Not assessable: lung outline failed the quality check")

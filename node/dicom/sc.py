@@ -54,6 +54,7 @@ MODEL_GRID = 256  # the segmentation's input size; its masks are upsampled from 
 WARNING_RGB = (255, 220, 0)
 URGENT_RGB = (255, 64, 64)
 URGENT = "URGENT (triage rule)"
+NOT_ASSESSABLE = "not assessable"
 TEXT_RGB = (255, 255, 255)
 BOX_RGB = (0, 0, 0)
 MIN_FONT = 8  # pixels; below this the default font is unreadable
@@ -219,10 +220,15 @@ def header_lines(result: AnalysisResult) -> list[str]:
     triage flag and the change since the patient's previous study, when there are."""
     predicted = result.predicted_class
     severity = result.severity
+    quality = result.quality
     lines = [
         NOT_FOR_DIAGNOSIS,
-        f"Class: {CLASS_LABELS[predicted]} (p = {result.classification[predicted]:.2f})",
-        f"Severity: extent {severity.geographic_extent:.1f}/8  opacity {severity.opacity:.1f}/6",
+        f"Class: {CLASS_LABELS[predicted]} (p = {result.classification[predicted]:.2f})"
+        if quality.lungs_found
+        else f"Class: {NOT_ASSESSABLE}",
+        f"Severity: extent {severity.geographic_extent:.1f}/8  opacity {severity.opacity:.1f}/6"
+        if quality.assessable
+        else f"Severity: {NOT_ASSESSABLE} ({quality.description})",
     ]
     context = result.context
     if context is not None and context.triage is not None and context.triage.urgent:
@@ -237,10 +243,15 @@ def header_lines(result: AnalysisResult) -> list[str]:
 def footer_lines(result: AnalysisResult, algorithm_name: str, algorithm_version: str) -> list[str]:
     """Bottom of the image: every probability, each lung, the scale, the algorithm."""
     severity = result.severity
+    quality = result.quality
     return [
-        "  ".join(f"{CLASS_LABELS[name]} {result.classification[name]:.2f}" for name in reversed(CLASSES)),
+        "  ".join(f"{CLASS_LABELS[name]} {result.classification[name]:.2f}" for name in reversed(CLASSES))
+        if quality.lungs_found
+        else "Class probabilities withheld",
         f"R lung: extent {severity.right.extent:.1f}/4  opacity {severity.right.opacity:.1f}/3   "
-        f"L lung: extent {severity.left.extent:.1f}/4  opacity {severity.left.opacity:.1f}/3",
+        f"L lung: extent {severity.left.extent:.1f}/4  opacity {severity.left.opacity:.1f}/3"
+        if quality.assessable
+        else "Lung scores withheld",
         f"Heatmap ({result.heatmap_method}): low",
         f"{_product(algorithm_name)} {algorithm_version} - AI result, not verified",
     ]

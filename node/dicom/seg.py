@@ -59,6 +59,16 @@ def _pixel_measures(result: AnalysisResult) -> PixelMeasuresSequence | None:
     )
 
 
+# Which lung the segments hold (LungNet has two styles; the node reports the V7 one).
+LUNG_DEFINITION = "whole lung field, incl. lung behind the heart (V7 style)"
+
+
+def _describe(description: SegmentDescription) -> SegmentDescription:
+    """Segment Description (0062,0006, LO <= 64 chars): the lung definition the segment follows."""
+    description.SegmentDescription = LUNG_DEFINITION
+    return description
+
+
 def build_seg(
     source: Dataset,
     result: AnalysisResult,
@@ -91,16 +101,18 @@ def build_seg(
         source=cxr_codes.MANUFACTURER,
     )
     descriptions = [
-        SegmentDescription(
-            segment_number=number,
-            segment_label=label,
-            segmented_property_category=codes.SCT.AnatomicalStructure,
-            segmented_property_type=concept,
-            algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            tracking_uid=derive_uid(source.SOPInstanceUID, f"{KIND}:{label}", algorithm_version),
-            tracking_id=label.lower(),
-            display_color=color,
+        _describe(
+            SegmentDescription(
+                segment_number=number,
+                segment_label=label,
+                segmented_property_category=codes.SCT.AnatomicalStructure,
+                segmented_property_type=concept,
+                algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=derive_uid(source.SOPInstanceUID, f"{KIND}:{label}", algorithm_version),
+                tracking_id=label.lower(),
+                display_color=color,
+            )
         )
         for number, (label, concept, color) in enumerate(SEGMENTS, start=1)
     ]

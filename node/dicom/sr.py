@@ -203,6 +203,11 @@ def _group(
     )
 
 
+def _not_assessable() -> list[QualitativeEvaluation]:
+    """The coded "not assessable" a group carries instead of numbers the quality check withholds."""
+    return [QualitativeEvaluation(name=cxr_codes.ASSESSMENT, value=cxr_codes.NOT_ASSESSABLE)]
+
+
 def build_measurement_groups(
     source: Dataset,
     result: AnalysisResult,
@@ -225,7 +230,10 @@ def build_measurement_groups(
         (TRACKING_LEFT, TRACKING_LEFT_OUTLINE, severity.left, cxr_codes.LEFT, left_area, result.left_lung),
     )
     groups = []
-    for identifier, _, lung, laterality, area, mask in lungs:
+    # No per-lung scores nor outlines off an outline that failed the quality check: the
+    # whole-image group says "not assessable" instead.
+    assessed = lungs if result.quality.assessable else ()
+    for identifier, _, lung, laterality, area, mask in assessed:
         sites = [FindingSite(cxr_codes.LUNG, laterality=laterality)]
         measurements = [
             _num(cxr_codes.GEOGRAPHIC_EXTENT, lung.extent, cxr_codes.UNIT_SCORE, sites),
@@ -250,7 +258,7 @@ def build_measurement_groups(
                 measurements=measurements,
             )
         )
-    for _, identifier, _, _, _, mask in lungs:
+    for _, identifier, _, _, _, mask in assessed:
         outline = lung_region(source, mask)
         if outline is not None:
             groups.append(_group(source, algorithm_version, identifier, algorithm_id, outline))
@@ -269,11 +277,16 @@ def image_group(
     One group, so that OHIF writes one block of text at the image's edge; the
     most probable class and the severity first, as OHIF shows five lines.
     """
-    evaluations = [
-        QualitativeEvaluation(
-            name=cxr_codes.CLASSIFICATION, value=cxr_codes.CLASS_CONCEPTS[result.predicted_class]
+    quality = result.quality
+    evaluations = []
+    if quality.lungs_found:
+        evaluations.append(
+            QualitativeEvaluation(
+                name=cxr_codes.CLASSIFICATION, value=cxr_codes.CLASS_CONCEPTS[result.predicted_class]
+            )
         )
-    ]
+    if not quality.assessable:  # the numbers the quality check withholds are left out
+        evaluations += _not_assessable()
     context = result.context
     if context is not None and context.triage is not None:
         urgent = context.triage.urgent
@@ -289,16 +302,19 @@ def image_group(
     ]
     severity = result.severity
     both = [FindingSite(cxr_codes.LUNG)]
-    measurements = [
-        probabilities[0],
+    scores = [
         _num(cxr_codes.GEOGRAPHIC_EXTENT, severity.geographic_extent, cxr_codes.UNIT_SCORE, both),
         _num(cxr_codes.OPACITY, severity.opacity, cxr_codes.UNIT_SCORE, both),
-        *probabilities[1:],
     ]
     right_area = result.lung_area_cm2(result.right_lung)
     left_area = result.lung_area_cm2(result.left_lung)
     if right_area is not None and left_area is not None:
-        measurements.append(_num(cxr_codes.AREA, right_area + left_area, cxr_codes.UNIT_CM2, both))
+        scores.append(_num(cxr_codes.AREA, right_area + left_area, cxr_codes.UNIT_CM2, both))
+    if not quality.lungs_found:
+        probabilities = []
+    if not quality.assessable:
+        scores = []
+    measurements = [*probabilities[:1], *scores[:2], *probabilities[1:], *scores[2:]]
     return _group(
         source,
         algorithm_version,

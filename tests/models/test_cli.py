@@ -24,16 +24,16 @@ def test_cli_import_does_not_import_torch() -> None:
             {
                 "task",
                 "protocol",
-                "auc",
-                "accuracy",
-                "covid19_at_98_sensitivity",
-                "within_collection_covid19_vs_pneumonia_auc",
-                "confusion",
-                "per_source",
                 "leave_one_source_out",
                 "source_probe",
-                "calibration",
-                "gradcam",
+                "triage",
+                "quality",
+                "accuracy_out_of_source",
+                "confusion_out_of_source",
+                "ece_out_of_source",
+                "auto_threshold",
+                "hannover_icu",
+                "heat",
             },
         ),
         ("severity", {"task", "protocol", "geographic_extent", "opacity", "baseline", "cv234"}),
@@ -80,6 +80,17 @@ def test_quick_train_into_a_temporary_registry_then_analyse(tmp_path, shared_dat
     for role, e in registry["models"].items():
         assert sha256_file(out / e["file"]) == e["sha256"], role
         assert e["sha256"] != shipped["models"][role]["sha256"], f"{role}: the shipped file, not a new one"
+    assert registry["models"]["classification"]["name"] == "opacity-classifier"
+    report = json.loads((out / "fit" / "train.json").read_text())
+    assert set(report["classification"]["leave_one_source_out"]) == {
+        "cxr",
+        "covid-radiography",
+        "hannover",
+        "covid-cxnet",
+        "nih",
+        "montgomery",
+        "shenzhen",
+    }
     analyzer = Analyzer(device="cpu", weights_dir=out, registry_path=out / "registry.json")
     res = analyzer.analyze(load_image(cr_chest))
     assert set(res.models) >= set(INFERENCE_ROLES)
@@ -87,11 +98,16 @@ def test_quick_train_into_a_temporary_registry_then_analyse(tmp_path, shared_dat
 
 
 def test_classification_recompute_matches_stored() -> None:
-    """Every stored classification number is recomputed from the shipped out-of-fold predictions."""
+    """Every stored out-of-source number is recomputed from the shipped predictions."""
     from models.training.cli import eval_app
 
     stored = json.loads(CliRunner().invoke(eval_app, ["classification", "--json"]).output)
     fresh = json.loads(CliRunner().invoke(eval_app, ["classification", "--json", "--recompute"]).output)
     assert fresh["recomputed"] is True
-    for key in ("auc", "accuracy", "covid19_at_98_sensitivity", "per_source", "calibration", "confusion"):
+    for key in (
+        "leave_one_source_out",
+        "accuracy_out_of_source",
+        "confusion_out_of_source",
+        "ece_out_of_source",
+    ):
         assert fresh[key] == stored[key], key

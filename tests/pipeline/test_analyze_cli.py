@@ -61,3 +61,28 @@ def test_analyze_json_batch(cr_chest_j2k: Path, cr_chest: Path, tmp_path: Path) 
     assert lateral_row["eligible"] is False and "not frontal" in lateral_row["reason"]
     assert lateral_row["classification"] is None
     assert junk_row["error"]
+
+
+def test_analyze_blank_image_is_not_a_finding(tmp_path: Path) -> None:
+    """A blank grey image: "not assessable" for class and severity, never urgent (issue 15)."""
+    blank = tmp_path / "blank.png"
+    Image.new("L", (512, 512), 128).save(blank)
+    done = subprocess.run(
+        [sys.executable, "-m", "node.cli", "analyze", "--out", str(tmp_path / "out"), str(blank)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "class not assessable" in done.stdout and "severity not assessable" in done.stdout
+    assert "URGENT" not in done.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "node.cli", "analyze", "--json", "--out", str(tmp_path / "out2"), str(blank)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    row = json.loads(as_json.stdout.splitlines()[0])
+    assert row["quality"]["assessable"] is False and row["quality"]["lungs_found"] is False
+    assert row["quality"]["reasons"] == ["blank"]
+    assert not (row.get("triage") or {}).get("urgent")

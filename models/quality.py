@@ -1,0 +1,207 @@
+"""Anatomical quality check of the lung outline, and of the input itself.
+
+Two verdicts (:class:`LungQC`):
+
+- ``lungs_found``: the input looks like a radiograph with two lung-like fields (not blank,
+  not noise, lungs large enough). When False, neither the class nor the severity is reported.
+- ``assessable``: the outline is anatomically plausible, so the severity scores (which are
+  read off it) can be reported. Checks, each with a reason code:
+
+  ``blank`` (almost no contrast), ``no_structure`` (neighbouring pixels uncorrelated: noise),
+  ``no_lungs`` (either lung below :data:`MIN_LUNG` of the content), ``lung_area`` (both lungs
+  above :data:`MAX_LUNGS` of the content), ``left_right_ratio`` (one lung over
+  :data:`MAX_RATIO` times the other), ``orientation`` (the patient's right lung not on the
+  image's left, or the lungs not side by side, or LungNet clearly more confident of the lungs
+  with the film turned 90 degrees: :func:`lung_confidence`),
+  ``image_edge`` (more than :data:`MAX_EDGE` of the outline on the image's edge),
+  ``outside_body`` (more than :data:`MAX_OUTSIDE` of the lung pixels in the air around the
+  body), ``shape`` (a lung's solidity below :data:`MIN_SOLIDITY`: an outline that loops out).
+
+The thresholds are anatomical priors, fixed before measuring; their false-alarm rate on
+normal films of every source is in the segmentation card.
+
+:func:`refine_lungs` is the outline the node reports: the LungNet masks with the pixels in the
+air around the body removed, thin bridges opened and the largest component kept per lung.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+MIN_CONTRAST = 6.0  # grey levels (std of the content, 0-255)
+MIN_NEIGHBOUR_CORR = 0.75
+MIN_LUNG = 0.02  # of the content area, each lung
+MAX_LUNGS = 0.75
+MAX_RATIO = 3.0
+MAX_EDGE = 0.25
+MAX_OUTSIDE = 0.05
+MIN_SOLIDITY = 0.80
+CONFIDENT = 0.8  # lung_confidence below which the film is also read turned 90 degrees both ways
+TURNED_MARGIN = 0.1  # a turned reading this much more confident (and confident): the film is turned
+
+REASONS = {
+    "blank": "no image content",
+    "no_structure": "no radiographic structure (noise)",
+    "no_lungs": "lung fields not found",
+    "lung_area": "lung fields implausibly large",
+    "left_right_ratio": "left/right lung sizes implausible",
+    "orientation": "lungs not in chest position (rotated or not a frontal chest film)",
+    "image_edge": "lung outline runs along the image edge",
+    "outside_body": "lung outline outside the body",
+    "shape": "lung outline implausible in shape",
+}
+# Reasons after which nothing lung-like was found: the classification is not reported either.
+NOTHING_FOUND = ("blank", "no_structure", "no_lungs", "orientation")
+
+
+@dataclass(frozen=True)
+class LungQC:
+    assessable: bool
+    lungs_found: bool
+    reasons: tuple[str, ...]
+    measures: dict[str, float] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return "; ".join(REASONS[r] for r in self.reasons) or "passed"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "assessable": self.assessable,
+            "lungs_found": self.lungs_found,
+            "reasons": list(self.reasons),
+            "measures": {k: round(v, 4) for k, v in self.measures.items()},
+        }
+
+
+def body_mask(img8: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """The body: the content minus the dark air connected to the content's border."""
+    vals = img8[content].astype(np.float32)
+    if vals.size == 0:
+        return content
+    lo, mid = np.percentile(vals, [1, 50])
+    air = content & (img8 < lo + 0.35 * (mid - lo))
+    labels, n = ndimage.label(air)
+    if n == 0:
+        return content
+    edge = content & ~ndimage.binary_erosion(content, iterations=2)
+    outside = np.isin(labels, np.unique(labels[edge & air]))
+    outside &= labels > 0
+    return content & ~outside
+
+
+def _solidity(lung: np.ndarray) -> float:
+    """Area over the area of the convex hull of the pixel corners (1 for a convex outline)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    if lung.sum() < 20:
+        return 0.0
+    rim = np.argwhere(lung & ~ndimage.binary_erosion(lung))
+    corners = (rim[:, None, :] + np.array([[0, 0], [0, 1], [1, 0], [1, 1]])[None]).reshape(-1, 2)
+    try:
+        hull = ConvexHull(corners).volume  # the area, in 2-D
+    except QhullError:
+        return 0.0
+    return float(min(lung.sum() / max(hull, 1.0), 1.0))
+
+
+def lung_confidence(lung_prob: np.ndarray) -> float:
+    """How sure LungNet is of the lungs: of the pixels with lung probability > 0.2 (either lung,
+    (2, H, W) maps), the share above 0.8. Upright films score 0.8-0.93; the same film turned
+    90 degrees 0.4-0.7, and its reading turned back regains the upright score."""
+    p = np.asarray(lung_prob).max(0)
+    cand = p > 0.2
+    return float((p[cand] > 0.8).mean()) if cand.any() else 0.0
+
+
+def check(
+    img8: np.ndarray,
+    lungs: np.ndarray,
+    box: tuple[int, int, int, int] | None = None,
+    confidence: float | None = None,
+    turned_confidence: float | None = None,
+) -> LungQC:
+    """Quality verdict for one 256-px uint8 square ``img8`` and its lungs (2, H, W) (patient right,
+    left); ``box`` (r0, r1, c0, c1): the part of the square that holds the image (default all);
+    ``confidence``: :func:`lung_confidence` of the film as given, ``turned_confidence``: the
+    higher of the film turned 90 degrees either way (None: not read turned)."""
+    img8 = np.asarray(img8)
+    lungs = np.asarray(lungs, bool)
+    h, w = img8.shape
+    r0, r1, c0, c1 = box or (0, h, 0, w)
+    content = np.zeros((h, w), bool)
+    content[r0:r1, c0:c1] = True
+    area = float(content.sum())
+    sub = img8[r0:r1, c0:c1].astype(np.float32)
+    m: dict[str, float] = {"contrast": float(sub.std())}
+    reasons: list[str] = []
+    if m["contrast"] < MIN_CONTRAST:
+        return LungQC(False, False, ("blank",), m)
+    a, b = sub[:, :-1].ravel(), sub[:, 1:].ravel()
+    m["neighbour_corr"] = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+    if m["neighbour_corr"] < MIN_NEIGHBOUR_CORR:
+        return LungQC(False, False, ("no_structure",), m)
+    right, left = lungs[0], lungs[1]
+    m["right_area"], m["left_area"] = float(right.sum()) / area, float(left.sum()) / area
+    if min(m["right_area"], m["left_area"]) < MIN_LUNG:
+        return LungQC(False, False, ("no_lungs",), m)
+    if m["right_area"] + m["left_area"] > MAX_LUNGS:
+        reasons.append("lung_area")
+    ratio = m["right_area"] / m["left_area"]
+    m["left_right_ratio"] = ratio
+    if not 1 / MAX_RATIO <= ratio <= MAX_RATIO:
+        reasons.append("left_right_ratio")
+    (rr, rc), (lr, lc) = ndimage.center_of_mass(right), ndimage.center_of_mass(left)
+    union = right | left
+    rows, cols = np.nonzero(union.any(1))[0], np.nonzero(union.any(0))[0]
+    m["height_over_width"] = float((rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1))
+    m["row_offset"] = float(abs(rr - lr) / (r1 - r0))
+    m["solidity"] = min(_solidity(right), _solidity(left))
+    if turned_confidence is not None:
+        m["lung_confidence"], m["turned_confidence"] = float(confidence or 0.0), float(turned_confidence)
+    turned = (
+        turned_confidence is not None
+        and turned_confidence >= CONFIDENT
+        and turned_confidence > (confidence or 0.0) + TURNED_MARGIN
+    )
+    if rc >= lc or m["row_offset"] > 0.25 or m["height_over_width"] < 0.45 or turned:
+        reasons.append("orientation")
+    rim = union & ~ndimage.binary_erosion(union)
+    inner = ndimage.binary_erosion(content, iterations=2)
+    m["edge_fraction"] = float((rim & ~inner).sum() / max(rim.sum(), 1))
+    if m["edge_fraction"] > MAX_EDGE:
+        reasons.append("image_edge")
+    body = body_mask(img8, content)
+    m["outside_body"] = float((union & ~body).sum() / max(union.sum(), 1))
+    if m["outside_body"] > MAX_OUTSIDE:
+        reasons.append("outside_body")
+    if m["solidity"] < MIN_SOLIDITY:
+        reasons.append("shape")
+    found = not any(r in NOTHING_FOUND for r in reasons)
+    return LungQC(not reasons, found, tuple(reasons), m)
+
+
+def refine_lungs(
+    img8: np.ndarray, lungs: np.ndarray, box: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """The outline the node reports: lungs inside the body, thin bridges (< 5 px) opened,
+    the largest component of each lung kept, holes filled. Returns (2, H, W) bool."""
+    lungs = np.asarray(lungs, bool)
+    h, w = lungs.shape[1:]
+    r0, r1, c0, c1 = box or (0, h, 0, w)
+    content = np.zeros((h, w), bool)
+    content[r0:r1, c0:c1] = True
+    body = body_mask(np.asarray(img8), content)
+    out = np.zeros_like(lungs)
+    disk = ndimage.generate_binary_structure(2, 1)
+    for k in range(lungs.shape[0]):
+        m = ndimage.binary_opening(lungs[k] & body, disk, iterations=2)
+        labels, n = ndimage.label(m)
+        if n == 0:
+            out[k] = lungs[k]  # nothing left: keep LungNet's outline (the check reports it)
+            continue
+        sizes = ndimage.sum(m, labels, range(1, n + 1))
+        out[k] = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+    return out

@@ -1,0 +1,470 @@
+"""Round 3: the lung-opacity classifier, chosen and measured by leave-one-source-out.
+
+Reads the LungNet cache of :mod:`models.training.extract` and writes ``report.json``
+(every number of the cards) and, with ``--ship``, the classifier's coefficients to
+``models/weights/`` and its registry entry (read-modify-write: every other role is kept).
+
+Split rules:
+
+- **Leave one source out** (the model-selection criterion): for each of the seven sources,
+  the model is trained on images whose *patient group* has no image in that source (so a
+  hannover patient's cxr-collection films leave with hannover) and tested on the source.
+- **Patient groups** (:mod:`models.training.sources`): ids where they exist, merged with
+  256-bit difference-hash near-duplicates (<= 12 bits) across every folder.
+- **Source probe**: 5-fold ``StratifiedGroupKFold`` over patient groups.
+- **Triage**: the ``auto`` threshold for a held-out source is set on predictions for the
+  other sources made by models that saw neither that source nor the predicted one (nested
+  leave-one-source-out), then applied to the held-out source.
+
+    nice python -m models.training.round3 --cache /work/cache15 --out /work/cache15/round3 [--ship]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.evidence import FEATURES, OpacityClassifier, transform
+from models.result import CLASSES
+from models.training.sources import SOURCES, dhash, hash_groups, index
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = (
+    "leave one source out (7 sources): trained on the patient groups with no image in the held-out "
+    "source, tested on it; groups: ids where they exist + 256-bit dHash near-duplicates (<= 12 bits); "
+    "temperature fitted on the out-of-source logits"
+)
+NORMAL, OTHER, PNEUMONIA, COVID = (CLASSES.index(c) for c in CLASSES)
+TARGET_SENSITIVITY = 0.97  # the auto threshold's sensitivity on the sources it is fitted on
+EXTENT_URGENT = 4.0
+MIN_CELL = 20  # source x class cells smaller than this weigh as if they had this many images
+C_REG = 1.0
+
+
+def sample_weights(y: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """Each class weighs the same in total, and within a class each source the same."""
+    w = np.zeros(len(y))
+    for c in np.unique(y):
+        cells = [s for s in np.unique(src[y == c])]
+        for s in cells:
+            m = (y == c) & (src == s)
+            w[m] = 1.0 / len(cells) / max(int(m.sum()), MIN_CELL)
+    return w * len(y) / w.sum()
+
+
+def fit(x: np.ndarray, y: np.ndarray, src: np.ndarray, c: float = C_REG) -> OpacityClassifier:
+    """Standardise, then a source- and class-balanced multinomial logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    z = transform(x)
+    mean, scale = z.mean(0), z.std(0) + 1e-6
+    lr = LogisticRegression(C=c, max_iter=2000)
+    lr.fit((z - mean) / scale, y, sample_weight=sample_weights(y, src))
+    coef = np.zeros((len(CLASSES), z.shape[1]))
+    inter = np.full(len(CLASSES), -30.0)  # a class absent from training is never predicted
+    for k, cls in enumerate(lr.classes_):
+        coef[cls], inter[cls] = lr.coef_[k], lr.intercept_[k]
+    return OpacityClassifier(mean, scale, coef, inter)
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    return round(float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])), 4)
+
+
+def loso(
+    x: np.ndarray, y: np.ndarray, src: np.ndarray, groups: np.ndarray, labelled: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Out-of-source logits for every image (trained without its source and its groups), and
+    the training mask of each fold."""
+    logits = np.full((len(y), len(CLASSES)), np.nan)
+    masks = {}
+    for s in SOURCES:
+        test = src == s
+        touched = np.isin(groups, np.unique(groups[test]))
+        train = labelled & ~touched
+        masks[s] = train
+        model = fit(x[train], y[train], src[train])
+        logits[test] = model.logits(x[test])
+    return logits, masks
+
+
+def softmax(lg: np.ndarray, t: float = 1.0) -> np.ndarray:
+    z = lg / t
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def recompute(oof: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The out-of-source numbers of the card from the shipped predictions (``classification-loso.npz``)."""
+    y, src = oof["label"], oof["source"].astype(str)
+    labelled = y >= 0
+    p = softmax(oof["logits"], float(oof["temperature"]))
+    pred = p[labelled].argmax(1)
+    return {
+        "leave_one_source_out": loso_matrix(p, y, src, labelled),
+        "accuracy_out_of_source": round(float((pred == y[labelled]).mean()), 4),
+        "confusion_out_of_source": [
+            [int(((y[labelled] == a) & (pred == b)).sum()) for b in range(4)] for a in range(4)
+        ],
+        "ece_out_of_source": ece(p[labelled], y[labelled]),
+    }
+
+
+def loso_matrix(p: np.ndarray, y: np.ndarray, src: np.ndarray, labelled: np.ndarray) -> dict[str, Any]:
+    """Per held-out source: COVID-19 vs normal (the source's own normals where it has >= 50,
+    and against every out-of-source normal), abnormal vs normal within the source."""
+    out: dict[str, Any] = {}
+    normals = labelled & (y == NORMAL)
+    for s in SOURCES:
+        m = labelled & (src == s)
+        row: dict[str, Any] = {"n": int(m.sum()), "classes": sorted(CLASSES[c] for c in np.unique(y[m]))}
+        cov = m & (y == COVID)
+        if cov.any():
+            row["covid19_vs_all_normals"] = auc(p[cov, COVID], p[normals, COVID])
+            row["n_covid19"] = int(cov.sum())
+            if (m & (y == NORMAL)).sum() >= 50:
+                row["covid19_vs_own_normals"] = auc(p[cov, COVID], p[m & (y == NORMAL), COVID])
+        own_normal = m & (y == NORMAL)
+        if own_normal.sum() >= 50 and (m & (y != NORMAL)).any():
+            row["abnormal_vs_normal"] = auc(1 - p[m & (y != NORMAL), NORMAL], 1 - p[own_normal, NORMAL])
+            row["n_normal"] = int(own_normal.sum())
+        out[s] = row
+    return out
+
+
+def source_probe(inputs: np.ndarray, src: np.ndarray, groups: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Balanced accuracy of telling the seven sources apart from ``inputs`` (patient-grouped 5-fold CV):
+    a linear probe (as round 2's) and gradient-boosted trees (a stronger one)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    codes = np.array([SOURCES.index(s) for s in src])
+    res = {}
+    for name, make in (
+        (
+            "linear",
+            lambda: make_pipeline(
+                StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced")
+            ),
+        ),
+        (
+            "boosted_trees",
+            lambda: HistGradientBoostingClassifier(max_iter=150, class_weight="balanced", random_state=seed),
+        ),
+    ):
+        pred = np.zeros(len(codes), int)
+        with threadpool_limits(1):  # OpenMP threads on a shared CPU slow the trees down many times
+            for tr, te in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(
+                inputs, codes, groups
+            ):
+                pred[te] = make().fit(inputs[tr], codes[tr]).predict(inputs[te])
+        res[name] = round(float(balanced_accuracy_score(codes, pred)), 4)
+    res["chance"] = round(1 / len(SOURCES), 4)
+    return res
+
+
+def fit_temperature(lg: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    from scipy.optimize import minimize_scalar
+
+    def nll(t: float) -> float:
+        p = softmax(lg, t)
+        return float(-(w * np.log(p[np.arange(len(y)), y] + 1e-12)).sum() / w.sum())
+
+    return float(minimize_scalar(nll, bounds=(0.3, 5.0), method="bounded").x)
+
+
+def threshold_at(scores: np.ndarray, sensitivity: float = TARGET_SENSITIVITY) -> float:
+    pos = np.sort(scores)
+    return float(pos[int(np.floor((1 - sensitivity) * len(pos)))])
+
+
+def triage(
+    x: np.ndarray,
+    y: np.ndarray,
+    src: np.ndarray,
+    groups: np.ndarray,
+    labelled: np.ndarray,
+    extent: np.ndarray,
+    assessable: np.ndarray,
+    found: np.ndarray,
+    temperature: float,
+) -> dict[str, Any]:
+    """The default rule ``covid19 >= auto or extent >= 4`` per held-out source, with ``auto``
+    fitted without that source (nested leave-one-source-out), and the quality check's say:
+    no class when nothing lung-like was found, no extent when the outline is not assessable."""
+    out: dict[str, Any] = {}
+    for s in SOURCES:
+        test = src == s
+        outer_train = labelled & ~np.isin(groups, np.unique(groups[test]))
+        inner_scores = []
+        for t in SOURCES:
+            if t == s:
+                continue
+            tt = outer_train & (src == t) & (y == COVID)
+            if not tt.any():
+                continue
+            train = outer_train & ~np.isin(groups, np.unique(groups[src == t]))
+            model = fit(x[train], y[train], src[train])
+            inner_scores.append(softmax(model.logits(x[tt]), temperature)[:, COVID])
+        thr = threshold_at(np.concatenate(inner_scores))
+        model = fit(x[outer_train], y[outer_train], src[outer_train])
+        p = softmax(model.logits(x[test]), temperature)[:, COVID]
+        by_class = (p >= thr) & found[test]
+        by_extent = (extent[test] >= EXTENT_URGENT) & assessable[test]
+        urgent = by_class | by_extent
+        row: dict[str, Any] = {"auto_threshold": round(thr, 4)}
+        for name, c in (("covid19", COVID), ("normal", NORMAL)):
+            m = labelled[test] & (y[test] == c)
+            if m.sum():
+                row[name] = {
+                    "n": int(m.sum()),
+                    "urgent": round(float(urgent[m].mean()), 4),
+                    "by_covid19": round(float(by_class[m].mean()), 4),
+                    "by_extent": round(float(by_extent[m].mean()), 4),
+                }
+        out[s] = row
+    return out
+
+
+def quality_table(qc: list[Any], y: np.ndarray, src: np.ndarray, labelled: np.ndarray) -> dict[str, Any]:
+    """Share of films whose outline fails the check (not assessable), per source and class."""
+    fail = np.array([not q.assessable for q in qc])
+    none = np.array([not q.lungs_found for q in qc])
+    out: dict[str, Any] = {}
+    for s in SOURCES:
+        for name, c in (("normal", NORMAL), ("covid19", COVID)):
+            m = labelled & (src == s) & (y == c)
+            if m.sum():
+                reasons: dict[str, int] = {}
+                for i in np.nonzero(m & fail)[0]:
+                    for r in qc[i].reasons:
+                        reasons[r] = reasons.get(r, 0) + 1
+                out.setdefault(s, {})[name] = {
+                    "n": int(m.sum()),
+                    "not_assessable": round(float(fail[m].mean()), 4),
+                    "nothing_found": round(float(none[m].mean()), 4),
+                    "reasons": reasons,
+                }
+    normals = labelled & (y == NORMAL)
+    out["all_normals"] = {"n": int(normals.sum()), "false_alarm": round(float(fail[normals].mean()), 4)}
+    return out
+
+
+def main(
+    cache: Path,
+    out: Path,
+    data: Path,
+    ship: bool = False,
+    seed: int = 0,
+    heat_n: int = 40,
+    weights_dir: Path | None = None,
+    registry: Path | None = None,
+) -> dict[str, Any]:
+    """Choose and measure the classifier on ``cache`` (:mod:`models.training.extract`); with
+    ``ship``, write it to ``weights_dir`` and register it in ``registry`` (default: the package's)."""
+    from models.quality import check
+    from models.registry import load_registry, load_ridge
+    from models.training.extract import load
+
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = load(cache, images=True)
+    items = {it.file: it for it in index(data)}
+    recs = [items[str(f)] for f in arrays["files"]]
+    y = np.array([r.label for r in recs])
+    src = np.array([r.source for r in recs])
+    labelled = y >= 0
+    hashes = np.stack([dhash(im) for im in arrays["image"]])
+    groups = hash_groups([[r.patient] + ([r.link] if r.link else []) for r in recs], hashes)
+    x = arrays["features"].astype(np.float64)
+    boxes = arrays["box"]
+    qc = [check(arrays["image"][i], arrays["lungs"][i], _box(boxes[i])) for i in range(len(y))]
+    assessable = np.array([q.assessable for q in qc])
+    found = np.array([q.lungs_found for q in qc])
+    sev = load_ridge(weights_dir, load_registry(registry)).predict(arrays["severity_features"])
+    extent = sev["geographic_extent"]["total"]
+    report: dict[str, Any] = {
+        "task": "classification",
+        "protocol": PROTOCOL,
+        "images": {s: int((src == s).sum()) for s in SOURCES},
+        "labelled": {s: {CLASSES[c]: int(((src == s) & (y == c)).sum()) for c in range(4)} for s in SOURCES},
+        "groups": {"n_groups": int(len(np.unique(groups))), "n_images": int(len(groups))},
+        "features": list(FEATURES),
+    }
+    cross = sum(len(set(src[groups == g])) > 1 for g in np.unique(groups))
+    report["groups"]["groups_spanning_sources"] = int(cross)
+
+    logits, _ = loso(x, y, src, groups, labelled)
+    w = sample_weights(y[labelled], src[labelled])
+    temperature = fit_temperature(logits[labelled], y[labelled], w)
+    p = softmax(logits, temperature)
+    report["temperature"] = round(temperature, 4)
+    report["leave_one_source_out"] = loso_matrix(p, y, src, labelled)
+    # extent alone, the issue's reference point (no training: the shipped ridge)
+    report["extent_only"] = loso_matrix(np.stack([-extent, extent, extent, extent], 1), y, src, labelled)
+    report["source_probe"] = {
+        "classifier_inputs_and_outputs": source_probe(np.c_[transform(x), p], src, groups, seed),
+        "note": "7 sources; inputs: the 8 features and the 4 out-of-source probabilities; all images",
+    }
+    report["quality"] = quality_table(qc, y, src, labelled)
+    report["hannover_icu"] = hannover_icu(data, arrays["files"], extent)
+    from models.training import heat
+
+    report["heat"] = heat.main(cache, heat_n, seed=seed, weights_dir=weights_dir, registry=registry)
+    report["triage"] = triage(x, y, src, groups, labelled, extent, assessable, found, temperature)
+    pred = p[labelled].argmax(1)
+    report["accuracy_out_of_source"] = round(float((pred == y[labelled]).mean()), 4)
+    report["confusion_out_of_source"] = [
+        [int(((y[labelled] == a) & (pred == b)).sum()) for b in range(4)] for a in range(4)
+    ]
+    final = fit(x[labelled], y[labelled], src[labelled])
+    final.temperature = temperature
+    shipped_p = softmax(logits, temperature)[:, COVID]
+    report["auto_threshold"] = round(threshold_at(shipped_p[labelled & (y == COVID)]), 4)
+    report["ece_out_of_source"] = ece(p[labelled], y[labelled])
+    np.savez_compressed(
+        out / "loso.npz",
+        files=arrays["files"],
+        logits=logits,
+        label=y,
+        source=src,
+        groups=groups,
+        extent=extent,
+        assessable=assessable,
+        found=found,
+        temperature=temperature,
+    )
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "opacity-classifier.json").write_text(json.dumps(final.to_json(), indent=1))
+    if ship:
+        release(out, report, weights_dir, registry)
+    return report
+
+
+def hannover_icu(data: Path, files: np.ndarray, extent: np.ndarray, days: int = 3) -> dict[str, Any]:
+    """AUC of the extent for ICU around the film (offsets in days from the film): ``in_icu_or_within``
+    (in the ICU at the film or admitted within ``days``), and ``admitted_within`` (admitted 0..days
+    after the film, among films of patients not yet in the ICU). Hannover films and their links."""
+    import csv
+
+    where = {str(f): i for i, f in enumerate(files)}
+    rows = []
+    with (Path(data) / "hannover" / "metadata.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            rel = (
+                f"hannover/images/{row['file']}"
+                if row["file"]
+                else f"cxr-collection/images/{row['cxr_collection_file']}"
+            )
+            if rel in where:
+                rows.append((where[rel], row))
+
+    def num(v: str) -> float:
+        return float(v) if v else float("nan")
+
+    e, in_or, adm_e, adm = [], [], [], []
+    for i, row in rows:
+        a, r = num(row["icu_admission_offset"]), num(row["icu_release_offset"])
+        in_icu = a <= 0 and (np.isnan(r) or r >= 0)
+        e.append(extent[i])
+        in_or.append(bool(in_icu or (0 <= a <= days)))
+        if not in_icu:
+            adm_e.append(extent[i])
+            adm.append(bool(0 <= a <= days))
+    e_, y_ = np.array(e), np.array(in_or)
+    ae, ay = np.array(adm_e), np.array(adm)
+    return {
+        "days": days,
+        "in_icu_or_within": {"n": len(e), "positives": int(y_.sum()), "auc": auc(e_[y_], e_[~y_])},
+        "admitted_within": {"n": len(ae), "positives": int(ay.sum()), "auc": auc(ae[ay], ae[~ay])},
+        "note": "per film; a patient's serial films are not independent",
+    }
+
+
+def _box(row: np.ndarray) -> tuple[int, int, int, int]:
+    r0, r1, c0, c1 = (int(v) for v in row)
+    return r0, r1, c0, c1
+
+
+def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    conf, pred = p.max(1), p.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        m = (conf > a) & (conf <= b)
+        if m.any():
+            total += m.mean() * abs(conf[m].mean() - (pred[m] == y[m]).mean())
+    return round(float(total), 4)
+
+
+def release(
+    out: Path, report: dict[str, Any], weights_dir: Path | None = None, registry: Path | None = None
+) -> None:
+    """Copy the coefficients into ``weights_dir`` and update the classification entry only."""
+    import shutil
+
+    from models.registry import WEIGHTS_DIR, sha256_file, update_registry
+
+    weights = Path(weights_dir or WEIGHTS_DIR)
+    name = "opacity-classifier.json"
+    shutil.copy(out / name, weights / name)
+    shutil.copy(out / "loso.npz", weights / "classification-loso.npz")
+    entry = {
+        "name": "opacity-classifier",
+        "version": "3.0.0",
+        "file": name,
+        "sha256": sha256_file(weights / name),
+        "arch": {"class": "OpacityLogistic", "features": list(FEATURES)},
+        "input_size": 256,
+        "labels": list(CLASSES),
+        "thresholds": {"covid19": report["auto_threshold"]},
+        "temperature": report["temperature"],
+        "training": {
+            "seed": 0,
+            "device": "cpu",
+            "command": "python -m models.training.extract --out CACHE --every covid-radiography=4 "
+            "nih=3, then "
+            "python -m models.training.round3 --cache CACHE --out DIR --ship (CPU only; or "
+            "cxr-node train)",
+            "images": int(sum(sum(v.values()) for v in report["labelled"].values())),
+            "data": "every labelled image of the seven sources (CPU budget: every 4th covid-radiography and "
+            "every 3rd NIH image, in file order), "
+            "after one resolution chain (256 -> 224 -> 256); features: LungNet's opacity inside the "
+            "refined lungs; class- and source-balanced weights",
+            "previous": "crop-classifier@2.0.0 (crop-classifier.pt, kept in models/weights for comparison)",
+        },
+        "metrics": report,
+    }
+    update_registry({"classification": entry}, registry)
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
+    p.add_argument("--ship", action="store_true")
+    p.add_argument("--heat-n", type=int, default=40, help="images per unseen source for the heat measure")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    rep = main(a.cache, a.out, a.data, a.ship, heat_n=a.heat_n)
+    print(json.dumps({k: rep[k] for k in ("leave_one_source_out", "source_probe", "triage")}, indent=1))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,72 @@
+"""When the quality check fails, the SR carries a coded "not assessable", the SC says so, triage
+does not mark the study urgent on the withheld numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pydicom.dataset import Dataset
+
+from models.result import Quality
+from node.dicom.sc import header_lines
+from node.dicom.sr import TRACKING_CLASSIFICATION, TRACKING_LEFT, TRACKING_SEVERITY, build_sr, tracking_class
+from node.triage import evaluate
+from tests.dicom.fakes import (
+    ALGORITHM_NAME,
+    ALGORITHM_VERSION,
+    concept,
+    make_result,
+    measurement_groups,
+    roundtrip,
+)
+
+NOT_ASSESSABLE = ("99CXRNODE", "NOTASSESSABLE")
+RULE = "covid19 >= auto or extent >= 4"
+
+
+def _coded_values(group: Dataset) -> list[tuple[str, str]]:
+    return [
+        (str(c.ConceptCodeSequence[0].CodingSchemeDesignator), str(c.ConceptCodeSequence[0].CodeValue))
+        for c in group.ContentSequence
+        if c.ValueType == "CODE"
+    ]
+
+
+def _numbers(group: Dataset) -> list[tuple[str, str]]:
+    return [concept(c) for c in group.ContentSequence if c.ValueType == "NUM"]
+
+
+def test_severity_not_assessable(cr_source: Dataset) -> None:
+    result = make_result(cr_source)
+    result.quality = Quality(False, True, ("outside_body",), "lung outline outside the body")
+    groups = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
+    assert NOT_ASSESSABLE in _coded_values(groups[TRACKING_SEVERITY])
+    assert _numbers(groups[TRACKING_SEVERITY]) == []
+    assert TRACKING_LEFT not in groups  # no per-lung scores either
+    assert NOT_ASSESSABLE not in _coded_values(groups[TRACKING_CLASSIFICATION])  # the class still stands
+    assert tracking_class("covid19") in groups
+    lines = header_lines(result)
+    assert any("Severity: not assessable" in line for line in lines)
+    assert not any("extent 5.2" in line for line in lines)
+    triage = evaluate(RULE, result, [], 0.99)  # covid19 0.91 < 0.99: only extent could fire
+    assert triage is not None and not triage.urgent
+
+
+def test_nothing_lung_like_withholds_the_class(cr_source: Dataset) -> None:
+    result = make_result(cr_source, covid=0.97)
+    result.quality = Quality(False, False, ("blank",), "no image content")
+    groups = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
+    assert NOT_ASSESSABLE in _coded_values(groups[TRACKING_CLASSIFICATION])
+    assert tracking_class("covid19") not in groups
+    assert any(line == "Class: not assessable" for line in header_lines(result))
+    triage = evaluate(RULE, result, [], 0.5)
+    assert triage is not None and not triage.urgent and triage.reasons == ()
+
+
+def test_passed_check_reports_as_before(cr_source: Dataset) -> None:
+    result = dataclasses.replace(make_result(cr_source, covid=0.97))
+    groups = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
+    assert NOT_ASSESSABLE not in _coded_values(groups[TRACKING_SEVERITY])
+    assert len(_numbers(groups[TRACKING_SEVERITY])) >= 2
+    triage = evaluate(RULE, result, [], 0.5)
+    assert triage is not None and triage.urgent

@@ -1,0 +1,77 @@
+"""The anatomical quality check owns nonsense input: blank, noise and a film turned 90 degrees
+come out as "not assessable", never as a finding; an upright chest film passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from models.preprocessing import LoadedImage, load_image
+from models.quality import check, refine_lungs
+
+
+def _loaded(pixels: np.ndarray) -> LoadedImage:
+    return LoadedImage(pixels=pixels.astype(np.float32), pixel_spacing_mm=None, source="<test>")
+
+
+def test_upright_chest_film_passes(analyzer, jpeg_path) -> None:
+    res = analyzer.analyze(load_image(jpeg_path))
+    assert res.quality.assessable and res.quality.lungs_found, res.quality
+
+
+@pytest.mark.parametrize("kind", ["blank", "noise", "rotated90", "rotated270"])
+def test_nonsense_is_not_assessable(analyzer, jpeg_path, kind: str) -> None:
+    rng = np.random.default_rng(0)
+    film = load_image(jpeg_path).pixels
+    pixels = {
+        "blank": np.full((512, 512), 128.0),
+        "noise": rng.uniform(0, 255, (512, 512)),
+        "rotated90": np.rot90(film).copy(),
+        "rotated270": np.rot90(film, 3).copy(),
+    }[kind]
+    res = analyzer.analyze(_loaded(pixels))
+    assert not res.quality.assessable and not res.quality.lungs_found, res.quality
+    assert not res.extra["covid19_positive"]
+
+
+def _ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+
+
+def _phantom() -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic upright film: bright body on dark air, two dark lungs beside a bright spine."""
+    shape = (256, 256)
+    body = _ellipse(shape, 140, 128, 120, 110)
+    right, left = _ellipse(shape, 120, 80, 60, 32), _ellipse(shape, 120, 176, 60, 32)
+    img = np.where(body, 170.0, 10.0)
+    img[right | left] = 60.0
+    img[:, 118:138][body[:, 118:138]] = 230.0
+    img = ndimage.gaussian_filter(img, 2) + np.random.default_rng(1).normal(0, 2, shape)
+    return np.clip(img, 0, 255).astype(np.uint8), np.stack([right, left])
+
+
+def test_phantom_checks() -> None:
+    img, lungs = _phantom()
+    assert check(img, lungs).assessable
+    swapped = check(img, lungs[::-1])  # patient's right lung on the image's right
+    assert "orientation" in swapped.reasons
+    grown = lungs.copy()
+    grown[1] |= _ellipse(img.shape, 120, 240, 40, 30)  # out into the air beside the body
+    assert {"outside_body"} <= set(check(img, grown).reasons)
+    tiny = lungs.copy()
+    tiny[0] = _ellipse(img.shape, 120, 80, 6, 4)
+    assert "no_lungs" in check(img, tiny).reasons
+    assert (
+        "left_right_ratio" in check(img, np.stack([lungs[0], _ellipse(img.shape, 120, 176, 30, 16)])).reasons
+    )
+
+
+def test_refine_removes_loops_outside_the_body() -> None:
+    img, lungs = _phantom()
+    grown = lungs.copy()
+    grown[1] |= _ellipse(img.shape, 120, 240, 40, 30)
+    refined = refine_lungs(img, grown)
+    assert (refined[1] & ~lungs[1]).sum() < 0.1 * (grown[1] & ~lungs[1]).sum()
+    assert (refined[0] == lungs[0]).mean() > 0.99
