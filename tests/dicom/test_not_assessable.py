@@ -8,8 +8,9 @@ import dataclasses
 from pydicom.dataset import Dataset
 
 from models.result import Quality
+from node.dicom import codes as cxr_codes
 from node.dicom.sc import header_lines
-from node.dicom.sr import TRACKING_CLASSIFICATION, TRACKING_LEFT, TRACKING_SEVERITY, build_sr, tracking_class
+from node.dicom.sr import TRACKING_IMAGE, TRACKING_LEFT, TRACKING_LEFT_OUTLINE, build_sr
 from node.triage import evaluate
 from tests.dicom.fakes import (
     ALGORITHM_NAME,
@@ -36,15 +37,29 @@ def _numbers(group: Dataset) -> list[tuple[str, str]]:
     return [concept(c) for c in group.ContentSequence if c.ValueType == "NUM"]
 
 
+def _code(concept_: object) -> tuple[str, str]:
+    return (concept_.scheme_designator, concept_.value)  # type: ignore[attr-defined]
+
+
+SCORES = {_code(cxr_codes.GEOGRAPHIC_EXTENT), _code(cxr_codes.OPACITY), _code(cxr_codes.AREA)}
+PROBABILITIES = {_code(c) for c in cxr_codes.CLASS_PROBABILITY.values()}
+CLASSIFICATION = _code(cxr_codes.CLASSIFICATION)
+
+
+def _evaluations(group: Dataset) -> list[tuple[str, str]]:
+    return [concept(c) for c in group.ContentSequence if c.ValueType == "CODE"]
+
+
 def test_severity_not_assessable(cr_source: Dataset) -> None:
     result = make_result(cr_source)
     result.quality = Quality(False, True, ("outside_body",), "lung outline outside the body")
     groups = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
-    assert NOT_ASSESSABLE in _coded_values(groups[TRACKING_SEVERITY])
-    assert _numbers(groups[TRACKING_SEVERITY]) == []
-    assert TRACKING_LEFT not in groups  # no per-lung scores either
-    assert NOT_ASSESSABLE not in _coded_values(groups[TRACKING_CLASSIFICATION])  # the class still stands
-    assert tracking_class("covid19") in groups
+    image = groups[TRACKING_IMAGE]
+    assert NOT_ASSESSABLE in _coded_values(image)
+    assert not SCORES & set(_numbers(image))  # no extent, opacity nor area
+    assert TRACKING_LEFT not in groups and TRACKING_LEFT_OUTLINE not in groups  # nor per-lung ones
+    assert CLASSIFICATION in _evaluations(image)  # the class still stands
+    assert PROBABILITIES <= set(_numbers(image))
     lines = header_lines(result)
     assert any("Severity: not assessable" in line for line in lines)
     assert not any("extent 5.2" in line for line in lines)
@@ -56,8 +71,10 @@ def test_nothing_lung_like_withholds_the_class(cr_source: Dataset) -> None:
     result = make_result(cr_source, covid=0.97)
     result.quality = Quality(False, False, ("blank",), "no image content")
     groups = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
-    assert NOT_ASSESSABLE in _coded_values(groups[TRACKING_CLASSIFICATION])
-    assert tracking_class("covid19") not in groups
+    image = groups[TRACKING_IMAGE]
+    assert NOT_ASSESSABLE in _coded_values(image)
+    assert CLASSIFICATION not in _evaluations(image)
+    assert _numbers(image) == []
     assert any(line == "Class: not assessable" for line in header_lines(result))
     triage = evaluate(RULE, result, [], 0.5)
     assert triage is not None and not triage.urgent and triage.reasons == ()
@@ -66,7 +83,8 @@ def test_nothing_lung_like_withholds_the_class(cr_source: Dataset) -> None:
 def test_passed_check_reports_as_before(cr_source: Dataset) -> None:
     result = dataclasses.replace(make_result(cr_source, covid=0.97))
     groups = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
-    assert NOT_ASSESSABLE not in _coded_values(groups[TRACKING_SEVERITY])
-    assert len(_numbers(groups[TRACKING_SEVERITY])) >= 2
+    assert NOT_ASSESSABLE not in _coded_values(groups[TRACKING_IMAGE])
+    assert SCORES <= set(_numbers(groups[TRACKING_IMAGE]))
+    assert TRACKING_LEFT in groups
     triage = evaluate(RULE, result, [], 0.5)
     assert triage is not None and triage.urgent
