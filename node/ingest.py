@@ -24,8 +24,8 @@ from node import audit, routing
 from node.audit import EventKind, Outcome
 from node.audit.db import session_scope
 from node.audit.log import InstanceUIDs, instance_uids
-from node.audit.models import Instance, InstanceState, utcnow
-from node.exceptions import InvalidInstanceError, QueueError
+from node.audit.models import AuditEvent, Instance, InstanceState, utcnow
+from node.exceptions import DatabaseUnavailableError, InvalidInstanceError, QueueError
 from node.image_pixel import check_pixels
 from node.queue import enqueue_analysis
 from node.settings import Settings, get_settings
@@ -83,7 +83,10 @@ class Ingest:
         peer: str | None = None,
         started: float | None = None,
     ) -> ReceiveResult:
-        """Handle one C-STORE data set. Raises InvalidInstanceError / SpoolFullError / OSError."""
+        """Handle one C-STORE data set.
+
+        Raises InvalidInstanceError, SpoolFullError, DatabaseUnavailableError or OSError.
+        """
         started = time.monotonic() if started is None else started
         ds = parse_header(data)
         sop_instance_uid = str(ds.SOPInstanceUID)
@@ -101,7 +104,7 @@ class Ingest:
         path, created = self.spool.store(sop_instance_uid, data)
         elapsed_ms = (time.monotonic() - started) * 1000
         if not created:
-            audit.record(
+            if not audit.record(
                 EventKind.INSTANCE_DUPLICATE,
                 Outcome.WARNING,
                 "already received; kept the stored copy",
@@ -109,24 +112,64 @@ class Ingest:
                 peer=peer,
                 duration_ms=elapsed_ms,
                 **uids,
-            )
+            ):
+                raise DatabaseUnavailableError(f"could not record duplicate SOP instance {sop_instance_uid}")
             return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path, duplicate=True)
-        audit.record(
-            EventKind.INSTANCE_RECEIVED,
-            Outcome.SUCCESS,
-            f"{ds.get('Modality', '')} {len(data)} bytes",
-            calling_ae=calling_ae,
-            peer=peer,
-            duration_ms=elapsed_ms,
-            **uids,
-        )
+        try:
+            self._record_received(ds, uids, path, len(data), calling_ae, peer, elapsed_ms)
+        except SQLAlchemyError as exc:
+            # Not recorded, so not acknowledged: the modality keeps the instance and
+            # retries (0xA700), and the spool holds nothing the audit cannot account for.
+            path.unlink(missing_ok=True)
+            LOGGER.error("database unavailable, refusing SOP instance %s: %s", sop_instance_uid, exc)
+            raise DatabaseUnavailableError(f"audit database unavailable: {type(exc).__name__}") from exc
         try:
             return self.route(ds, path, calling_ae=calling_ae)
         except SQLAlchemyError:
-            # The instance is durably in the spool: the modality gets success and
-            # the sweep records, routes and queues it once the database is back.
-            LOGGER.exception("database unavailable after storing SOP instance %s", sop_instance_uid)
+            # Recorded as RECEIVED: the sweep routes and queues it once the database is back.
+            LOGGER.exception("database unavailable after recording SOP instance %s", sop_instance_uid)
             return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path)
+
+    def _record_received(
+        self,
+        ds: Dataset,
+        uids: InstanceUIDs,
+        path: Path,
+        size: int,
+        calling_ae: str | None,
+        peer: str | None,
+        elapsed_ms: float,
+    ) -> None:
+        """The instance's row and its ``instance.received`` event, in one transaction.
+
+        A row left by an earlier attempt whose commit was acknowledged too late
+        (the connection died after COMMIT) is kept, so a retry is not a second row.
+        """
+        sop_instance_uid = str(ds.SOPInstanceUID)
+        with session_scope() as session:
+            if session.get(Instance, sop_instance_uid) is None:
+                session.add(
+                    Instance(
+                        sop_instance_uid=sop_instance_uid,
+                        sop_class_uid=str(ds.SOPClassUID),
+                        study_instance_uid=uids["study_instance_uid"],
+                        series_instance_uid=uids["series_instance_uid"],
+                        calling_ae=calling_ae,
+                        path=str(path),
+                        state=InstanceState.RECEIVED,
+                    )
+                )
+            session.add(
+                AuditEvent(
+                    kind=str(EventKind.INSTANCE_RECEIVED),
+                    outcome=str(Outcome.SUCCESS),
+                    message=f"{ds.get('Modality', '')} {size} bytes",
+                    calling_ae=calling_ae,
+                    peer=peer,
+                    duration_ms=elapsed_ms,
+                    **uids,
+                )
+            )
 
     def route(self, ds: Dataset, path: Path, *, calling_ae: str | None = None) -> ReceiveResult:
         """Apply the routing rules to a stored instance and queue it if eligible."""
