@@ -62,8 +62,25 @@ def parse_header(data: bytes) -> Dataset:
         raise InvalidInstanceError("SOP Instance UID (0008,0018) is missing or not a valid UID")
     if not sop_class_uid:
         raise InvalidInstanceError("SOP Class UID (0008,0016) is missing")
+    decode_all(ds)
     check_pixels(ds)
     return ds
+
+
+def decode_all(ds: Dataset) -> None:
+    """Decode every element, in sequences too, now rather than when routing or the worker
+    first touches it: a value that does not fit its VR (PS3.5 6.2) is then a 0xC210 naming
+    the attribute, not an internal error after the instance was stored."""
+    stack = [ds]
+    while stack:  # iterative: sequences may nest deeper than the recursion limit
+        current = stack.pop()
+        for tag in list(current.keys()):
+            try:
+                elem = current[tag]
+            except Exception as exc:
+                raise InvalidInstanceError(f"attribute {tag} cannot be decoded: {exc}"[:400]) from exc
+            if elem.VR == "SQ":
+                stack.extend(item for item in elem.value if isinstance(item, Dataset))
 
 
 class Ingest:

@@ -1,0 +1,129 @@
+"""A few hundred fuzzed data sets against a running node (``benchmarks/fuzz_ingest.py`` runs 10,000).
+
+Every case is answered (a C-STORE status, or the association refused), the
+node stays up, and every instance it acknowledged is in the spool with its
+``instance.received`` audit row. The cases are hypothesis-generated from a fixed
+seed (``derandomize``), so a failure replays; hypothesis shrinks it to the
+smallest mutation list that still fails.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.filebase import DicomBytesIO
+
+from node.audit.log import events
+from node.service import Node
+from tests.helpers import make_dx, wait_until
+from tests.reliability.fuzzing import Campaign, Case, FuzzNode, accounting, cases, dataset_ops, send
+
+CASES = int(os.environ.get("CXR_NODE_FUZZ_CASES", "300"))
+
+
+def fuzz_settings(max_examples: int) -> settings:
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+@pytest.mark.timeout(600)
+def test_fuzzed_cases_are_answered_and_accounted_for(tmp_path: Path) -> None:
+    node = FuzzNode(tmp_path / "node")
+    campaign = Campaign(node, tmp_path, storescu_every=50)
+
+    @fuzz_settings(CASES)
+    @given(case=cases)
+    def one(case: Case) -> None:
+        outcome = campaign.run_case(case)
+        assert not campaign.crashed, f"node died or hung after {case.describe()}"
+        # "not sent": the client could not send it (storescu would not read the file).
+        assert outcome.status is not None or outcome.answer.startswith(("refused", "not sent")), (
+            f"{outcome.answer} for {case.describe()}"
+        )
+
+    try:
+        node.start()
+        one()
+        assert node.alive()
+        books = accounting(node.home, campaign.outcomes)
+        assert books["lost"] == [] and books["unaudited"] == [], books
+        assert books["stored"] > 0  # the campaign is not all refusals
+        answers = campaign.table()
+        assert sum(n for a, n in answers.items() if a.startswith("0x")) > len(campaign.outcomes) // 2, answers
+    finally:
+        node.stop()
+
+
+# Mutations a modality might well send: the instance is stored and analysed.
+mild = st.builds(
+    Case,
+    seed=st.sampled_from(["cr", "dx"]),
+    ops=st.lists(
+        dataset_ops.filter(lambda op: op[0] in ("nest", "private_blob", "text") and op[1] != "Modality"),
+        max_size=2,
+    ).map(tuple),
+    syntax=st.none(),
+    encoding=st.sampled_from(["explicit", "implicit"]),
+)
+
+
+@pytest.mark.timeout(600)
+def test_fuzzed_sample_is_analysed_with_the_worker_alive(tmp_path: Path) -> None:
+    node = FuzzNode(tmp_path / "node", worker=True)
+    campaign = Campaign(node, tmp_path)
+
+    @fuzz_settings(6)
+    @given(case=mild)
+    def one(case: Case) -> None:
+        outcome = campaign.run_case(case)
+        assert outcome.status is not None, outcome.answer
+
+    try:
+        node.start()
+        one()
+        # Every eligible stored instance ends analysed or failed with an audit row.
+        wait_until(
+            lambda: (
+                (b := accounting(node.home, campaign.outcomes))["analysed"] + b["analysis_failed"]
+                >= b["eligible"]
+            ),
+            timeout=300,
+            interval=1.0,
+            what="every stored instance analysed",
+        )
+        books = accounting(node.home, campaign.outcomes)
+        assert books["lost"] == [] and books["unaudited"] == [], books
+        assert books["analysed"] >= 1, books
+        assert node.alive() and node.worker_alive()
+    finally:
+        node.stop()
+
+
+# Defects the campaign found, replayed as plain cases ------------------------------------------
+def test_value_that_does_not_fit_its_vr_is_refused_not_an_internal_error(
+    running_node: Node, cr_chest: Path, tmp_path: Path
+) -> None:
+    """PatientAge's VR changed to FD on the wire: 4 bytes cannot be a 64-bit float. It used to
+    be stored and recorded, then routing failed (0x0110) and the sweep failed on it forever."""
+    ds = make_dx(cr_chest)
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    assert data.count(b"AS\x04\x00045Y") == 1
+    path = tmp_path / "fd.dcm"
+    path.write_bytes(data.replace(b"AS\x04\x00045Y", b"FD\x04\x00045Y"))
+    answer = send(running_node.address[1], path, ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)  # type: ignore[index]
+    assert answer == "0xC210"
+    assert not running_node.ingest.spool.contains(ds.SOPInstanceUID)
+    [refused] = events(kind="instance.rejected", sop_instance_uid=ds.SOPInstanceUID)
+    assert "(0010,1010) cannot be decoded" in refused.message
+    assert running_node.ingest.sweep() == 0  # nothing left behind for the sweep to choke on
