@@ -203,7 +203,7 @@ cases = st.builds(
 def _nested(depth: int, uid_in_items: bool) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "1", "99FUZZ", "leaf"
-    for level in range(depth):
+    for _ in range(depth):
         outer = Dataset()
         if uid_in_items:
             outer.ReferencedSOPInstanceUID = new_uid()

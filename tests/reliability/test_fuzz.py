@@ -19,7 +19,7 @@ from pydicom.filebase import DicomBytesIO
 
 from node.audit.log import events
 from node.service import Node
-from tests.helpers import make_dx, wait_until
+from tests.helpers import c_store, make_dx, wait_until
 from tests.reliability.fuzzing import Campaign, Case, FuzzNode, accounting, cases, dataset_ops, send
 
 CASES = int(os.environ.get("CXR_NODE_FUZZ_CASES", "300"))
@@ -127,3 +127,12 @@ def test_value_that_does_not_fit_its_vr_is_refused_not_an_internal_error(
     [refused] = events(kind="instance.rejected", sop_instance_uid=ds.SOPInstanceUID)
     assert "(0010,1010) cannot be decoded" in refused.message
     assert running_node.ingest.sweep() == 0  # nothing left behind for the sweep to choke on
+
+
+def test_empty_pixel_data_is_refused_not_an_internal_error(running_node: Node, cr_chest: Path) -> None:
+    """A zero-length Pixel Data reads as None; the length check used to raise TypeError (0x0110)."""
+    ds = make_dx(cr_chest)
+    ds.PixelData = b""
+    assert c_store(running_node.address[1], ds) == 0xC210  # type: ignore[index]
+    [refused] = events(kind="instance.rejected", sop_instance_uid=ds.SOPInstanceUID)
+    assert "Pixel Data (7FE0,0010) has 0 bytes" in refused.message
