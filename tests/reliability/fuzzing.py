@@ -421,6 +421,7 @@ def send_storescu(port: int, path: Path) -> str:
         [dcmtk("storescu"), "-d", "-aet", "FUZZER", "-aec", "CXRNODE", "127.0.0.1", str(port), str(path)],
         capture_output=True,
         text=True,
+        errors="replace",  # storescu echoes the file's bytes in its dump
         timeout=120,
         check=False,
     )
