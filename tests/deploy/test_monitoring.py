@@ -35,7 +35,9 @@ def promtool() -> str:
 
 
 def test_rules_pass_promtool_check() -> None:
-    done = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS: 9 rules found" in done.stdout
 
@@ -59,13 +61,19 @@ CASES = [
     ("CxrNodeWorkerDown", [series("cxr_node_embedded_worker_up", "1x10")], "5m", None),
     (
         "CxrNodeWorkersStalled",
-        [series("cxr_node_queue_depth", "5x30"), series("cxr_node_last_job_finished_timestamp_seconds", "0x30")],
+        [
+            series("cxr_node_queue_depth", "5x30"),
+            series("cxr_node_last_job_finished_timestamp_seconds", "0x30"),
+        ],
         "25m",
         5,
     ),
     (
         "CxrNodeWorkersStalled",
-        [series("cxr_node_queue_depth", "5x30"), series("cxr_node_last_job_finished_timestamp_seconds", "0+60x30")],
+        [
+            series("cxr_node_queue_depth", "5x30"),
+            series("cxr_node_last_job_finished_timestamp_seconds", "0+60x30"),
+        ],
         "25m",
         None,
     ),
@@ -130,7 +138,9 @@ def test_rules_fire_when_they_should(tmp_path: Path) -> None:
         )
     spec = tmp_path / "alerts.test.yml"
     spec.write_text(yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}))
-    done = subprocess.run([promtool(), "test", "rules", str(spec)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [promtool(), "test", "rules", str(spec)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -139,7 +149,19 @@ def named_metrics() -> dict[str, set[str]]:
     exprs = {"rules": [r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]}
     dashboard = json.loads(DASHBOARD.read_text())
     exprs["dashboard"] = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    functions = {"time", "rate", "deriv", "hour", "day_of_week", "sum", "by", "and", "on", "histogram_quantile", "le"}
+    functions = {
+        "time",
+        "rate",
+        "deriv",
+        "hour",
+        "day_of_week",
+        "sum",
+        "by",
+        "and",
+        "on",
+        "histogram_quantile",
+        "le",
+    }
     names: dict[str, set[str]] = {}
     for where, texts in exprs.items():
         for text in texts:
