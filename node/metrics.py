@@ -143,15 +143,15 @@ LAST_SEEN: dict[str, tuple[tuple[str, ...], str]] = {
 
 
 def _last_seen(session: Any) -> dict[str, float]:
-    """Newest event time of each LAST_SEEN kind (index on kind, created_at)."""
-    kinds = sorted({k for ks, _ in LAST_SEEN.values() for k in ks})
-    rows = session.execute(
-        select(AuditEvent.kind, func.max(AuditEvent.created_at))
-        .where(AuditEvent.kind.in_(kinds))
-        .group_by(AuditEvent.kind)
-    ).all()
+    """Newest event time of each LAST_SEEN kind.
+
+    One max() per kind, not one grouped query: each is then a single step down the
+    (kind, created_at) index (0004), where a GROUP BY reads every row of the kinds
+    (0.3 s at a million rows on PostgreSQL, benchmarks/bench_audit.py).
+    """
     newest = {}
-    for kind, stamp in rows:
+    for kind in sorted({k for ks, _ in LAST_SEEN.values() for k in ks}):
+        stamp = session.scalar(select(func.max(AuditEvent.created_at)).where(AuditEvent.kind == kind))
         if stamp is not None:
             # SQLite hands back text from an aggregate; parse it through the column type.
             value = stamp if not isinstance(stamp, str) else datetime.fromisoformat(stamp)

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -172,13 +173,18 @@ def named_metrics() -> dict[str, set[str]]:
     return names
 
 
-def scrape(settings: Settings) -> set[str]:
+def scrape(settings: Settings) -> dict[str, float | None]:
+    """Metric name -> value of its unlabelled sample (None: a family with labels or no samples)."""
     url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=30) as reply:
         text = reply.read().decode()
     families = list(text_string_to_metric_families(text))
     # A family with no samples yet (no outbox rows) is still declared by its HELP/TYPE lines.
-    return {f.name for f in families} | {sample.name for f in families for sample in f.samples}
+    found: dict[str, float | None] = {f.name: None for f in families}
+    for family in families:
+        for sample in family.samples:
+            found[sample.name] = sample.value if not sample.labels else None
+    return found
 
 
 @pytest.mark.timeout(300)
@@ -195,5 +201,19 @@ def test_every_named_metric_is_on_the_running_node(node_config: Settings, cr_che
         on_node = scrape(settings)
         missing = {n: sorted(w) for n, w in names.items() if n not in on_node and n not in PROMETHEUS_OWN}
         assert not missing, f"named but not on /metrics: {missing}"
+        # The values the new rules read are the node's, not placeholders.
+        assert abs(time.time() - on_node["cxr_node_last_received_timestamp_seconds"]) < 120  # type: ignore[operator]
+        assert (
+            on_node["cxr_node_last_job_finished_timestamp_seconds"]
+            >= on_node[  # type: ignore[operator]
+                "cxr_node_last_received_timestamp_seconds"
+            ]
+        )
+        assert on_node["cxr_node_spool_free_bytes"] == pytest.approx(
+            shutil.disk_usage(settings.spool_path).free, rel=0.05
+        )
+        assert on_node["cxr_node_spool_min_free_bytes"] == settings.min_free_bytes
+        assert on_node["cxr_node_embedded_worker_up"] == 1
+        assert on_node["cxr_node_database_up"] == 1
     finally:
         node.stop()

@@ -22,7 +22,7 @@ from node.service import Node
 from tests.helpers import c_store, make_dx, wait_until
 from tests.reliability.fuzzing import Campaign, Case, FuzzNode, accounting, cases, dataset_ops, send
 
-CASES = int(os.environ.get("CXR_NODE_FUZZ_CASES", "300"))
+CASES = int(os.environ.get("CXR_NODE_FUZZ_CASES", "250"))
 
 
 def fuzz_settings(max_examples: int) -> settings:
@@ -81,7 +81,7 @@ def test_fuzzed_sample_is_analysed_with_the_worker_alive(tmp_path: Path) -> None
     node = FuzzNode(tmp_path / "node", worker=True)
     campaign = Campaign(node, tmp_path)
 
-    @fuzz_settings(6)
+    @fuzz_settings(4)
     @given(case=mild)
     def one(case: Case) -> None:
         outcome = campaign.run_case(case)
