@@ -23,8 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
-from tests.helpers import wait_until  # noqa: E402
-from tests.reliability.fuzzing import Campaign, Case, FuzzNode, accounting, cases  # noqa: E402
+from tests.reliability.fuzzing import (  # noqa: E402
+    Campaign,
+    Case,
+    FuzzNode,
+    accounting,
+    cases,
+    wait_analysed,
+)
 
 
 def campaign(workdir: Path, count: int, rng_seed: int, worker: bool, storescu_every: int) -> dict:
@@ -56,18 +62,9 @@ def campaign(workdir: Path, count: int, rng_seed: int, worker: bool, storescu_ev
     try:
         one()
         elapsed = time.perf_counter() - started
-        books = accounting(node.home, run.outcomes)
-        if worker:
-            wait_until(
-                lambda: (
-                    (b := accounting(node.home, run.outcomes))["analysed"] + b["analysis_failed"]
-                    >= b["eligible"]
-                ),
-                timeout=1800,
-                interval=2.0,
-                what="analyses",
-            )
-            books = accounting(node.home, run.outcomes)
+        books = (
+            wait_analysed(node.home, run.outcomes, 1800) if worker else accounting(node.home, run.outcomes)
+        )
         alive = node.alive()
         worker_alive = node.worker_alive() if worker else None
     finally:

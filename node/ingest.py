@@ -83,6 +83,21 @@ def decode_all(ds: Dataset) -> None:
                 stack.extend(item for item in elem.value if isinstance(item, Dataset))
 
 
+def _instance_row(
+    ds: Dataset, uids: InstanceUIDs, path: Path, state: str, reason: str | None, calling_ae: str | None
+) -> Instance:
+    return Instance(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        study_instance_uid=uids["study_instance_uid"],
+        series_instance_uid=uids["series_instance_uid"],
+        calling_ae=calling_ae,
+        path=str(path),
+        state=state,
+        reason=reason,
+    )
+
+
 class Ingest:
     """Stores, records, routes and queues received instances."""
 
@@ -165,17 +180,7 @@ class Ingest:
         sop_instance_uid = str(ds.SOPInstanceUID)
         with session_scope() as session:
             if session.get(Instance, sop_instance_uid) is None:
-                session.add(
-                    Instance(
-                        sop_instance_uid=sop_instance_uid,
-                        sop_class_uid=str(ds.SOPClassUID),
-                        study_instance_uid=uids["study_instance_uid"],
-                        series_instance_uid=uids["series_instance_uid"],
-                        calling_ae=calling_ae,
-                        path=str(path),
-                        state=InstanceState.RECEIVED,
-                    )
-                )
+                session.add(_instance_row(ds, uids, path, InstanceState.RECEIVED, None, calling_ae))
             session.add(
                 AuditEvent(
                     kind=str(EventKind.INSTANCE_RECEIVED),
@@ -254,18 +259,7 @@ class Ingest:
             with session_scope() as session:
                 instance = session.get(Instance, sop_instance_uid)
                 if instance is None:
-                    session.add(
-                        Instance(
-                            sop_instance_uid=sop_instance_uid,
-                            sop_class_uid=str(ds.SOPClassUID),
-                            study_instance_uid=uids["study_instance_uid"],
-                            series_instance_uid=uids["series_instance_uid"],
-                            calling_ae=calling_ae,
-                            path=str(path),
-                            state=state,
-                            reason=reason,
-                        )
-                    )
+                    session.add(_instance_row(ds, uids, path, state, reason, calling_ae))
                 else:
                     instance.state = state
                     instance.reason = reason

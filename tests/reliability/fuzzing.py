@@ -571,3 +571,14 @@ def accounting(home: Path, outcomes: list[tuple[Case, Outcome]]) -> dict[str, An
         "analysis_failed": len(spool & by_kind.get("job.failed", set())),
         "eligible": len(spool - by_kind.get("instance.ineligible", set())),
     }
+
+
+def wait_analysed(home: Path, outcomes: list[tuple[Case, Outcome]], timeout: float) -> dict[str, Any]:
+    """Poll until every stored, eligible instance is analysed or failed (audited); the books."""
+    wait_until(
+        lambda: (b := accounting(home, outcomes))["analysed"] + b["analysis_failed"] >= b["eligible"],
+        timeout=timeout,
+        interval=1.0,
+        what="every stored instance analysed or failed",
+    )
+    return accounting(home, outcomes)

@@ -19,8 +19,17 @@ from pydicom.filebase import DicomBytesIO
 
 from node.audit.log import events
 from node.service import Node
-from tests.helpers import c_store, make_dx, wait_until
-from tests.reliability.fuzzing import Campaign, Case, FuzzNode, accounting, cases, dataset_ops, send
+from tests.helpers import c_store, make_dx
+from tests.reliability.fuzzing import (
+    Campaign,
+    Case,
+    FuzzNode,
+    accounting,
+    cases,
+    dataset_ops,
+    send,
+    wait_analysed,
+)
 
 CASES = int(os.environ.get("CXR_NODE_FUZZ_CASES", "250"))
 
@@ -91,16 +100,7 @@ def test_fuzzed_sample_is_analysed_with_the_worker_alive(tmp_path: Path) -> None
         node.start()
         one()
         # Every eligible stored instance ends analysed or failed with an audit row.
-        wait_until(
-            lambda: (
-                (b := accounting(node.home, campaign.outcomes))["analysed"] + b["analysis_failed"]
-                >= b["eligible"]
-            ),
-            timeout=300,
-            interval=1.0,
-            what="every stored instance analysed",
-        )
-        books = accounting(node.home, campaign.outcomes)
+        books = wait_analysed(node.home, campaign.outcomes, timeout=300)
         assert books["lost"] == [] and books["unaudited"] == [], books
         assert books["analysed"] >= 1, books
         assert node.alive() and node.worker_alive()
