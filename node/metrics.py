@@ -29,7 +29,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.audit.db import session_scope
@@ -151,7 +151,10 @@ def _last_seen(session: Any) -> dict[str, float]:
     """
     newest = {}
     for kind in sorted({k for ks, _ in LAST_SEEN.values() for k in ks}):
-        stamp = session.scalar(select(func.max(AuditEvent.created_at)).where(AuditEvent.kind == kind))
+        # The kind inlined (our own constant): a plan for this value, not a generic one that
+        # walks the whole created_at index when the kind has no rows (PostgreSQL).
+        same_kind = AuditEvent.kind == bindparam("kind", kind, literal_execute=True)
+        stamp = session.scalar(select(func.max(AuditEvent.created_at)).where(same_kind))
         if stamp is not None:
             # SQLite hands back text from an aggregate; parse it through the column type.
             value = stamp if not isinstance(stamp, str) else datetime.fromisoformat(stamp)

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import TypedDict
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import BindParameter, bindparam, select
 
 from node.audit.db import session_scope
 from node.audit.models import AuditEvent
@@ -109,6 +109,13 @@ def record(
         return False
 
 
+def _inline(name: str, value: str) -> BindParameter[str]:
+    """A value rendered into the SQL (quoted by SQLAlchemy), so that PostgreSQL plans for it:
+    with a bound parameter it settles on a generic plan after a few runs, which for a rare
+    kind or AE walks the whole created_at index instead of the (kind, created_at) one."""
+    return bindparam(name, value, literal_execute=True)
+
+
 def events(
     *,
     after_id: int = 0,
@@ -135,10 +142,12 @@ def events(
     if kind:
         # Equality where it names a kind: an index on (kind, created_at) serves it on every
         # backend (PostgreSQL uses a b-tree for LIKE 'x%' only under the C collation).
-        is_kind = kind in EventKind._value2member_map_
-        query = query.where(AuditEvent.kind == kind if is_kind else AuditEvent.kind.startswith(kind))
+        if kind in EventKind._value2member_map_:
+            query = query.where(AuditEvent.kind == _inline("kind", kind))
+        else:
+            query = query.where(AuditEvent.kind.startswith(kind))
     if calling_ae:
-        query = query.where(AuditEvent.calling_ae == calling_ae)
+        query = query.where(AuditEvent.calling_ae == _inline("calling_ae", calling_ae))
     if since is not None:
         query = query.where(AuditEvent.created_at >= since)
     if until is not None:
