@@ -16,7 +16,6 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -56,8 +55,8 @@ def parse_header(data: bytes) -> Dataset:
         ds = dcmread(BytesIO(data), force=True)
         sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
         sop_class_uid = str(ds.get("SOPClassUID", "") or "")
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
-        raise InvalidInstanceError(f"data set cannot be decoded: {exc}") from exc
+    except Exception as exc:  # pydicom raises more than ValueError on malformed input
+        raise InvalidInstanceError(f"data set cannot be decoded: {exc}"[:400]) from exc
     if not is_valid_uid(sop_instance_uid):
         raise InvalidInstanceError("SOP Instance UID (0008,0018) is missing or not a valid UID")
     if not sop_class_uid:
@@ -197,7 +196,11 @@ class Ingest:
         """Apply the routing rules to a stored instance and queue it if eligible."""
         sop_instance_uid = str(ds.SOPInstanceUID)
         uids = instance_uids(ds)
-        decision = routing.decide(ds, self.settings.min_patient_age)
+        try:
+            decision = routing.decide(ds, self.settings.min_patient_age)
+        except Exception as exc:  # stored and recorded already: kept, not analysed, and said why
+            LOGGER.exception("routing rules failed on SOP instance %s", sop_instance_uid)
+            decision = routing.Decision(False, f"routing rules failed on this header: {type(exc).__name__}")
         state = InstanceState.RECEIVED if decision.eligible else InstanceState.INELIGIBLE
         self._save_instance(ds, uids, path, state, decision.reason, calling_ae)
         if not decision.eligible:

@@ -71,6 +71,8 @@ def _parse_da(value: object) -> date | None:
 def _view_is_lateral(ds: Dataset) -> bool:
     # View Code Sequence (PS3.3 C.8.11.5.1.1, CID 4010) when View Position is empty.
     for item in ds.get("ViewCodeSequence", []) or []:
+        if not isinstance(item, Dataset):  # the attribute sent with another VR
+            continue
         meaning = str(item.get("CodeMeaning", "")).lower()
         if "lateral" in meaning or "oblique" in meaning:
             return True

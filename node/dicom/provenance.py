@@ -38,7 +38,8 @@ def _values(value: object) -> list[str]:
 def _software_versions(ds: Dataset) -> set[str]:
     versions = set(_values(ds.get("SoftwareVersions")))
     for item in ds.get("ContributingEquipmentSequence", []) or []:
-        versions.update(_values(item.get("SoftwareVersions")))
+        if isinstance(item, Dataset):  # not when a sender gave the attribute another VR
+            versions.update(_values(item.get("SoftwareVersions")))
     return {v.strip() for v in versions if v.strip()}
 
 

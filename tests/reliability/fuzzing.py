@@ -415,8 +415,11 @@ def send(port: int, path: Path, sop_class: str, syntax: str) -> str:
     return f"0x{int(status.Status):04X}"
 
 
-def send_storescu(port: int, path: Path) -> str:
-    """The same through dcmtk's storescu (its own reader and network stack)."""
+def send_storescu(port: int, path: Path) -> tuple[str, str | None]:
+    """The same through dcmtk's storescu (its own reader and network stack).
+
+    Returns the answer and the Affected SOP Instance UID storescu sent: it reads it from
+    the data set, which byte-level mutations may have changed."""
     done = subprocess.run(
         [dcmtk("storescu"), "-d", "-aet", "FUZZER", "-aec", "CXRNODE", "127.0.0.1", str(port), str(path)],
         capture_output=True,
@@ -426,14 +429,16 @@ def send_storescu(port: int, path: Path) -> str:
         check=False,
     )
     output = done.stdout + done.stderr
+    sent = re.search(r"Affected SOP Instance UID\s*:\s*(\S+)", output)
+    uid = sent.group(1) if sent else None
     status = re.search(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})", output)
     if status is not None:
-        return f"0x{status.group(1).upper()}"
+        return f"0x{status.group(1).upper()}", uid
     if "Association Rejected" in output:
-        return "refused: storescu association rejected"
+        return "refused: storescu association rejected", uid
     if "Association Accepted" in output or "Association Aborted" in output:
-        return "refused: storescu no presentation context or aborted"
-    return "not sent: storescu could not read the file"
+        return "refused: storescu no presentation context or aborted", uid
+    return "not sent: storescu could not read the file", uid
 
 
 @dataclass
@@ -526,12 +531,11 @@ class Campaign:
             fh.write(file_bytes)
             path = Path(fh.name)
         try:
-            use_storescu = self.storescu_every and len(self.outcomes) % self.storescu_every == 0
-            answer = (
-                send_storescu(self.node.port, path)
-                if use_storescu
-                else send(self.node.port, path, sop_class, syntax)
-            )
+            if self.storescu_every and len(self.outcomes) % self.storescu_every == 0:
+                answer, sent_uid = send_storescu(self.node.port, path)
+                sop_instance = sent_uid or sop_instance
+            else:
+                answer = send(self.node.port, path, sop_class, syntax)
         finally:
             path.unlink(missing_ok=True)
         outcome = Outcome(answer, sop_instance)

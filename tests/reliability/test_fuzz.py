@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.filebase import DicomBytesIO
 
 from node.audit.log import events
 from node.service import Node
-from tests.helpers import c_store, make_dx
+from tests.helpers import c_store, make_dx, with_new_uids
 from tests.reliability.fuzzing import (
     Campaign,
     Case,
@@ -136,3 +138,56 @@ def test_empty_pixel_data_is_refused_not_an_internal_error(running_node: Node, c
     assert c_store(running_node.address[1], ds) == 0xC210  # type: ignore[index]
     [refused] = events(kind="instance.rejected", sop_instance_uid=ds.SOPInstanceUID)
     assert "Pixel Data (7FE0,0010) has 0 bytes" in refused.message
+
+
+def test_sequence_sent_with_another_vr_is_stored_not_refused_after_storing(
+    running_node: Node, cr_chest: Path
+) -> None:
+    """Contributing Equipment Sequence sent as LO: the loop-protection rule iterated the
+    string and raised AttributeError after the instance was stored and recorded (0x0110 for
+    a kept instance), and the periodic sweep failed on it every time."""
+    ds = make_dx(cr_chest)
+    ds.add(DataElement(0x0018A001, "LO", "CXR Node"))  # Contributing Equipment Sequence as LO
+    ds.ViewPosition = ""
+    ds.add(DataElement(0x00545220, "LO", "LATERAL"))  # View Code Sequence (0054,0220) as LO
+    assert c_store(running_node.address[1], ds) == 0x0000  # type: ignore[index]
+    assert running_node.ingest.spool.contains(ds.SOPInstanceUID)
+    kinds = [e.kind for e in events(sop_instance_uid=ds.SOPInstanceUID)]
+    assert "instance.received" in kinds and "instance.rejected" not in kinds
+    running_node.ingest.sweep()  # does not raise
+
+
+def test_routing_failure_keeps_the_instance_and_says_why(
+    running_node: Node, cr_chest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever else a header may do to the routing rules, a stored instance is acknowledged,
+    kept as not analysed with the reason in the audit, and the sweep goes on past it."""
+    from node import routing
+
+    def broken(*args: object, **kwargs: object) -> routing.Decision:
+        raise RuntimeError("a rule that did not expect this header")
+
+    monkeypatch.setattr(routing, "decide", broken)
+    ds = make_dx(cr_chest)
+    assert c_store(running_node.address[1], ds) == 0x0000  # type: ignore[index]
+    [ineligible] = events(kind="instance.ineligible", sop_instance_uid=ds.SOPInstanceUID)
+    assert "routing rules failed on this header: RuntimeError" in ineligible.message
+
+
+def test_sop_class_uid_with_a_numeric_vr_is_refused(
+    running_node: Node, cr_chest: Path, tmp_path: Path
+) -> None:
+    """SOP Class UID (0008,0016) with its VR changed to UL: reading it raised
+    BytesLengthException, which the header parser did not catch (0x0110). CR's UID is 26
+    bytes padded, not a whole number of 4-byte values."""
+    ds = with_new_uids(dcmread(cr_chest))
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    start = data.index(b"\x08\x00\x16\x00UI", 132 + 12)  # the data set's, not the file meta's
+    path = tmp_path / "ul.dcm"
+    path.write_bytes(data[: start + 4] + b"UL" + data[start + 6 :])
+    answer = send(running_node.address[1], path, ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)  # type: ignore[index]
+    assert answer == "0xC210"
+    [refused] = events(kind="instance.rejected", sop_instance_uid=ds.SOPInstanceUID)
+    assert "cannot be decoded" in refused.message
