@@ -191,3 +191,15 @@ def test_sop_class_uid_with_a_numeric_vr_is_refused(
     assert answer == "0xC210"
     [refused] = events(kind="instance.rejected", sop_instance_uid=ds.SOPInstanceUID)
     assert "cannot be decoded" in refused.message
+
+
+def test_contributing_equipment_as_a_number_does_not_break_the_routing_rules(
+    running_node: Node, cr_chest: Path
+) -> None:
+    """The same attribute sent as FD (a float is not iterable): the rules answered 'routing
+    failed' instead of reading the header; now the instance is routed as any other."""
+    ds = make_dx(cr_chest)
+    ds.add(DataElement(0x0018A001, "FD", 1.5))
+    assert c_store(running_node.address[1], ds) == 0x0000  # type: ignore[index]
+    assert events(kind="instance.ineligible", sop_instance_uid=ds.SOPInstanceUID) == []
+    assert [e.kind for e in events(kind="job.queued", sop_instance_uid=ds.SOPInstanceUID)] == ["job.queued"]
