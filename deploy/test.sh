@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick start, the other command: install what the tests need and run them.
 #   apt: orthanc, orthanc-dicomweb, chromium, npm, dcmtk, dicom3tools, redis-server,
+#        prometheus (promtool),
 #        postgresql (if missing)
 #   npm: the prebuilt OHIF viewer (@ohif/app) for tests/viewer
 #   pip: the project with its test extra (into $CXR_NODE_VENV)
@@ -22,6 +23,7 @@ command -v chromium >/dev/null || need_apt+=(chromium)   # tests/viewer, driven 
 command -v npm >/dev/null || need_apt+=(npm)             # fetches the OHIF viewer below
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v pg_ctlcluster >/dev/null || need_apt+=(postgresql)
+command -v promtool >/dev/null || need_apt+=(prometheus)  # promtool checks deploy/monitoring
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing ${need_apt[*]}" >&2
     as_root apt-get update -qq

@@ -294,6 +294,65 @@ def audit_tail(
         pass
 
 
+def _when(value: str | None, option: str):  # type: ignore[no-untyped-def]
+    """An ISO 8601 date or date-time; without an offset it is this machine's local time."""
+    from datetime import datetime
+
+    if value is None:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option} {value!r} is not an ISO 8601 date or date-time (2026-11-30T08:00)")
+    return stamp if stamp.tzinfo is not None else stamp.astimezone()
+
+
+@audit_app.command("search")
+def audit_search(
+    since: Annotated[str | None, typer.Option(help="From this time on (ISO 8601, inclusive)")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this time (ISO 8601, exclusive)")] = None,
+    event: Annotated[
+        str | None, typer.Option("--event", help="An event kind (instance.received) or prefix (export)")
+    ] = None,
+    calling_ae: Annotated[str | None, typer.Option("--calling-ae", help="Only this calling AE")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Only this Study Instance UID")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="text, csv or json")] = "text",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many (the oldest first)")] = None,
+) -> None:
+    """Find audit events by time range, event, calling AE and study; print or export them."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from node.audit.log import events, format_event
+    from node.audit.report import write_csv, write_json
+
+    if output_format not in ("text", "csv", "json"):
+        _fail(f"--format {output_format!r}: choose text, csv or json")
+    start, end = _when(since, "--since"), _when(until, "--until")
+    if start is not None and end is not None and end <= start:
+        _fail("--until must be after --since")
+    try:
+        rows = events(
+            kind=event, calling_ae=calling_ae, study_instance_uid=study, since=start, until=end, limit=limit
+        )
+    except (OperationalError, ProgrammingError) as exc:
+        _fail(f"cannot read the audit log ({exc.orig}); run 'cxr-node db upgrade' first", code=1)
+    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        if output_format == "csv":
+            write_csv(rows, out)
+        elif output_format == "json":
+            write_json(rows, out)
+        else:
+            for row in rows:
+                out.write(format_event(row) + "\n")
+    finally:
+        if output:
+            out.close()
+    if output:
+        typer.echo(f"{len(rows)} event(s) written to {output}", err=True)
+
+
 @export_app.command("list")
 def export_list(
     state: Annotated[str | None, typer.Option(help="pending, sending, sent or dead")] = None,

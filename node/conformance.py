@@ -35,7 +35,8 @@ OUTPUT_TRANSFER_SYNTAX = ExplicitVRLittleEndian
 # PS3.4 Table B.2-1: what each C-STORE status the SCP returns means here.
 STORE_STATUSES: dict[int, str] = {
     scp.STATUS_SUCCESS: "stored in the spool (also for duplicates and for instances not analysed)",
-    scp.STATUS_OUT_OF_RESOURCES: "spool below `min_free_bytes` or a storage error; nothing kept",
+    scp.STATUS_OUT_OF_RESOURCES: "spool below `min_free_bytes`, a storage error, or the audit database "
+    "unavailable (nothing acknowledged that is not recorded); nothing kept, the modality retries",
     scp.STATUS_CANNOT_UNDERSTAND: "header or Image Pixel module cannot be understood; "
     "the attribute is named in the audit row and the data set is kept in `spool/rejected/`",
     scp.STATUS_PROCESSING_FAILURE: "unexpected internal error; the data set is kept in `spool/rejected/`",

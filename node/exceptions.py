@@ -19,6 +19,11 @@ class InvalidInstanceError(NodeError):
     """A received data set that cannot be understood (0xC210): names the attribute."""
 
 
+class DatabaseUnavailableError(NodeError):
+    """A received instance could not be recorded in the audit database (0xA700: the
+    modality keeps it and retries; nothing is acknowledged that the node cannot account for)."""
+
+
 class QueueError(NodeError):
     """The broker refused or could not be reached; the instance stays in the spool."""
 

@@ -116,7 +116,7 @@ def _check_length(ds: Dataset, pixels: int, samples: int, photometric: str, bits
     if photometric == "YBR_FULL_422":
         samples = 2  # PS3.3 C.7.6.3.1.2: two chroma samples shared by each pair of pixels
     expected = -(-pixels * samples * frames * bits_allocated // 8)
-    actual = len(ds.PixelData)
+    actual = len(ds.PixelData or b"")  # an empty element reads as None
     if actual < expected:
         raise InvalidInstanceError(
             f"Pixel Data (7FE0,0010) has {actual} bytes, Rows x Columns need {expected}"

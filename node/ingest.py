@@ -16,7 +16,6 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -24,8 +23,8 @@ from node import audit, routing
 from node.audit import EventKind, Outcome
 from node.audit.db import session_scope
 from node.audit.log import InstanceUIDs, instance_uids
-from node.audit.models import Instance, InstanceState, utcnow
-from node.exceptions import InvalidInstanceError, QueueError
+from node.audit.models import AuditEvent, Instance, InstanceState, utcnow
+from node.exceptions import DatabaseUnavailableError, InvalidInstanceError, QueueError
 from node.image_pixel import check_pixels
 from node.queue import enqueue_analysis
 from node.settings import Settings, get_settings
@@ -56,14 +55,46 @@ def parse_header(data: bytes) -> Dataset:
         ds = dcmread(BytesIO(data), force=True)
         sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
         sop_class_uid = str(ds.get("SOPClassUID", "") or "")
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
-        raise InvalidInstanceError(f"data set cannot be decoded: {exc}") from exc
+    except Exception as exc:  # pydicom raises more than ValueError on malformed input
+        raise InvalidInstanceError(f"data set cannot be decoded: {exc}"[:400]) from exc
     if not is_valid_uid(sop_instance_uid):
         raise InvalidInstanceError("SOP Instance UID (0008,0018) is missing or not a valid UID")
     if not sop_class_uid:
         raise InvalidInstanceError("SOP Class UID (0008,0016) is missing")
+    decode_all(ds)
     check_pixels(ds)
     return ds
+
+
+def decode_all(ds: Dataset) -> None:
+    """Decode every element, in sequences too, now rather than when routing or the worker
+    first touches it: a value that does not fit its VR (PS3.5 6.2) is then a 0xC210 naming
+    the attribute, not an internal error after the instance was stored."""
+    stack = [ds]
+    while stack:  # iterative: sequences may nest deeper than the recursion limit
+        current = stack.pop()
+        for tag in list(current.keys()):
+            try:
+                elem = current[tag]
+            except Exception as exc:
+                raise InvalidInstanceError(f"attribute {tag} cannot be decoded: {exc}"[:400]) from exc
+            if elem.VR == "SQ":
+                stack.extend(item for item in elem.value if isinstance(item, Dataset))
+
+
+def _instance_row(
+    ds: Dataset, uids: InstanceUIDs, path: Path, state: str, reason: str | None, calling_ae: str | None
+) -> Instance:
+    return Instance(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        study_instance_uid=uids["study_instance_uid"],
+        series_instance_uid=uids["series_instance_uid"],
+        calling_ae=calling_ae,
+        path=str(path),
+        state=state,
+        reason=reason,
+    )
 
 
 class Ingest:
@@ -83,7 +114,10 @@ class Ingest:
         peer: str | None = None,
         started: float | None = None,
     ) -> ReceiveResult:
-        """Handle one C-STORE data set. Raises InvalidInstanceError / SpoolFullError / OSError."""
+        """Handle one C-STORE data set.
+
+        Raises InvalidInstanceError, SpoolFullError, DatabaseUnavailableError or OSError.
+        """
         started = time.monotonic() if started is None else started
         ds = parse_header(data)
         sop_instance_uid = str(ds.SOPInstanceUID)
@@ -101,7 +135,7 @@ class Ingest:
         path, created = self.spool.store(sop_instance_uid, data)
         elapsed_ms = (time.monotonic() - started) * 1000
         if not created:
-            audit.record(
+            if not audit.record(
                 EventKind.INSTANCE_DUPLICATE,
                 Outcome.WARNING,
                 "already received; kept the stored copy",
@@ -109,30 +143,64 @@ class Ingest:
                 peer=peer,
                 duration_ms=elapsed_ms,
                 **uids,
-            )
+            ):
+                raise DatabaseUnavailableError(f"could not record duplicate SOP instance {sop_instance_uid}")
             return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path, duplicate=True)
-        audit.record(
-            EventKind.INSTANCE_RECEIVED,
-            Outcome.SUCCESS,
-            f"{ds.get('Modality', '')} {len(data)} bytes",
-            calling_ae=calling_ae,
-            peer=peer,
-            duration_ms=elapsed_ms,
-            **uids,
-        )
+        try:
+            self._record_received(ds, uids, path, len(data), calling_ae, peer, elapsed_ms)
+        except SQLAlchemyError as exc:
+            # Not recorded, so not acknowledged: the modality keeps the instance and
+            # retries (0xA700), and the spool holds nothing the audit cannot account for.
+            path.unlink(missing_ok=True)
+            LOGGER.error("database unavailable, refusing SOP instance %s: %s", sop_instance_uid, exc)
+            raise DatabaseUnavailableError(f"audit database unavailable: {type(exc).__name__}") from exc
         try:
             return self.route(ds, path, calling_ae=calling_ae)
         except SQLAlchemyError:
-            # The instance is durably in the spool: the modality gets success and
-            # the sweep records, routes and queues it once the database is back.
-            LOGGER.exception("database unavailable after storing SOP instance %s", sop_instance_uid)
+            # Recorded as RECEIVED: the sweep routes and queues it once the database is back.
+            LOGGER.exception("database unavailable after recording SOP instance %s", sop_instance_uid)
             return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path)
+
+    def _record_received(
+        self,
+        ds: Dataset,
+        uids: InstanceUIDs,
+        path: Path,
+        size: int,
+        calling_ae: str | None,
+        peer: str | None,
+        elapsed_ms: float,
+    ) -> None:
+        """The instance's row and its ``instance.received`` event, in one transaction.
+
+        A row left by an earlier attempt whose commit was acknowledged too late
+        (the connection died after COMMIT) is kept, so a retry is not a second row.
+        """
+        sop_instance_uid = str(ds.SOPInstanceUID)
+        with session_scope() as session:
+            if session.get(Instance, sop_instance_uid) is None:
+                session.add(_instance_row(ds, uids, path, InstanceState.RECEIVED, None, calling_ae))
+            session.add(
+                AuditEvent(
+                    kind=str(EventKind.INSTANCE_RECEIVED),
+                    outcome=str(Outcome.SUCCESS),
+                    message=f"{ds.get('Modality', '')} {size} bytes",
+                    calling_ae=calling_ae,
+                    peer=peer,
+                    duration_ms=elapsed_ms,
+                    **uids,
+                )
+            )
 
     def route(self, ds: Dataset, path: Path, *, calling_ae: str | None = None) -> ReceiveResult:
         """Apply the routing rules to a stored instance and queue it if eligible."""
         sop_instance_uid = str(ds.SOPInstanceUID)
         uids = instance_uids(ds)
-        decision = routing.decide(ds, self.settings.min_patient_age)
+        try:
+            decision = routing.decide(ds, self.settings.min_patient_age)
+        except Exception as exc:  # stored and recorded already: kept, not analysed, and said why
+            LOGGER.exception("routing rules failed on SOP instance %s", sop_instance_uid)
+            decision = routing.Decision(False, f"routing rules failed on this header: {type(exc).__name__}")
         state = InstanceState.RECEIVED if decision.eligible else InstanceState.INELIGIBLE
         self._save_instance(ds, uids, path, state, decision.reason, calling_ae)
         if not decision.eligible:
@@ -194,18 +262,7 @@ class Ingest:
             with session_scope() as session:
                 instance = session.get(Instance, sop_instance_uid)
                 if instance is None:
-                    session.add(
-                        Instance(
-                            sop_instance_uid=sop_instance_uid,
-                            sop_class_uid=str(ds.SOPClassUID),
-                            study_instance_uid=uids["study_instance_uid"],
-                            series_instance_uid=uids["series_instance_uid"],
-                            calling_ae=calling_ae,
-                            path=str(path),
-                            state=state,
-                            reason=reason,
-                        )
-                    )
+                    session.add(_instance_row(ds, uids, path, state, reason, calling_ae))
                 else:
                     instance.state = state
                     instance.reason = reason

@@ -12,7 +12,7 @@ from datetime import date
 
 from pydicom.dataset import Dataset
 
-from node.dicom.provenance import own_output
+from node.dicom.provenance import own_output, sequence_items
 
 ANALYSED_MODALITIES = {"CR", "DX"}
 # PS3.16 CID 4031 / PS3.3 C.7.3.1 defined terms that mean the chest.
@@ -70,7 +70,7 @@ def _parse_da(value: object) -> date | None:
 
 def _view_is_lateral(ds: Dataset) -> bool:
     # View Code Sequence (PS3.3 C.8.11.5.1.1, CID 4010) when View Position is empty.
-    for item in ds.get("ViewCodeSequence", []) or []:
+    for item in sequence_items(ds, "ViewCodeSequence"):
         meaning = str(item.get("CodeMeaning", "")).lower()
         if "lateral" in meaning or "oblique" in meaning:
             return True

@@ -27,7 +27,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node import audit
 from node.audit import EventKind, Outcome
-from node.exceptions import InvalidInstanceError, SpoolFullError
+from node.exceptions import DatabaseUnavailableError, InvalidInstanceError, SpoolFullError
 from node.ingest import Ingest
 from node.settings import Settings, get_settings
 
@@ -224,6 +224,9 @@ class StorageSCP:
             return self._refuse(info, STATUS_CANNOT_UNDERSTAND, str(exc), data, affected_uid)
         except SpoolFullError as exc:
             LOGGER.error("spool full, refusing SOP instance %s: %s", affected_uid, exc)
+            return self._refuse(info, STATUS_OUT_OF_RESOURCES, str(exc), b"", affected_uid)
+        except DatabaseUnavailableError as exc:
+            # Refused so the modality retries; the audit row below fails too (and is logged).
             return self._refuse(info, STATUS_OUT_OF_RESOURCES, str(exc), b"", affected_uid)
         except OSError as exc:
             LOGGER.exception("could not store SOP instance %s", affected_uid)

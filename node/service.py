@@ -54,7 +54,8 @@ class Node:
         self.address = self.scp.start()
         self.exporter.start()
         if self.settings.metrics_port:
-            self.metrics = MetricsServer(self.settings)
+            worker_up = self._worker_up if self.settings.embedded_worker else None
+            self.metrics = MetricsServer(self.settings, worker_up)
             try:
                 self.metrics.start()
             except OSError as exc:  # DICOM goes on; the operator sees why there are no metrics
@@ -85,6 +86,9 @@ class Node:
         self.settings.home.mkdir(parents=True, exist_ok=True)
         self.worker_pid_file.write_text(f"{worker.pid}\n")
         return worker
+
+    def _worker_up(self) -> bool:
+        return self.worker is not None and self.worker.poll() is None
 
     @property
     def worker_pid_file(self) -> Path:

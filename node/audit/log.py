@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import TypedDict
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import BindParameter, bindparam, select
 
 from node.audit.db import session_scope
 from node.audit.models import AuditEvent
@@ -109,24 +109,49 @@ def record(
         return False
 
 
+def _inline(name: str, value: str) -> BindParameter[str]:
+    """A value rendered into the SQL (quoted by SQLAlchemy), so that PostgreSQL plans for it:
+    with a bound parameter it settles on a generic plan after a few runs, which for a rare
+    kind or AE walks the whole created_at index instead of the (kind, created_at) one."""
+    return bindparam(name, value, literal_execute=True)
+
+
 def events(
     *,
     after_id: int = 0,
     study_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     kind: str | None = None,
+    calling_ae: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
     limit: int | None = None,
     newest: bool = False,
     url: str | None = None,
 ) -> list[AuditEvent]:
-    """Events with id > ``after_id`` in id order (``newest``: the last ``limit`` of them)."""
+    """Events with id > ``after_id`` in id order (``newest``: the last ``limit`` of them).
+
+    ``kind`` is an event kind (``instance.received``) or a prefix of kinds (``export``);
+    ``since`` is inclusive and ``until`` exclusive, both timezone-aware.
+    """
     query = select(AuditEvent).where(AuditEvent.id > after_id)
     if study_instance_uid:
         query = query.where(AuditEvent.study_instance_uid == study_instance_uid)
     if sop_instance_uid:
         query = query.where(AuditEvent.sop_instance_uid == sop_instance_uid)
     if kind:
-        query = query.where(AuditEvent.kind.startswith(kind))
+        # Equality where it names a kind: an index on (kind, created_at) serves it on every
+        # backend (PostgreSQL uses a b-tree for LIKE 'x%' only under the C collation).
+        if kind in EventKind._value2member_map_:
+            query = query.where(AuditEvent.kind == _inline("kind", kind))
+        else:
+            query = query.where(AuditEvent.kind.startswith(kind))
+    if calling_ae:
+        query = query.where(AuditEvent.calling_ae == _inline("calling_ae", calling_ae))
+    if since is not None:
+        query = query.where(AuditEvent.created_at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.created_at < until)
     query = query.order_by(AuditEvent.id.desc() if newest else AuditEvent.id)
     if limit is not None:
         query = query.limit(limit)

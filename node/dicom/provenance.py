@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from node.dicom.uids import KINDS, derive_series_uid, derive_uid
 
@@ -35,9 +36,18 @@ def _values(value: object) -> list[str]:
     return [str(value)]
 
 
+def sequence_items(ds: Dataset, keyword: str) -> list[Dataset]:
+    """The items of a sequence attribute; none when a sender gave it another VR (a string,
+    a number), so a rule reading the header never iterates a value that is not a sequence."""
+    value = ds.get(keyword)
+    if not isinstance(value, Sequence | list):
+        return []
+    return [item for item in value if isinstance(item, Dataset)]
+
+
 def _software_versions(ds: Dataset) -> set[str]:
     versions = set(_values(ds.get("SoftwareVersions")))
-    for item in ds.get("ContributingEquipmentSequence", []) or []:
+    for item in sequence_items(ds, "ContributingEquipmentSequence"):
         versions.update(_values(item.get("SoftwareVersions")))
     return {v.strip() for v in versions if v.strip()}
 
@@ -77,7 +87,7 @@ def own_output(ds: Dataset) -> str | None:
                     return f"Series Instance UID is the node's {kind} series of the study"
     if _is_ours(ds.get("Manufacturer")):
         return f"Manufacturer (0008,0070) is {MANUFACTURER!r}"
-    for item in ds.get("ContributingEquipmentSequence", []) or []:
+    for item in sequence_items(ds, "ContributingEquipmentSequence"):
         if _is_ours(item.get("Manufacturer")):
             return f"Contributing Equipment Sequence (0018,A001) names {MANUFACTURER!r}"
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 
 from node.audit.db import session_scope, upgrade
@@ -119,23 +120,25 @@ def test_stale_queued_job_is_requeued(node_config, cr_chest: Path) -> None:
     assert ingest.sweep() == 0  # its clock was reset: not again on the next sweep
 
 
-def test_database_down_after_store_still_succeeds(node_config, cr_chest: Path) -> None:
-    """The file is durable before the database is touched: a database failure then
-    must not turn into a failure status (the modality would think it was lost)."""
+def test_database_down_refuses_so_the_modality_retries(node_config, cr_chest: Path) -> None:
+    """An instance the audit cannot record is refused (0xA700 at the SCP), not acknowledged
+    and left unaccounted for; the spool keeps nothing of it, and the retry succeeds."""
+    from io import BytesIO
+
+    from node.exceptions import DatabaseUnavailableError
     from node.settings import configure
 
     settings = configure(database_url=f"sqlite:///{node_config.home / 'never-migrated.sqlite'}")
     ingest = Ingest(settings)
     ingest.spool.ensure()
     ds = make_dx(cr_chest)
-    from io import BytesIO
-
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    result = ingest.receive(buffer.getvalue())
-    assert result.status == 0x0000 and not result.queued
-    assert ingest.spool.contains(ds.SOPInstanceUID)
-    # Once the database is there, the sweep picks it up.
+    with pytest.raises(DatabaseUnavailableError):
+        ingest.receive(buffer.getvalue())
+    assert not ingest.spool.contains(ds.SOPInstanceUID)
+    # Once the database is there, the modality's retry is stored, recorded and queued.
     upgrade(settings.db_url)
-    assert ingest.sweep() == 1
+    result = ingest.receive(buffer.getvalue())
+    assert result.status == 0x0000 and result.queued and not result.duplicate
     assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(settings)] == [ds.SOPInstanceUID]
