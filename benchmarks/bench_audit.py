@@ -1,4 +1,4 @@
-"""`cxr-node audit search` at a million audit rows, with and without the 0004 indexes
+"""`cxr-node audit search` at a million audit rows, with and without the 0005 indexes
 ((kind, created_at) and (calling_ae, created_at)), on SQLite and on PostgreSQL (a private
 cluster: initdb into a temporary folder, never the shared server). Prints a table.
 
@@ -115,7 +115,7 @@ def queries(study: str) -> dict[str, Callable[[str], int]]:
         "one AE's receipts, one day": lambda url: len(
             events(kind="instance.received", calling_ae="MOD03", since=day[0], until=day[1], url=url)
         ),
-        "one study (indexed before 0004)": lambda url: len(events(study_instance_uid=study, url=url)),
+        "one study (indexed before 0005)": lambda url: len(events(study_instance_uid=study, url=url)),
         "/metrics: last received/finished": lambda url: last_seen(url),
     }
 
@@ -138,19 +138,19 @@ def timed(fn: Callable[[str], int], url: str, repeat: int) -> tuple[float, int]:
 
 
 def bench(backend: str, url: str, count: int, repeat: int) -> list[tuple[str, ...]]:
-    upgrade(url, "0003")  # the schema before the audit-search indexes
+    upgrade(url, "0004")  # the schema before the audit-search indexes
     fill_s = fill(url, count)
     with session_scope(url) as session:
         study = session.scalar(select(AuditEvent.study_instance_uid).where(AuditEvent.id == count // 2))
     plan = queries(str(study))
     before = {name: timed(fn, url, repeat) for name, fn in plan.items()}
     started = time.perf_counter()
-    upgrade(url, "0004")
+    upgrade(url, "0005")
     analyze(url)
     index_s = time.perf_counter() - started
     after = {name: timed(fn, url, repeat) for name, fn in plan.items()}
     print(
-        f"{backend}: {count:,} rows filled in {fill_s:.0f} s; 0004 indexes built in {index_s:.1f} s",
+        f"{backend}: {count:,} rows filled in {fill_s:.0f} s; 0005 indexes built in {index_s:.1f} s",
         file=sys.stderr,
     )
     out = []
@@ -181,7 +181,7 @@ def main() -> None:
             finally:
                 dispose_engines()
                 pg.destroy()
-    header = ("backend", "query", "rows", "without 0004 (ms)", "with 0004 (ms)", "speed-up")
+    header = ("backend", "query", "rows", "without 0005 (ms)", "with 0005 (ms)", "speed-up")
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

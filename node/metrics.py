@@ -146,7 +146,7 @@ def _last_seen(session: Any) -> dict[str, float]:
     """Newest event time of each LAST_SEEN kind.
 
     One max() per kind, not one grouped query: each is then a single step down the
-    (kind, created_at) index (0004), where a GROUP BY reads every row of the kinds
+    (kind, created_at) index (0005), where a GROUP BY reads every row of the kinds
     (0.3 s at a million rows on PostgreSQL, benchmarks/bench_audit.py).
     """
     newest = {}

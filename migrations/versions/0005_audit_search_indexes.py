@@ -5,8 +5,8 @@ A compliance query names an event or a calling AE and a time range; with
 slice instead of every row of the kind or the range (benchmarks/bench_audit.py).
 (kind, created_at) also serves the "last received" gauges of /metrics.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
