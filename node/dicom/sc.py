@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import replace
 from datetime import date
 
 import numpy as np
@@ -321,11 +322,48 @@ def render(
     return draw_legend(rgb, header_lines(result), footer, scale_line=footer[2])
 
 
+def fit_to_size(result: AnalysisResult, max_size: int) -> AnalysisResult:
+    """The result with its image, heatmap and lungs downscaled so that the longer side is at
+    most ``max_size`` pixels (0: unchanged), and its pixel spacing scaled to match.
+
+    Rows and columns are scaled by the same factor, rounded each; the spacing
+    of each axis by that axis's own ratio, so that rows x spacing still spans
+    the source's field of view.
+    """
+    image = np.asarray(result.image)
+    rows, columns = image.shape[:2]
+    if max_size <= 0 or max(rows, columns) <= max_size:
+        return result
+    scale = max_size / max(rows, columns)
+    size = (max(1, round(columns * scale)), max(1, round(rows * scale)))  # PIL: (width, height)
+    smooth = Image.Resampling.BILINEAR  # Pillow widens the filter when shrinking: area-weighted
+    spacing = result.pixel_spacing_mm
+    if spacing is not None:
+        spacing = (spacing[0] * rows / size[1], spacing[1] * columns / size[0])
+
+    def shrink_mask(mask: np.ndarray) -> np.ndarray:
+        small = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize(size, smooth)
+        return np.asarray(small) >= 128
+
+    heat = Image.fromarray(np.asarray(result.heatmap, dtype=np.float32)).resize(size, smooth)
+    return replace(
+        result,
+        image=np.asarray(Image.fromarray(image.astype(np.uint8, copy=False)).resize(size, smooth)),
+        heatmap=np.asarray(heat, dtype=np.float32),
+        right_lung=shrink_mask(result.right_lung),
+        left_lung=shrink_mask(result.left_lung),
+        pixel_spacing_mm=spacing,
+    )
+
+
 def build_sc(
     source: Dataset,
     result: AnalysisResult,
     algorithm_name: str,
     algorithm_version: str,
+    *,
+    max_size: int = 0,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
 ) -> SCImage:
     """Build the heatmap Secondary Capture of one analysis.
 
@@ -337,6 +375,12 @@ def build_sc(
         What the models said; ``result.image`` gives the grey pixels.
     algorithm_name, algorithm_version
         From the model registry; in the legend and the Contributing Equipment.
+    max_size
+        Longest side of the SC in pixels: a larger image is downscaled
+        (:func:`fit_to_size`) and its Pixel Spacing scaled; 0 keeps the
+        source's size. The node's default is ``Settings.sc_max_size``.
+    transfer_syntax_uid
+        Explicit VR Little Endian, or JPEG-LS Lossless (``Settings.sc_compression``).
 
     Returns
     -------
@@ -347,6 +391,7 @@ def build_sc(
     check_source(source, result)
     check_result(result)
     header = evidence_header(source)
+    result = fit_to_size(result, max_size)
     pixels = render(result, algorithm_name, algorithm_version, today=study_date(source)[0])
     laterality = str(source.get("Laterality") or "")
     sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)
@@ -364,7 +409,7 @@ def build_sc(
         patient_orientation=patient_orientation(source),
         pixel_spacing=result.pixel_spacing_mm,  # type: ignore[arg-type]  # highdicom hints int
         laterality=laterality if laterality in ("L", "R") else None,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
+        transfer_syntax_uid=transfer_syntax_uid,
         contributing_equipment=[algorithm_equipment(algorithm_name, algorithm_version)],
         manufacturer_model_name=algorithm_name,
         software_versions=algorithm_version,
