@@ -78,6 +78,11 @@ class Analyzer:
         for role in INFERENCE_ROLES:
             self.model(role)
 
+    @property
+    def loaded_roles(self) -> tuple[str, ...]:
+        """The roles whose model is in memory."""
+        return tuple(self._models)
+
     def model_ids(self) -> dict[str, str]:
         from models.registry import INFERENCE_ROLES, model_id
 

@@ -67,7 +67,7 @@ def _as_accepted(ds: Dataset, assoc: Any) -> Dataset:
     if str(ts) in accepted or ExplicitVRLittleEndian not in accepted:
         return ds
     plain = ds.copy()
-    plain.decompress()  # pydicom: Explicit VR Little Endian, pixel attributes updated
+    plain.decompress(generate_instance_uid=False)  # Explicit VR Little Endian, the same instance
     return plain
 
 

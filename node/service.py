@@ -89,13 +89,16 @@ class Node:
     def workers_status(self) -> dict[str, int | bool] | None:
         """The embedded worker's children: how many are expected and how many hold their
         models (``workers.readiness``); None without an embedded worker."""
-        if self.worker is None:
+        if not self.settings.embedded_worker:
             return None
+        worker = self.worker
+        if worker is None:  # not started yet
+            return {"expected": self.settings.worker_concurrency, "ready": 0, "all_ready": False}
         from workers.readiness import readiness
 
-        found = readiness(self.settings.home).worker(self.worker.pid)
+        found = readiness(self.settings.home).worker(worker.pid)
         expected = self.settings.worker_concurrency if found is None else found.expected
-        ready = 0 if found is None or self.worker.poll() is not None else min(found.ready, expected)
+        ready = 0 if found is None or worker.poll() is not None else min(found.ready, expected)
         return {"expected": expected, "ready": ready, "all_ready": ready >= expected}
 
     @property

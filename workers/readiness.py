@@ -21,6 +21,7 @@ gone on this host are removed, files of children that died are ignored.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -128,9 +129,9 @@ def announce_worker(home: Path, pid: int, children: int) -> Path:
     return folder
 
 
-def announce_child(folder: Path, pid: int, seconds: float) -> None:
-    """A child: warm."""
-    _write(folder / str(pid), f"{seconds:.3f}\n")
+def announce_child(folder: Path, pid: int, seconds: float, models: list[str]) -> None:
+    """A child: warm, with these models loaded after ``seconds`` of warm-up."""
+    _write(folder / str(pid), json.dumps({"seconds": round(seconds, 3), "models": models}) + "\n")
 
 
 def withdraw_child(folder: Path, pid: int) -> None:
@@ -179,8 +180,10 @@ def install(home: Path, children: int, pool: str) -> None:
         except Exception:  # the first task will fail the same way, audited; the child stays up
             LOGGER.exception("worker process %d could not load its models", pid)
             return
+        from models.inference import get_analyzer
+
         LOGGER.info("worker process %d ready: models loaded and run once in %.1f s", pid, seconds)
-        announce_child(folder, pid, seconds)
+        announce_child(folder, pid, seconds, sorted(get_analyzer().loaded_roles))
 
     def child_gone(pid: int | None = None, **_: Any) -> None:
         withdraw_child(folder, pid or os.getpid())
