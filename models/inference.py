@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from models.preprocessing import LoadedImage, display_uint8, preprocess
+from models.preprocessing import LoadedImage, display_uint8, normalize, preprocess
 from models.result import CLASSES, AnalysisResult, LungSeverity, Severity
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,12 @@ class Analyzer:
         n = len(images)
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        prepared = [preprocess(loaded.pixels, SEG_SIZE) for loaded in images]
+        # Normalised once per image: the model square and the display image both start from it.
+        norms = [normalize(loaded.pixels) for loaded in images]
+        prepared = [
+            preprocess(loaded.pixels, SEG_SIZE, normalized=norm)
+            for loaded, norm in zip(images, norms, strict=True)
+        ]
         geoms = [geom for _, geom in prepared]
         img8 = np.stack([np.round((sq / 1024.0 + 1.0) * 127.5).astype(np.uint8) for sq, _ in prepared])
         x256 = torch.from_numpy(img8.astype(np.float32) / 127.5 * 1024.0 - 1024.0)[:, None].to(self.device)
@@ -178,7 +183,7 @@ class Analyzer:
                     right_lung=right,
                     left_lung=left,
                     heatmap=heats[i],
-                    image=display_uint8(loaded.pixels),
+                    image=display_uint8(loaded.pixels, normalized=norms[i]),
                     models=self.model_ids(),
                     pixel_spacing_mm=loaded.pixel_spacing_mm,
                     heatmap_method=heatmap,
