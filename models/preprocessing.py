@@ -139,9 +139,33 @@ def _has_modality_lut(ds: Any) -> bool:
         return True  # let pydicom judge a malformed value
 
 
-def _from_dataset(ds: Any, source: str) -> LoadedImage:
+def _through_luts(arr: np.ndarray, ds: Any) -> np.ndarray:
+    """The Modality LUT, then the first VOI LUT (or window) of ``ds``, as float32.
+
+    Both act on each value alone, so an integer image (at most 65,536
+    distinct stored values) goes through a table of every value between its
+    minimum and maximum, built by the same pydicom functions, and is then
+    looked up: the same numbers as applying them to the whole image, which
+    at 2800 x 2304 takes 150 ms in float64 instead of 20.
+    """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    def apply(values: np.ndarray) -> np.ndarray:
+        if _has_modality_lut(ds):  # the identity (slope 1, intercept 0) changes nothing
+            values = apply_modality_lut(values, ds)
+        return np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
+
+    if arr.dtype.kind not in "ui" or arr.size < 1 << 16:
+        return apply(arr)
+    lo, hi = int(arr.min()), int(arr.max())
+    if hi - lo >= 1 << 16:
+        return apply(arr)
+    table = apply(np.arange(lo, hi + 1, dtype=arr.dtype))
+    index = arr - arr.dtype.type(lo) if arr.dtype.kind == "u" else arr.astype(np.int32) - lo
+    return table[index]
+
+
+def _from_dataset(ds: Any, source: str) -> LoadedImage:
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for undecodable pixel data
@@ -151,9 +175,7 @@ def _from_dataset(ds: Any, source: str) -> LoadedImage:
     if arr.ndim == 3:  # colour (SamplesPerPixel 3): luminance
         arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     else:
-        if _has_modality_lut(ds):  # the identity (slope 1, intercept 0) costs 40 ms at 2800 x 2304
-            arr = apply_modality_lut(arr, ds)
-        arr = apply_voi_lut(arr, ds, index=0)
+        arr = _through_luts(arr, ds)
     arr = np.asarray(arr, dtype=np.float32)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = float(arr.max()) + float(arr.min()) - arr
