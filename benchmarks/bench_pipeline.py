@@ -231,7 +231,13 @@ def main() -> None:
                 inside = [sum(st.values()) for st in stages[: len(r["latencies"])]]
                 cells.append(f"{(statistics.median(r['latencies']) - statistics.median(inside)) * 1000:.0f}")
             else:
-                cells.append(f"{statistics.median([st.get(stage, 0.0) for st in stages]) * 1000:.0f}")
+                # A study without the stage: the node's exporter thread sent that output
+                # before the worker got to it. The median is over the studies that have it.
+                present = [st[stage] for st in stages if stage in st]
+                cell = f"{statistics.median(present) * 1000:.0f}" if present else "-"
+                cells.append(
+                    cell if len(present) == len(stages) else f"{cell} ({len(present)}/{len(stages)})"
+                )
         print(f"{stage:<16} | " + " | ".join(f"{c:>24}" for c in cells))
 
 

@@ -6,7 +6,8 @@ per child after every start. So each child warms up in Celery's
 ``worker_process_init`` (the solo pool sends it too; the threads pool warms
 up once in ``worker_init``): it loads every model, runs them once over a
 synthetic image (torch's first forward and backward pass set up kernels and
-memory) and renders a heatmap SC of it (fonts, colour map). Celery's prefork
+memory) and builds its SR, SC and SEG in memory (highdicom's first SR takes
+a second more than the next; fonts, colour map). Celery's prefork
 pool writes tasks only to children that have finished their initialiser (a
 child announces itself with WORKER_UP after it), so no task waits behind a
 warm-up; ``worker_proc_alive_timeout`` is raised to let the warm-up finish.
@@ -139,16 +140,40 @@ def withdraw_child(folder: Path, pid: int) -> None:
         (folder / str(pid)).unlink()
 
 
+def _synthetic_source(rows: int, columns: int) -> Any:
+    """The header of a made-up DX (no patient) for building outputs once, never stored or sent."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (generate_uid() for _ in range(3))
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Warm^Up", "WARM-UP", "", "O"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260101", "120000", "", "1"
+    ds.ReferringPhysicianName = ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "DX", 1, 1
+    ds.BodyPartExamined, ds.ViewPosition, ds.PatientOrientation = "CHEST", "PA", ["R", "F"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.Rows, ds.Columns, ds.ImagerPixelSpacing = rows, columns, [0.4, 0.4]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    return ds
+
+
 def warm_up() -> float:
-    """Load every model and run the whole analysis once on a synthetic image; seconds taken."""
+    """Load every model, run the whole analysis once on a synthetic image and build its SR,
+    SC and SEG in memory (the first SR alone takes a second longer than the next); seconds taken."""
     import numpy as np
 
     from models.inference import get_analyzer
     from models.preprocessing import LoadedImage
-    from node.dicom import outputs  # noqa: F401  (highdicom, pydicom's SR and SEG modules)
-    from node.dicom.sc import render
+    from node.dicom.outputs import build_outputs
 
     started = time.perf_counter()
+    try:
+        import faiss  # noqa: F401  (the archive's similar-case index, imported on first use)
+    except ImportError:
+        pass
     analyzer = get_analyzer()
     analyzer.load_all()
     rows, columns = WARM_UP_SIZE
@@ -159,7 +184,7 @@ def warm_up() -> float:
     )
     pixels = np.where(lungs, 800.0, 3000.0).astype(np.float32)
     result = analyzer.analyze(LoadedImage(pixels=pixels, pixel_spacing_mm=(0.4, 0.4), source="warm-up"))
-    render(result, "CXR Node", "warm-up")
+    build_outputs(_synthetic_source(rows, columns), result, "CXR Node", "warm-up", sc_max_size=columns)
     return time.perf_counter() - started
 
 

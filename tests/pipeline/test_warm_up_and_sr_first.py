@@ -151,7 +151,9 @@ def test_sr_sent_before_the_sc_is_built(started: SimpleNamespace, cr_chest: Path
     [stages] = [m.group(2) for m in _DONE.finditer(node.log.read_text())]
     models_ms = float(re.search(r"models (\d+) ms", stages).group(1))  # type: ignore[union-attr]
     assert models_ms / 1000 < warm_up
-    for kind in ("export_sr", "export_sc", "export_seg", "sr ", "sc ", "seg "):
+    # Each output's build is timed; the SR's C-STORE too (the SC and SEG may be sent by the
+    # node's exporter thread before the worker gets to them: the same outbox rows, sent once).
+    for kind in ("export_sr", "sr ", "sc ", "seg "):
         assert kind in stages
 
 
