@@ -233,7 +233,12 @@ def normalize(pixels: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(sample, [0.5, 99.5])
     if hi - lo < 1e-6:
         lo, hi = float(pixels.min()), float(pixels.max()) + 1e-6
-    return np.clip((pixels - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    # np.clip((pixels - lo) / (hi - lo), 0, 1) in one buffer (the same ufuncs and dtypes):
+    # at 2800 x 2304 two 50 MB temporaries fewer.
+    scaled = np.subtract(pixels, lo)
+    np.divide(scaled, hi - lo, out=scaled)
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    return scaled.astype(np.float32, copy=False)
 
 
 def _border(profile_mean: np.ndarray, profile_std: np.ndarray, limit: int) -> tuple[int, int]:
