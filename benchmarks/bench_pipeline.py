@@ -142,13 +142,15 @@ def run_setup(
             latencies = []
             for path, study in make_studies(root / "latency", studies, template):
                 started = time.perf_counter()
-                assert storescu(node.port, path).returncode == 0
+                sent = storescu(node.port, path)
+                assert sent.returncode == 0, sent.stderr[-2000:]
                 # Every 0.05 s: 25 ms of measurement delay on average, against an 0.8 s goal.
                 wait_until(lambda s=study: sr_arrived(orthanc, s), timeout=600, interval=0.05)
                 latencies.append(time.perf_counter() - started)
             batch = make_studies(root / "throughput", studies, template)
             started = time.perf_counter()
-            assert storescu(node.port, *[p for p, _ in batch]).returncode == 0
+            sent = storescu(node.port, *[p for p, _ in batch])
+            assert sent.returncode == 0, sent.stderr[-2000:]
             for _, study in batch:
                 wait_until(lambda s=study: sr_arrived(orthanc, s), timeout=1800, interval=0.2)
             elapsed = time.perf_counter() - started
