@@ -118,7 +118,7 @@ def workers_ready(node: NodeProcess, offset: int, workers: int) -> bool:
 
 
 def run_setup(
-    name: str, workers: int, broker: str | None, studies: int, template: Dataset | None
+    name: str, workers: int, broker: str | None, studies: int, template: Dataset | None, single: bool = False
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -129,7 +129,10 @@ def run_setup(
         node = NodeProcess(root, orthanc, **env)
         try:
             started = time.perf_counter()
-            if broker:
+            if broker and single:  # one `cxr-node worker` with its default concurrency
+                node.start("--no-worker")
+                node.spawn("worker")
+            elif broker:
                 node.start("--no-worker")
                 for _ in range(workers):
                     node.spawn("worker", "--concurrency", "1")
@@ -181,13 +184,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared data (for --size full)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     parser.add_argument(
-        "--setups", default="embedded,redis1,redis2", help="which of embedded,embedded2,redis1,redis2,redis4"
+        "--setups",
+        default="embedded,redis,redis1",
+        help="which of embedded,embedded1,embedded2,redis,redis1,redis2,redis4",
     )
     args = parser.parse_args()
     known = {
         "embedded": ("embedded, default", None, None),
         "embedded1": ("embedded, 1 worker process", 1, None),
         "embedded2": ("embedded, 2 worker processes", 2, None),
+        "redis": ("Redis, 1 worker, default -c", None, args.redis),
         "redis1": ("Redis, 1 worker process", 1, args.redis),
         "redis2": ("Redis, 2 worker processes", 2, args.redis),
         "redis4": ("Redis, 4 worker processes", 4, args.redis),
@@ -207,7 +213,9 @@ def main() -> None:
     print(f"{'setup':<30} | " + " | ".join(f"{h:>12}" for h in header))
     print(f"{'-' * 30}-|-" + "-|-".join("-" * 12 for _ in header))
     for name, workers, broker in setups:
-        r = run_setup(name, workers or default_workers, broker, args.studies, template)
+        r = run_setup(
+            name, workers or default_workers, broker, args.studies, template, single=workers is None
+        )
         cells = (r["p50"], r["p95"], r["max"], r["per_hour"], r["ready_s"])
         print(f"{name:<30} | " + " | ".join(f"{c:>12.2f}" for c in cells[:3]), end="")
         print(f" | {cells[3]:>12.0f} | {cells[4]:>12.1f}", flush=True)
