@@ -289,4 +289,5 @@ def preprocess(
 
 def display_uint8(pixels: np.ndarray, normalized: np.ndarray | None = None) -> np.ndarray:
     """The uint8 display image that heatmaps and masks refer to (``normalized``: as in :func:`preprocess`)."""
-    return np.round((normalized if normalized is not None else normalize(pixels)) * 255.0).astype(np.uint8)
+    scaled = (normalized if normalized is not None else normalize(pixels)) * 255.0
+    return np.round(scaled, out=scaled).astype(np.uint8)
