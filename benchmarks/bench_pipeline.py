@@ -219,6 +219,7 @@ def main() -> None:
         cells = (r["p50"], r["p95"], r["max"], r["per_hour"], r["ready_s"])
         print(f"{name:<30} | " + " | ".join(f"{c:>12.2f}" for c in cells[:3]), end="")
         print(f" | {cells[3]:>12.0f} | {cells[4]:>12.1f}", flush=True)
+        print("#   latencies in the order sent: " + " ".join(f"{x:.2f}" for x in r["latencies"]), flush=True)
         breakdown.append((name, r))
     print(f"# {load()}")
     print("\n# per stage, median ms per study (latency runs and throughput runs together)")
