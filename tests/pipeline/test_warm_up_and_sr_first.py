@@ -126,7 +126,12 @@ def test_ready_only_once_every_child_holds_its_models(started: SimpleNamespace) 
         record = json.loads(path.read_text())
         assert sorted(record["models"]) == sorted(INFERENCE_ROLES)
         assert record["seconds"] > 0
-    assert "ready: 2 of 2 worker processes hold their models" in node.log.read_text()
+    wait_until(  # serve looks every half second
+        lambda: "ready: 2 of 2 worker processes hold their models" in node.log.read_text(),
+        timeout=30,
+        interval=0.1,
+        what="serve's ready line",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
     env.update(CXR_NODE_HOME=str(node.home), COLUMNS="200")
     done = subprocess.run([*CLI, "status"], env=env, capture_output=True, text=True, timeout=120)
