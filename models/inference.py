@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from models.preprocessing import LoadedImage, display_uint8, model_square, network_input
+from models.preprocessing import LoadedImage, display_uint8, model_square, network_input, normalize
 from models.result import CLASSES, AnalysisResult, LungSeverity, Quality, Severity
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,11 @@ class Analyzer:
         for role in INFERENCE_ROLES:
             self.model(role)
 
+    @property
+    def loaded_roles(self) -> tuple[str, ...]:
+        """The roles whose model is in memory."""
+        return tuple(self._models)
+
     def model_ids(self) -> dict[str, str]:
         from models.registry import INFERENCE_ROLES, model_id
 
@@ -118,7 +123,12 @@ class Analyzer:
         n = len(images)
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        prepared = [model_square(loaded.pixels, SEG_SIZE) for loaded in images]
+        # Normalised once per image: the model square and the display image both start from it.
+        norms = [normalize(loaded.pixels) for loaded in images]
+        prepared = [
+            model_square(loaded.pixels, SEG_SIZE, normalized=norm)
+            for loaded, norm in zip(images, norms, strict=True)
+        ]
         geoms = [geom for _, geom in prepared]
         boxes = [
             (g.offset[0], g.offset[0] + g.resized[0], g.offset[1], g.offset[1] + g.resized[1]) for g in geoms
@@ -189,7 +199,7 @@ class Analyzer:
                     right_lung=right,
                     left_lung=left,
                     heatmap=heats[i],
-                    image=display_uint8(loaded.pixels),
+                    image=display_uint8(loaded.pixels, normalized=norms[i]),
                     models=self.model_ids(),
                     pixel_spacing_mm=loaded.pixel_spacing_mm,
                     heatmap_method=heatmap,

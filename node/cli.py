@@ -120,6 +120,9 @@ def worker(
     ]
     if is_embedded_broker(settings):
         argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+    from workers.readiness import install
+
+    install(settings.home, concurrency, pool)  # each child loads its models before its first task
     get_app().worker_main(argv)
 
 
@@ -252,12 +255,31 @@ def status() -> None:
         for stage, timing in snap.stages.items():
             stages.add_row(stage, str(timing.count), f"{timing.mean_seconds:.2f}")
         console.print(stages)
+    _print_worker_readiness(console)
     models = Table("role", "model", "version", title="Models")
     for role, info in sorted(snap.models.items()):
         models.add_row(role, info["name"], info["version"])
     console.print(models)
     if not snap.database_ok:
         raise typer.Exit(1)
+
+
+def _print_worker_readiness(console) -> None:  # type: ignore[no-untyped-def]
+    """Each worker of this home, and whether every one of its processes holds its models."""
+    from node.settings import get_settings
+    from workers.readiness import readiness
+
+    found = readiness(get_settings().home)
+    if not found.workers:
+        console.print("workers: none has reported (a worker reports in its home's workers/ folder)")
+        return
+    word = "ready" if found.ready else "not ready"
+    console.print(
+        f"workers {word}: {found.ready_children} of {found.expected_children} "
+        "worker processes hold their models"
+    )
+    for worker in found.workers:
+        console.print(f"  {worker.name}: {min(worker.ready, worker.expected)} of {worker.expected}")
 
 
 @db_app.command("upgrade")

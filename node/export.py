@@ -116,21 +116,31 @@ def _claim(source_sop_instance_uid: str | None = None, limit: int = 100) -> list
 
 
 def deliver_due(
-    settings: Settings | None = None, source_sop_instance_uid: str | None = None
+    settings: Settings | None = None,
+    source_sop_instance_uid: str | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, int]:
-    """Send every due outbox row; returns counts by outcome (sent/failed/dead)."""
+    """Send every due outbox row; returns counts by outcome (sent/failed/dead).
+
+    ``seconds``, when given, receives the C-STORE time of each kind sent ("sr", "sc", "seg").
+    """
     settings = settings or get_settings()
     counts: dict[str, int] = defaultdict(int)
     by_destination: dict[str, list[OutboxItem]] = defaultdict(list)
     for item in _claim(source_sop_instance_uid):
         by_destination[item.destination].append(item)
     for destination_text, items in by_destination.items():
-        for outcome in _deliver(Destination.parse(destination_text), items, settings):
+        for outcome in _deliver(Destination.parse(destination_text), items, settings, seconds):
             counts[outcome] += 1
     return dict(counts)
 
 
-def _deliver(destination: Destination, items: list[OutboxItem], settings: Settings) -> list[str]:
+def _deliver(
+    destination: Destination,
+    items: list[OutboxItem],
+    settings: Settings,
+    seconds: dict[str, float] | None = None,
+) -> list[str]:
     started = time.monotonic()
     datasets, readable = [], []
     outcomes: list[str] = []
@@ -158,6 +168,8 @@ def _deliver(destination: Destination, items: list[OutboxItem], settings: Settin
     by_id = {r.source: r for r in results}
     for item in readable:
         result = by_id.get(str(item.id))
+        if seconds is not None and result is not None:
+            seconds[item.kind] = seconds.get(item.kind, 0.0) + result.seconds
         if result is not None and result.ok:
             outcomes.append(_finish(item, result.status, None, settings, elapsed))
         else:

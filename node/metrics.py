@@ -251,8 +251,23 @@ class NodeCollector:
             )
 
 
-def health(settings: Settings) -> tuple[int, dict[str, Any]]:
-    """HTTP status and JSON body: 200 when the database answers, 503 otherwise."""
+def health(
+    settings: Settings, workers: Callable[[], dict[str, Any] | None] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """HTTP status and JSON body: 200 when the database answers, 503 otherwise.
+
+    With ``workers`` (the embedded worker's readiness), the body also says how
+    many worker processes hold their models and ``ready`` whether all do.
+    """
+    status, body = _database_health(settings)
+    found = workers() if workers is not None else None
+    if found is not None:
+        body["workers"] = {"expected": found["expected"], "ready": found["ready"]}
+    body["ready"] = status == 200 and (found is None or bool(found["all_ready"]))
+    return status, body
+
+
+def _database_health(settings: Settings) -> tuple[int, dict[str, Any]]:
     try:
         with session_scope() as session:
             queued = session.scalar(
@@ -275,13 +290,19 @@ def make_registry(
 class MetricsServer:
     """``GET /metrics`` (Prometheus text format) and ``GET /health`` (JSON) on a loopback port."""
 
-    def __init__(self, settings: Settings | None = None, worker_up: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        workers: Callable[[], dict[str, Any] | None] | None = None,
+        worker_up: Callable[[], bool] | None = None,
+    ) -> None:
         self.settings = settings or get_settings()
+        self.workers = workers
         self.registry = make_registry(self.settings, worker_up)
         self.server: ThreadingHTTPServer | None = None
 
     def start(self) -> tuple[str, int]:
-        registry, settings = self.registry, self.settings
+        registry, settings, workers = self.registry, self.settings, self.workers
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -289,7 +310,11 @@ class MetricsServer:
                 if path == "/metrics":
                     self._reply(200, CONTENT_TYPE_LATEST, generate_latest(registry))
                 elif path in ("/health", "/healthz"):
-                    status, body = health(settings)
+                    status, body = health(settings, workers)
+                    self._reply(status, "application/json", json.dumps(body).encode())
+                elif path == "/ready":  # 503 until every worker process holds its models
+                    status, body = health(settings, workers)
+                    status = 200 if body["ready"] else 503
                     self._reply(status, "application/json", json.dumps(body).encode())
                 else:
                     self._reply(404, "text/plain", b"try /metrics or /health\n")

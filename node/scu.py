@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ class SendResult:
     status: int | None  # None: not sent or no response (see ``reason``)
     source: str = ""
     reason: str = ""  # why there is no status, in words
+    seconds: float = 0.0  # the C-STORE's own time (not the association's)
 
     @property
     def ok(self) -> bool:
@@ -48,17 +50,38 @@ def no_context_reason(ds: Dataset) -> str:
 
 
 def _contexts(datasets: Iterable[Dataset]) -> list[tuple[str, list[str]]]:
-    """One requested context per SOP class, offering each data set's own syntax."""
+    """One requested context per SOP class, offering each data set's own syntax first.
+
+    A compressed data set is also offered uncompressed (Explicit VR Little
+    Endian), sent decompressed if the peer takes only that (:func:`_as_accepted`).
+    """
     wanted: dict[str, list[str]] = {}
     for ds in datasets:
         syntaxes = wanted.setdefault(str(ds.SOPClassUID), [])
         ts = str(ds.file_meta.TransferSyntaxUID)
         for uid in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if uid not in syntaxes and (uid == ts or not ds.file_meta.TransferSyntaxUID.is_compressed):
+            if uid in syntaxes:
+                continue
+            if uid == ts or not ds.file_meta.TransferSyntaxUID.is_compressed or uid == ExplicitVRLittleEndian:
                 syntaxes.append(uid)
     if len(wanted) > MAX_CONTEXTS:
         raise SendError(f"{len(wanted)} SOP classes in one association; at most {MAX_CONTEXTS}")
     return list(wanted.items())
+
+
+def _as_accepted(ds: Dataset, assoc: Any) -> Dataset:
+    """The data set, decompressed if the peer accepted its SOP class only uncompressed."""
+    ts = ds.file_meta.TransferSyntaxUID
+    if not ts.is_compressed:
+        return ds
+    accepted = {
+        str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts if cx.abstract_syntax == ds.SOPClassUID
+    }
+    if str(ts) in accepted or ExplicitVRLittleEndian not in accepted:
+        return ds
+    plain = ds.copy()
+    plain.decompress(generate_instance_uid=False)  # Explicit VR Little Endian, the same instance
+    return plain
 
 
 def send_datasets(
@@ -90,15 +113,18 @@ def send_datasets(
         for index, ds in enumerate(datasets):
             source = sources[index] if sources else ""
             sop_instance_uid = str(ds.SOPInstanceUID)
+            started = time.perf_counter()
             try:
-                status_ds = assoc.send_c_store(ds)
+                status_ds = assoc.send_c_store(_as_accepted(ds, assoc))
             except (ValueError, RuntimeError) as exc:  # no accepted context for the data set
                 LOGGER.warning("cannot send %s to %s: %s", sop_instance_uid, destination, exc)
                 results.append(SendResult(sop_instance_uid, None, source, no_context_reason(ds)))
                 continue
             status = int(status_ds.Status) if "Status" in status_ds else None
             reason = "" if status is not None else "no response: association aborted or timed out"
-            results.append(SendResult(sop_instance_uid, status, source, reason))
+            results.append(
+                SendResult(sop_instance_uid, status, source, reason, time.perf_counter() - started)
+            )
             if not assoc.is_established:
                 break
     finally:

@@ -55,7 +55,7 @@ class Node:
         self.exporter.start()
         if self.settings.metrics_port:
             worker_up = self._worker_up if self.settings.embedded_worker else None
-            self.metrics = MetricsServer(self.settings, worker_up)
+            self.metrics = MetricsServer(self.settings, workers=self.workers_status, worker_up=worker_up)
             try:
                 self.metrics.start()
             except OSError as exc:  # DICOM goes on; the operator sees why there are no metrics
@@ -89,6 +89,21 @@ class Node:
 
     def _worker_up(self) -> bool:
         return self.worker is not None and self.worker.poll() is None
+
+    def workers_status(self) -> dict[str, int | bool] | None:
+        """The embedded worker's children: how many are expected and how many hold their
+        models (``workers.readiness``); None without an embedded worker."""
+        if not self.settings.embedded_worker:
+            return None
+        worker = self.worker
+        if worker is None:  # not started yet
+            return {"expected": self.settings.worker_concurrency, "ready": 0, "all_ready": False}
+        from workers.readiness import readiness
+
+        found = readiness(self.settings.home).worker(worker.pid)
+        expected = self.settings.worker_concurrency if found is None else found.expected
+        ready = 0 if found is None or worker.poll() is not None else min(found.ready, expected)
+        return {"expected": expected, "ready": ready, "all_ready": ready >= expected}
 
     @property
     def worker_pid_file(self) -> Path:
@@ -128,11 +143,21 @@ class Node:
         signal.signal(signal.SIGINT, _on_signal)
         signal.signal(signal.SIGTERM, _on_signal)
         self.start()
+        announced = False
         try:
-            while not self._stop.wait(1.0):
+            while not self._stop.wait(0.5 if not announced else 1.0):
                 if self.worker is not None and self.worker.poll() is not None:
                     LOGGER.error("embedded worker exited (%s); restarting", self.worker.returncode)
                     self.worker = self._start_worker()
+                    announced = False
+                status = self.workers_status()
+                if not announced and status is not None and status["all_ready"]:
+                    LOGGER.info(
+                        "ready: %d of %d worker processes hold their models",
+                        status["ready"],
+                        status["expected"],
+                    )
+                    announced = True
         finally:
             self.stop()
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -28,6 +28,9 @@ from pydantic_settings import (
 # PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash
 # or control characters; leading/trailing spaces are not significant.
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+# Smallest SC the node makes when asked to downscale: the legend is sized from the
+# image and the models see 256 px, so below this the SC says less than the SR.
+MIN_SC_SIZE = 256
 
 
 def _default_home() -> Path:
@@ -141,6 +144,15 @@ class Settings(BaseSettings):
     export_max_attempts: int = Field(8, ge=1)
     export_backoff_seconds: float = Field(5.0, gt=0)
 
+    # The heatmap secondary capture (node/dicom/sc.py): a secondary view, so by default
+    # no larger than a viewer shows it (the SR and SEG keep the source's geometry).
+    sc_max_size: int = Field(
+        2048, ge=0, description="longest side of the SC in pixels (downscaled, spacing scaled); 0: full size"
+    )
+    sc_compression: Literal["none", "jpeg-ls"] = Field(
+        "none", description="SC transfer syntax: none (Explicit VR Little Endian) or jpeg-ls (lossless)"
+    )
+
     # The node's archive (node/archive.py): similar earlier cases, the patient's course, triage.
     similar_cases: int = Field(5, ge=0, le=50, description="nearest earlier images listed; 0: none")
     similar_same_patient: bool = Field(False, description="also list the patient's own earlier images")
@@ -175,6 +187,13 @@ class Settings(BaseSettings):
         if toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+    @field_validator("sc_max_size")
+    @classmethod
+    def _check_sc_size(cls, v: int) -> int:
+        if 0 < v < MIN_SC_SIZE:
+            raise ValueError(f"must be 0 (full size) or at least {MIN_SC_SIZE} pixels")
+        return v
 
     @field_validator("ae_title")
     @classmethod

@@ -14,6 +14,7 @@ from celery import Celery
 
 from node.settings import Settings, get_settings
 from workers.contract import ANALYZE_TASK
+from workers.readiness import PROC_ALIVE_TIMEOUT
 
 EMBEDDED_POLLING_INTERVAL = 0.02  # seconds
 
@@ -57,6 +58,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A prefork child loads and runs its models before it announces itself
+        # (workers.readiness); Celery would kill one silent for 4 s.
+        worker_proc_alive_timeout=PROC_ALIVE_TIMEOUT,
         task_soft_time_limit=540,
         task_time_limit=600,
         task_routes={ANALYZE_TASK: {"queue": settings.model_queue}},

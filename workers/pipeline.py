@@ -38,8 +38,27 @@ LOGGER = logging.getLogger(__name__)
 
 ALGORITHM_NAME = "CXR Node"
 
-# Stages of one study in the worker, in order (benchmarks print them).
-STAGES = ("read", "decode", "preprocess", "models", "archive", "build", "write", "database", "export")
+# Stages of one study in the worker, in order (benchmarks print them): building each
+# output ("sr", "sc", "seg"), the C-STORE of each ("export_sr", ...), and "export" the
+# rest of the delivery (outbox claims, associations, audit rows).
+STAGES = (
+    "read",
+    "decode",
+    "preprocess",
+    "models",
+    "archive",
+    "sr",
+    "sc",
+    "seg",
+    "write",
+    "database",
+    "export_sr",
+    "export_sc",
+    "export_seg",
+    "export",
+)
+SR_FIRST = ("sr",)  # built, written and sent before the others: it carries the triage decision
+AFTER_SR = ("sc", "seg")
 
 
 @contextmanager
@@ -160,14 +179,36 @@ def analyze_image(
 
 
 def write_outputs(
-    ds: Dataset, result: AnalysisResult, out_dir: Path, stages: dict[str, float] | None = None
+    ds: Dataset,
+    result: AnalysisResult,
+    out_dir: Path,
+    stages: dict[str, float] | None = None,
+    *,
+    kinds: tuple[str, ...] = SR_FIRST + AFTER_SR,
+    settings: Settings | None = None,
 ) -> list[OutputFile]:
-    """Build the SR, SC (and SEG) for ``ds`` and write them atomically under ``out_dir``."""
+    """Build the SR, SC (and SEG) for ``ds``, or those of ``kinds``, and write them
+    atomically under ``out_dir``; the SC as ``settings`` size and compress it."""
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
+
     from node.dicom.outputs import build_outputs
 
+    settings = settings or get_settings()
     version = algorithm_version(result.models)
-    with _timed(stages, "build"):
-        built = build_outputs(ds, result, ALGORITHM_NAME, version)
+    built: dict[str, Dataset] = {}
+    for kind in kinds:
+        with _timed(stages, kind):
+            built |= build_outputs(
+                ds,
+                result,
+                ALGORITHM_NAME,
+                version,
+                kinds=(kind,),
+                sc_max_size=settings.sc_max_size,
+                sc_transfer_syntax_uid=JPEGLSLossless
+                if settings.sc_compression == "jpeg-ls"
+                else ExplicitVRLittleEndian,
+            )
     study_dir = out_dir / str(ds.StudyInstanceUID)
     study_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -224,7 +265,7 @@ def analyze_path(
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             if ds is not None:
-                analysis.outputs = write_outputs(ds, analysis.result, out_dir)
+                analysis.outputs = write_outputs(ds, analysis.result, out_dir, settings=settings)
             else:
                 analysis.extra_outputs = [_heatmap_png(analysis.result, out_dir / f"{path.stem}-heatmap.png")]
     except PermanentError as exc:
@@ -317,18 +358,16 @@ def _process(
         model_ms = (time.monotonic() - t) * 1000
         with _timed(stages, "archive"):
             result.context = archive.case_context(ds, result, settings)
-        outputs = write_outputs(ds, result, settings.outputs_path, stages)
+        # The SR first, on its way to the PACS before the SC and SEG are built. Sent at most
+        # once all the same: a redelivered task finds its outbox row (sent) and adds none.
+        outputs = write_outputs(ds, result, settings.outputs_path, stages, kinds=SR_FIRST, settings=settings)
         with _timed(stages, "database"):
-            for output in outputs:
-                audit.record(
-                    EventKind.RESULT_CREATED,
-                    Outcome.SUCCESS,
-                    f"{output.kind} {output.sop_instance_uid} ({result.predicted_class})",
-                    study_instance_uid=uids["study_instance_uid"],
-                    sop_instance_uid=sop_instance_uid,
-                    duration_ms=model_ms,
-                )
-            add_to_outbox(outputs, settings)
+            _record_outputs(outputs, result, settings, uids, model_ms)
+        _export_now(settings, sop_instance_uid, stages)
+        rest = write_outputs(ds, result, settings.outputs_path, stages, kinds=AFTER_SR, settings=settings)
+        outputs += rest
+        with _timed(stages, "database"):
+            _record_outputs(rest, result, settings, uids, model_ms)
             with session_scope(settings.db_url) as session:
                 archive.record(session, ds, result, settings)
             urgency = result.context.triage if result.context else None
@@ -354,13 +393,7 @@ def _process(
         LOGGER.exception("analysis of SOP instance %s failed", sop_instance_uid)
         _fail(sop_instance_uid, uids["study_instance_uid"], f"{type(exc).__name__}: {exc}", started)
         return None
-    # Deliver now rather than at the exporter's next tick; failures stay in the outbox.
-    if settings.destinations:
-        with _timed(stages, "export"):
-            try:
-                deliver_due(settings, source_sop_instance_uid=sop_instance_uid)
-            except Exception:
-                LOGGER.exception("immediate export of %s failed; the outbox will retry", sop_instance_uid)
+    _export_now(settings, sop_instance_uid, stages)
     if urgency is not None and urgency.urgent and settings.triage_webhook:
         _notify_urgent(settings.triage_webhook, urgency, result, uids)
     LOGGER.info(
@@ -378,6 +411,42 @@ def _process(
         seconds=time.monotonic() - started,
         stages=stages,
     )
+
+
+def _record_outputs(
+    outputs: list[OutputFile],
+    result: AnalysisResult,
+    settings: Settings,
+    uids: InstanceUIDs,
+    model_ms: float,
+) -> None:
+    """Audit each output made and queue it for every destination."""
+    for output in outputs:
+        audit.record(
+            EventKind.RESULT_CREATED,
+            Outcome.SUCCESS,
+            f"{output.kind} {output.sop_instance_uid} ({result.predicted_class})",
+            study_instance_uid=uids["study_instance_uid"],
+            sop_instance_uid=uids["sop_instance_uid"],
+            duration_ms=model_ms,
+        )
+    add_to_outbox(outputs, settings)
+
+
+def _export_now(settings: Settings, sop_instance_uid: str, stages: dict[str, float]) -> None:
+    """Deliver this study's due outputs now rather than at the exporter's next tick;
+    failures stay in the outbox. Each C-STORE's time goes to ``export_<kind>``."""
+    if not settings.destinations:
+        return
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        deliver_due(settings, source_sop_instance_uid=sop_instance_uid, seconds=seconds)
+    except Exception:
+        LOGGER.exception("immediate export of %s failed; the outbox will retry", sop_instance_uid)
+    for kind, spent in seconds.items():
+        stages[f"export_{kind}"] = stages.get(f"export_{kind}", 0.0) + spent
+    stages["export"] = stages.get("export", 0.0) + time.perf_counter() - started - sum(seconds.values())
 
 
 def _notify_urgent(url: str, decision: Triage, result: AnalysisResult, uids: InstanceUIDs) -> None:

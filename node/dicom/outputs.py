@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from models.result import AnalysisResult
 from node.dicom.sc import build_sc
@@ -14,12 +16,19 @@ from node.dicom.sr import build_sr
 logger = logging.getLogger(__name__)
 
 
+KINDS = ("sr", "sc", "seg")  # in the order they are built and sent: the SR carries the triage decision
+
+
 def build_outputs(
     source: Dataset,
     result: AnalysisResult,
     algorithm_name: str,
     algorithm_version: str,
     include_seg: bool = True,
+    *,
+    kinds: Sequence[str] = KINDS,
+    sc_max_size: int = 0,
+    sc_transfer_syntax_uid: str = ExplicitVRLittleEndian,
 ) -> dict[str, Dataset]:
     """Build the SR, the SC and (optionally) the SEG of one analysis.
 
@@ -33,6 +42,11 @@ def build_outputs(
         From the model registry; the version also enters every output UID.
     include_seg
         Also build the lung Segmentation.
+    kinds
+        Which of them to build (the worker builds and sends the SR first).
+    sc_max_size, sc_transfer_syntax_uid
+        The SC's longest side (0: the source's size) and transfer syntax
+        (:func:`node.dicom.sc.build_sc`).
 
     Returns
     -------
@@ -43,11 +57,19 @@ def build_outputs(
         propagate; the SEG is optional, so a failure to build it is logged
         and ``"seg"`` is left out.
     """
-    outputs: dict[str, Dataset] = {
-        "sr": build_sr(source, result, algorithm_name, algorithm_version),
-        "sc": build_sc(source, result, algorithm_name, algorithm_version),
-    }
-    if include_seg:
+    outputs: dict[str, Dataset] = {}
+    if "sr" in kinds:
+        outputs["sr"] = build_sr(source, result, algorithm_name, algorithm_version)
+    if "sc" in kinds:
+        outputs["sc"] = build_sc(
+            source,
+            result,
+            algorithm_name,
+            algorithm_version,
+            max_size=sc_max_size,
+            transfer_syntax_uid=sc_transfer_syntax_uid,
+        )
+    if include_seg and "seg" in kinds:
         try:
             outputs["seg"] = build_seg(source, result, algorithm_name, algorithm_version)
         except (ValueError, TypeError, AttributeError):

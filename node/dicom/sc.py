@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import replace
 from datetime import date
 
 import numpy as np
@@ -369,11 +370,57 @@ def render(
     return draw_legend(rgb, header_lines(result), footer, scale_line=footer[2])
 
 
+def fit_to_size(result: AnalysisResult, max_size: int) -> AnalysisResult:
+    """The result with its image, heatmap and lungs downscaled so that the longer side is at
+    most ``max_size`` pixels (0: unchanged), and its pixel spacing scaled to match.
+
+    Rows and columns are scaled by the same factor, rounded each; the spacing
+    of each axis by that axis's own ratio, so that rows x spacing still spans
+    the source's field of view. The X-ray is area-averaged (Pillow's box
+    filter); the heatmap and the lungs, upsampled from the models' grids of
+    256 px or less, are sampled at each new pixel's centre (nearest), which at
+    any size above those grids keeps them as they were, at a fraction of the
+    cost of filtering 6 Mpixel float maps.
+    """
+    image = np.asarray(result.image)
+    rows, columns = image.shape[:2]
+    if max_size <= 0 or max(rows, columns) <= max_size:
+        return result
+    scale = max_size / max(rows, columns)
+    new_rows, new_columns = max(1, round(rows * scale)), max(1, round(columns * scale))
+    spacing = result.pixel_spacing_mm
+    if spacing is not None:
+        spacing = (spacing[0] * rows / new_rows, spacing[1] * columns / new_columns)
+    # Nearest source pixel of each new pixel's centre, as Pillow's NEAREST picks it.
+    pick_rows = np.minimum(((np.arange(new_rows) + 0.5) * rows / new_rows).astype(np.intp), rows - 1)
+    pick_columns = np.minimum(
+        ((np.arange(new_columns) + 0.5) * columns / new_columns).astype(np.intp), columns - 1
+    )
+
+    def sample(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values)[pick_rows][:, pick_columns]
+
+    grey = Image.fromarray(image.astype(np.uint8, copy=False)).resize(
+        (new_columns, new_rows), Image.Resampling.BOX
+    )
+    return replace(
+        result,
+        image=np.asarray(grey),
+        heatmap=sample(result.heatmap),
+        right_lung=sample(result.right_lung),
+        left_lung=sample(result.left_lung),
+        pixel_spacing_mm=spacing,
+    )
+
+
 def build_sc(
     source: Dataset,
     result: AnalysisResult,
     algorithm_name: str,
     algorithm_version: str,
+    *,
+    max_size: int = 0,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
 ) -> SCImage:
     """Build the heatmap Secondary Capture of one analysis.
 
@@ -385,6 +432,12 @@ def build_sc(
         What the models said; ``result.image`` gives the grey pixels.
     algorithm_name, algorithm_version
         From the model registry; in the legend and the Contributing Equipment.
+    max_size
+        Longest side of the SC in pixels: a larger image is downscaled
+        (:func:`fit_to_size`) and its Pixel Spacing scaled; 0 keeps the
+        source's size. The node's default is ``Settings.sc_max_size``.
+    transfer_syntax_uid
+        Explicit VR Little Endian, or JPEG-LS Lossless (``Settings.sc_compression``).
 
     Returns
     -------
@@ -395,6 +448,7 @@ def build_sc(
     check_source(source, result)
     check_result(result)
     header = evidence_header(source)
+    result = fit_to_size(result, max_size)
     # The source's own window (applied when its pixels were read) where it has one.
     pixels = render(
         result,
@@ -419,7 +473,7 @@ def build_sc(
         patient_orientation=patient_orientation(source),
         pixel_spacing=result.pixel_spacing_mm,  # type: ignore[arg-type]  # highdicom hints int
         laterality=laterality if laterality in ("L", "R") else None,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
+        transfer_syntax_uid=transfer_syntax_uid,
         contributing_equipment=[algorithm_equipment(algorithm_name, algorithm_version)],
         manufacturer_model_name=algorithm_name,
         software_versions=algorithm_version,

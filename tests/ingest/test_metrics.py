@@ -63,7 +63,13 @@ def test_metrics_health_and_status(node_config: Settings, cr_chest: Path) -> Non
         )
         status, body = _get(f"{base}/health")
         assert status == 200
-        assert json.loads(body) == {"status": "ok", "database": "ok", "ae_title": "CXRNODE", "queue_depth": 1}
+        assert json.loads(body) == {
+            "status": "ok",
+            "database": "ok",
+            "ae_title": "CXRNODE",
+            "queue_depth": 1,
+            "ready": True,
+        }
         assert _get(f"{base}/nothing")[0] == 404
         env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
         env.update(CXR_NODE_HOME=str(settings.home), COLUMNS="200")

@@ -6,6 +6,7 @@ acknowledged ends as exactly one SR and one SC in Orthanc.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,19 @@ def all_exported_once(orthanc: Orthanc, files: list[Path]) -> bool:
     return all(c == (1, 1) for c in counts)
 
 
+def jobs_started(node: NodeProcess) -> int:
+    """job.started rows in the node's SQLite audit table, read directly."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(node.home / "audit.sqlite", timeout=5)) as db:
+        try:
+            return int(
+                db.execute("SELECT count(*) FROM audit_events WHERE kind = 'job.started'").fetchone()[0]
+            )
+        except sqlite3.OperationalError:  # not migrated yet
+            return 0
+
+
 def audit_count(node: NodeProcess, kind: str) -> int:
     return sum(f" {kind} " in line for line in node.audit().splitlines())
 
@@ -52,9 +66,14 @@ def test_worker_killed_mid_task_is_redelivered(
         worker = node.spawn("worker", "--concurrency", "1")
         [chest] = studies(cr_chest, tmp_path / "in", 1)
         assert storescu(node.port, chest).returncode == 0
-        wait_until(lambda: audit_count(node, "job.started") >= 1, timeout=120, what="job started")
+        # Every 0.02 s in the database itself (`audit tail` takes a second, and a warm worker
+        # analyses a CR in about one): the child is then stopped mid-analysis and killed.
+        wait_until(lambda: jobs_started(node) >= 1, timeout=120, interval=0.02, what="job started")
         children = psutil.Process(worker.pid).children(recursive=True)
         assert children, "the prefork pool has a child process"
+        for child in children:
+            child.send_signal(signal.SIGSTOP)
+        assert result_counts(orthanc, study_uid(chest))[1] == 0  # still mid-analysis: no SC yet
         for child in children:
             child.send_signal(signal.SIGKILL)  # the process running the task dies mid-analysis
         wait_until(
