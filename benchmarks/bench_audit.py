@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import select, text  # noqa: E402
 
-from node.audit.db import dispose_engines, get_engine, session_scope, upgrade  # noqa: E402
-from node.audit.log import events  # noqa: E402
-from node.audit.models import AuditEvent  # noqa: E402
+from node.db.audit import events  # noqa: E402
+from node.db.engine import dispose_engines, get_engine, session_scope, upgrade  # noqa: E402
+from node.db.tables import AuditEvent  # noqa: E402
 
 START = datetime(2025, 12, 1, tzinfo=UTC)
 DAYS = 365
@@ -188,7 +188,7 @@ def main() -> None:
     for row in table:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     print(
-        f"median of {args.repeat} warm runs each, through node.audit.log.events "
+        f"median of {args.repeat} warm runs each, through node.db.audit.events "
         "(what `cxr-node audit search` calls)"
     )
 

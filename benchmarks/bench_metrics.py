@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import insert  # noqa: E402
 
 from node import settings as node_settings  # noqa: E402
-from node.audit.db import dispose_engines, session_scope, upgrade  # noqa: E402
-from node.audit.models import AuditEvent, utcnow  # noqa: E402
+from node.db.engine import dispose_engines, session_scope, upgrade  # noqa: E402
+from node.db.tables import AuditEvent, utcnow  # noqa: E402
 from node.metrics import snapshot  # noqa: E402
 
 KINDS = ["instance.received", "job.queued", "job.started", "job.succeeded", "result.created", "export.sent"]

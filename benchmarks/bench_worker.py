@@ -98,7 +98,7 @@ def worker(
 
     torch.set_num_threads(threads)
     if database:
-        from node.audit.db import upgrade
+        from node.db.engine import upgrade
 
         upgrade()
     _run_one(*warm, Path(home) / "outputs", database)

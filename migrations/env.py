@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from node.audit.db import get_engine
-from node.audit.models import Base
+from node.db.engine import get_engine
+from node.db.tables import Base
 from node.settings import get_settings
 
 config = context.config

@@ -43,12 +43,12 @@ from sqlalchemy.orm import Session
 
 from models.result import AnalysisResult, CaseContext, PriorCase, SeverityChange, SimilarCase
 from node import triage
-from node.audit.db import session_scope
-from node.audit.models import ArchivedAnalysis
+from node.db.engine import session_scope
+from node.db.tables import ArchivedAnalysis
 from node.dicom.source import study_date
 from node.settings import Settings
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=8)
@@ -210,7 +210,7 @@ def case_context(
         try:
             _from_archive(ds, result, settings, context)
         except SQLAlchemyError as exc:
-            LOGGER.warning("archive unavailable (%s); no similar cases or course", type(exc).__name__)
+            logger.warning("archive unavailable (%s); no similar cases or course", type(exc).__name__)
     auto = float(result.extra.get("covid19_threshold", 0.5))
     context.triage = triage.evaluate(settings.triage_rule, result, context.changes, auto)
     return context

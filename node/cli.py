@@ -1,4 +1,4 @@
-"""``cxr-node``: the one entry point (see ARCHITECTURE.md, "Contracts")."""
+"""``cxr-node``: the one entry point (see docs/architecture.md, "Contracts")."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ app.add_typer(audit_app, name="audit")
 export_app = typer.Typer(help="The export outbox.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
-LOGGER = logging.getLogger("node.cli")
+logger = logging.getLogger("node.cli")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -285,7 +285,7 @@ def _print_worker_readiness(console) -> None:  # type: ignore[no-untyped-def]
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply the database migrations."""
-    from node.audit.db import upgrade
+    from node.db.engine import upgrade
 
     try:
         upgrade(revision=revision)
@@ -304,7 +304,7 @@ def audit_tail(
     """Print the latest audit events, like tail(1)."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from node.audit import tail
+    from node.db.audit import tail
 
     try:
         for line in tail(lines=lines, follow=follow, study_instance_uid=study, poll_seconds=interval):
@@ -345,8 +345,8 @@ def audit_search(
     """Find audit events by time range, event, calling AE and study; print or export them."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from node.audit.log import events, format_event
-    from node.audit.report import write_csv, write_json
+    from node.db.report import write_csv, write_json
+    from node.db.audit import events, format_event
 
     if output_format not in ("text", "csv", "json"):
         _fail(f"--format {output_format!r}: choose text, csv or json")

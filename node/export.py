@@ -21,16 +21,16 @@ from pathlib import Path
 from pydicom import dcmread
 from sqlalchemy import or_, select, update
 
-from node import audit
-from node.audit import EventKind, Outcome
-from node.audit.db import session_scope
-from node.audit.models import OutboxItem, OutboxState, utcnow
+from node.db import audit
+from node.db.audit import EventKind, Outcome
+from node.db.engine import session_scope
+from node.db.tables import OutboxItem, OutboxState, utcnow
 from node.exceptions import SendError
 from node.scu import send_datasets
 from node.settings import Destination, Settings, get_settings
 from node.tls import client_context
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # A row claimed longer ago than this belongs to a process that died.
 CLAIM_TIMEOUT = timedelta(minutes=5)
@@ -218,7 +218,7 @@ def _finish(
         )
         return "sent"
     if state == OutboxState.DEAD:
-        LOGGER.error("export of %s gave up after %d attempts: %s", item.sop_instance_uid, attempts, error)
+        logger.error("export of %s gave up after %d attempts: %s", item.sop_instance_uid, attempts, error)
         audit.record(
             EventKind.EXPORT_DEAD,
             Outcome.FAILURE,
@@ -227,7 +227,7 @@ def _finish(
             **uids,
         )
         return "dead"
-    LOGGER.warning(
+    logger.warning(
         "export of %s to %s failed (attempt %d): %s", item.sop_instance_uid, item.destination, attempts, error
     )
     audit.record(
@@ -283,7 +283,7 @@ class Exporter:
             try:
                 deliver_due(self.settings)
             except Exception:
-                LOGGER.exception("export loop iteration failed")
+                logger.exception("export loop iteration failed")
 
     def stop(self) -> None:
         self._stop.set()

@@ -19,18 +19,18 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from node import audit, routing
-from node.audit import EventKind, Outcome
-from node.audit.db import session_scope
-from node.audit.log import InstanceUIDs, instance_uids
-from node.audit.models import AuditEvent, Instance, InstanceState, utcnow
+from node import routing
+from node.db import audit
+from node.db.audit import EventKind, InstanceUIDs, Outcome, instance_uids
+from node.db.engine import session_scope
+from node.db.tables import AuditEvent, Instance, InstanceState, utcnow
 from node.exceptions import DatabaseUnavailableError, InvalidInstanceError, QueueError
 from node.image_pixel import check_pixels
 from node.queue import enqueue_analysis
 from node.settings import Settings, get_settings
 from node.spool import Spool, is_valid_uid
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
 
@@ -152,13 +152,13 @@ class Ingest:
             # Not recorded, so not acknowledged: the modality keeps the instance and
             # retries (0xA700), and the spool holds nothing the audit cannot account for.
             path.unlink(missing_ok=True)
-            LOGGER.error("database unavailable, refusing SOP instance %s: %s", sop_instance_uid, exc)
+            logger.error("database unavailable, refusing SOP instance %s: %s", sop_instance_uid, exc)
             raise DatabaseUnavailableError(f"audit database unavailable: {type(exc).__name__}") from exc
         try:
             return self.route(ds, path, calling_ae=calling_ae)
         except SQLAlchemyError:
             # Recorded as RECEIVED: the sweep routes and queues it once the database is back.
-            LOGGER.exception("database unavailable after recording SOP instance %s", sop_instance_uid)
+            logger.exception("database unavailable after recording SOP instance %s", sop_instance_uid)
             return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path)
 
     def _record_received(
@@ -199,7 +199,7 @@ class Ingest:
         try:
             decision = routing.decide(ds, self.settings.min_patient_age)
         except Exception as exc:  # stored and recorded already: kept, not analysed, and said why
-            LOGGER.exception("routing rules failed on SOP instance %s", sop_instance_uid)
+            logger.exception("routing rules failed on SOP instance %s", sop_instance_uid)
             decision = routing.Decision(False, f"routing rules failed on this header: {type(exc).__name__}")
         state = InstanceState.RECEIVED if decision.eligible else InstanceState.INELIGIBLE
         self._save_instance(ds, uids, path, state, decision.reason, calling_ae)
@@ -222,7 +222,7 @@ class Ingest:
         try:
             task_id = enqueue_analysis(sop_instance_uid, path, self.settings)
         except QueueError as exc:
-            LOGGER.warning("SOP instance %s stored but not queued: %s", sop_instance_uid, exc)
+            logger.warning("SOP instance %s stored but not queued: %s", sop_instance_uid, exc)
             audit.record(
                 EventKind.JOB_QUEUED,
                 Outcome.FAILURE,
@@ -269,7 +269,7 @@ class Ingest:
                     instance.updated_at = utcnow()
         except IntegrityError:
             # Another association recorded the same instance a moment ago.
-            LOGGER.info("SOP instance %s already recorded", sop_instance_uid)
+            logger.info("SOP instance %s already recorded", sop_instance_uid)
 
     # Start-up sweep -------------------------------------------------------------------
     def sweep(self) -> int:
@@ -304,7 +304,7 @@ class Ingest:
             try:
                 ds = dcmread(path, stop_before_pixels=True, force=True)
             except Exception as exc:
-                LOGGER.error("spool file for %s is unreadable: %s", sop_instance_uid, exc)
+                logger.error("spool file for %s is unreadable: %s", sop_instance_uid, exc)
                 continue
             if stale:
                 self.queue(sop_instance_uid, path, instance_uids(ds), None)

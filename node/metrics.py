@@ -32,11 +32,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.audit.db import session_scope
-from node.audit.models import AuditEvent, Instance, InstanceState, OutboxItem
+from node.db.engine import session_scope
+from node.db.tables import AuditEvent, Instance, InstanceState, OutboxItem
 from node.settings import Settings, get_settings
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Counter name -> (audit kind, outcome or None for any, help).
 COUNTERS: dict[str, tuple[str, str | None, str]] = {
@@ -327,13 +327,13 @@ class MetricsServer:
                 self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
-                LOGGER.debug("metrics: " + format, *args)
+                logger.debug("metrics: " + format, *args)
 
         self.server = ThreadingHTTPServer((settings.metrics_host, settings.metrics_port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True).start()
         host, port = self.server.server_address[:2]
-        LOGGER.info("metrics on http://%s:%s/metrics", host, port)
+        logger.info("metrics on http://%s:%s/metrics", host, port)
         return str(host), int(port)
 
     def stop(self) -> None:

@@ -9,7 +9,7 @@ from node.exceptions import QueueError
 from node.settings import Settings, get_settings
 from workers.contract import ANALYZE_TASK, analysis_payload
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Fail fast when the broker is down: the instance is safe in the spool and the
 # sweep re-queues it, so the modality's association must not wait on retries.
@@ -34,5 +34,5 @@ def enqueue_analysis(sop_instance_uid: str, path: Path | str, settings: Settings
         )
     except Exception as exc:  # kombu/redis raise many types for "broker down"
         raise QueueError(f"{type(exc).__name__}: {exc}") from exc
-    LOGGER.info("queued %s for SOP instance %s", result.id, sop_instance_uid)
+    logger.info("queued %s for SOP instance %s", result.id, sop_instance_uid)
     return str(result.id)

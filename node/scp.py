@@ -25,13 +25,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node import audit
-from node.audit import EventKind, Outcome
+from node.db import audit
+from node.db.audit import EventKind, Outcome
 from node.exceptions import DatabaseUnavailableError, InvalidInstanceError, SpoolFullError
 from node.ingest import Ingest
 from node.settings import Settings, get_settings
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 STORAGE_CLASSES: tuple[str, ...] = (
     ComputedRadiographyImageStorage,
@@ -112,7 +112,7 @@ class StorageSCP:
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
         if not s.allowed_calling_aets:
-            LOGGER.warning("CXR_NODE_ALLOWED_CALLING_AETS is empty: any calling AE title is accepted")
+            logger.warning("CXR_NODE_ALLOWED_CALLING_AETS is empty: any calling AE title is accepted")
         return ae
 
     @property
@@ -139,7 +139,7 @@ class StorageSCP:
         )
         assert self.server is not None
         host, port = self.server.server_address[:2]
-        LOGGER.info(
+        logger.info(
             "%s listening on %s:%s%s",
             self.settings.ae_title,
             host,
@@ -177,7 +177,7 @@ class StorageSCP:
             reason = f"called AE title {called!r} is not {self.settings.ae_title!r}"
         else:
             reason = "rejected (too many associations or failed negotiation)"
-        LOGGER.warning("association from %s (%s) rejected: %s", info.calling_ae, info.peer, reason)
+        logger.warning("association from %s (%s) rejected: %s", info.calling_ae, info.peer, reason)
         audit.record(
             EventKind.ASSOCIATION_REJECTED,
             Outcome.FAILURE,
@@ -208,7 +208,7 @@ class StorageSCP:
         try:
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # malformed request
-            LOGGER.warning("C-STORE from %s: could not read the data set: %s", info.calling_ae, exc)
+            logger.warning("C-STORE from %s: could not read the data set: %s", info.calling_ae, exc)
             return self._refuse(info, STATUS_CANNOT_UNDERSTAND, f"unreadable data set: {exc}", b"")
         affected_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
         try:
@@ -223,18 +223,18 @@ class StorageSCP:
         except InvalidInstanceError as exc:
             return self._refuse(info, STATUS_CANNOT_UNDERSTAND, str(exc), data, affected_uid)
         except SpoolFullError as exc:
-            LOGGER.error("spool full, refusing SOP instance %s: %s", affected_uid, exc)
+            logger.error("spool full, refusing SOP instance %s: %s", affected_uid, exc)
             return self._refuse(info, STATUS_OUT_OF_RESOURCES, str(exc), b"", affected_uid)
         except DatabaseUnavailableError as exc:
             # Refused so the modality retries; the audit row below fails too (and is logged).
             return self._refuse(info, STATUS_OUT_OF_RESOURCES, str(exc), b"", affected_uid)
         except OSError as exc:
-            LOGGER.exception("could not store SOP instance %s", affected_uid)
+            logger.exception("could not store SOP instance %s", affected_uid)
             return self._refuse(
                 info, STATUS_OUT_OF_RESOURCES, f"storage error: {exc.strerror}", b"", affected_uid
             )
         except Exception as exc:  # never let pynetdicom see an exception
-            LOGGER.exception("unexpected failure storing SOP instance %s", affected_uid)
+            logger.exception("unexpected failure storing SOP instance %s", affected_uid)
             return self._refuse(
                 info,
                 STATUS_PROCESSING_FAILURE,

@@ -17,7 +17,7 @@ from pynetdicom import AE
 from node.exceptions import SendError
 from node.settings import Destination
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # PS3.7 Annex C: 0x0000 success, 0xB000/0xB007/0xB006 warnings.
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
@@ -117,7 +117,7 @@ def send_datasets(
             try:
                 status_ds = assoc.send_c_store(_as_accepted(ds, assoc))
             except (ValueError, RuntimeError) as exc:  # no accepted context for the data set
-                LOGGER.warning("cannot send %s to %s: %s", sop_instance_uid, destination, exc)
+                logger.warning("cannot send %s to %s: %s", sop_instance_uid, destination, exc)
                 results.append(SendResult(sop_instance_uid, None, source, no_context_reason(ds)))
                 continue
             status = int(status_ds.Status) if "Status" in status_ds else None

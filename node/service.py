@@ -17,16 +17,16 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from node import audit
-from node.audit import EventKind, Outcome
-from node.audit.db import upgrade
+from node.db import audit
+from node.db.audit import EventKind, Outcome
+from node.db.engine import upgrade
 from node.export import Exporter
 from node.ingest import Ingest
 from node.metrics import MetricsServer
 from node.scp import StorageSCP
 from node.settings import Settings, get_settings, settings_env
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class Node:
@@ -50,7 +50,7 @@ class Node:
         stop_orphan_worker(self.worker_pid_file)  # before the sweep queues anything it could take
         requeued = self.ingest.sweep()
         if requeued:
-            LOGGER.info("start-up sweep re-queued %d instance(s)", requeued)
+            logger.info("start-up sweep re-queued %d instance(s)", requeued)
         self.address = self.scp.start()
         self.exporter.start()
         if self.settings.metrics_port:
@@ -59,7 +59,7 @@ class Node:
             try:
                 self.metrics.start()
             except OSError as exc:  # DICOM goes on; the operator sees why there are no metrics
-                LOGGER.error("no metrics: cannot listen on port %d: %s", self.settings.metrics_port, exc)
+                logger.error("no metrics: cannot listen on port %d: %s", self.settings.metrics_port, exc)
                 self.metrics = None
         if self.settings.embedded_worker:
             self.worker = self._start_worker()
@@ -80,7 +80,7 @@ class Node:
             "--parent-pid",
             str(os.getpid()),
         ]
-        LOGGER.info("starting embedded worker: %s", " ".join(cmd[1:]))
+        logger.info("starting embedded worker: %s", " ".join(cmd[1:]))
         # Started from this thread: PR_SET_PDEATHSIG fires when the creating thread exits.
         worker = subprocess.Popen(cmd, env=env)
         self.settings.home.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ class Node:
             try:
                 self.ingest.sweep()
             except Exception:
-                LOGGER.exception("periodic spool sweep failed")
+                logger.exception("periodic spool sweep failed")
 
     def stop(self) -> None:
         self._stop.set()
@@ -137,7 +137,7 @@ class Node:
         """Serve until SIGINT/SIGTERM."""
 
         def _on_signal(signum: int, frame: FrameType | None) -> None:
-            LOGGER.info("signal %d: shutting down", signum)
+            logger.info("signal %d: shutting down", signum)
             self._stop.set()
 
         signal.signal(signal.SIGINT, _on_signal)
@@ -147,12 +147,12 @@ class Node:
         try:
             while not self._stop.wait(0.5 if not announced else 1.0):
                 if self.worker is not None and self.worker.poll() is not None:
-                    LOGGER.error("embedded worker exited (%s); restarting", self.worker.returncode)
+                    logger.error("embedded worker exited (%s); restarting", self.worker.returncode)
                     self.worker = self._start_worker()
                     announced = False
                 status = self.workers_status()
                 if not announced and status is not None and status["all_ready"]:
-                    LOGGER.info(
+                    logger.info(
                         "ready: %d of %d worker processes hold their models",
                         status["ready"],
                         status["expected"],
@@ -188,7 +188,7 @@ def stop_orphan_worker(pid_file: Path, grace_seconds: float = 30.0) -> bool:
     parent = int(argv[argv.index("--parent-pid") + 1])
     if parent != os.getpid() and _proc_alive(parent):
         return False
-    LOGGER.warning("stopping orphan embedded worker %d of a node that is gone", pid)
+    logger.warning("stopping orphan embedded worker %d of a node that is gone", pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from node.exceptions import SpoolFullError
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # PS3.5 9.1: UIDs are digits and dots, at most 64 characters.
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -105,7 +105,7 @@ class Spool:
             _fsync_dir(self.rejected_dir)
             return target
         except (OSError, SpoolFullError):
-            LOGGER.warning("could not keep refused data set %s in %s", ident, self.rejected_dir)
+            logger.warning("could not keep refused data set %s in %s", ident, self.rejected_dir)
             return None
 
     def _write_tmp(self, data: bytes) -> Path:

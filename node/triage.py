@@ -28,7 +28,7 @@ from typing import Any
 
 from models.result import CLASSES, AnalysisResult, SeverityChange, Triage
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SCORES = ("extent", "opacity")
 INCREASES = ("extent_increase", "opacity_increase")

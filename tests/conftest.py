@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from node import settings as node_settings
-from node.audit.db import dispose_engines
+from node.db.engine import dispose_engines
 from tests.helpers import pydicom_data_file
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -97,7 +97,7 @@ class MicroBatcher(Generic[In, Out]):
                 if len(results) != len(batch):
                     raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
             except Exception as exc:  # every waiting task gets the error, the loop goes on
-                LOGGER.exception("batch of %d failed", len(batch))
+                logger.exception("batch of %d failed", len(batch))
                 for _, future in batch:
                     future.set_exception(exc)
                 continue

@@ -21,7 +21,7 @@ import time
 
 from celery.platforms import set_pdeathsig
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def die_with_parent(parent_pid: int, interval: float = 1.0) -> None:
@@ -36,7 +36,7 @@ def die_with_parent(parent_pid: int, interval: float = 1.0) -> None:
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(interval)
-        LOGGER.warning("parent process %d is gone: shutting down", parent_pid)
+        logger.warning("parent process %d is gone: shutting down", parent_pid)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -24,17 +24,17 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy.exc import OperationalError
 
 from models.result import AnalysisResult, CaseContext, Triage
-from node import archive, audit, routing, triage
-from node.audit import EventKind, Outcome
-from node.audit.db import session_scope
-from node.audit.log import InstanceUIDs, instance_uids
-from node.audit.models import Instance, InstanceState, utcnow
+from node import archive, routing, triage
+from node.db import audit
+from node.db.audit import EventKind, InstanceUIDs, Outcome, instance_uids
+from node.db.engine import session_scope
+from node.db.tables import Instance, InstanceState, utcnow
 from node.export import OutputFile, add_to_outbox, deliver_due
 from node.settings import Settings, get_settings
 from workers.batching import MicroBatcher
 from workers.exceptions import PermanentError, TemporaryError
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 ALGORITHM_NAME = "CXR Node"
 
@@ -102,7 +102,7 @@ class Analysis:
     stages: dict[str, float] = field(default_factory=dict)  # seconds per STAGES entry
 
     def as_json(self) -> dict[str, Any]:
-        """The ARCHITECTURE.md contract (plus ``error`` when the input failed)."""
+        """The docs/architecture.md contract (plus ``error`` when the input failed)."""
         r = self.result
         out: dict[str, Any] = {
             "input": self.input,
@@ -271,7 +271,7 @@ def analyze_path(
     except PermanentError as exc:
         analysis.error = str(exc)
     except Exception as exc:  # one bad input must not end a batch
-        LOGGER.exception("analysis of %s failed", path.name)
+        logger.exception("analysis of %s failed", path.name)
         analysis.error = f"{type(exc).__name__}: {exc}"
     finally:
         analysis.seconds = time.monotonic() - started
@@ -390,13 +390,13 @@ def _process(
         _fail(sop_instance_uid, uids["study_instance_uid"], str(exc), started)
         return None
     except Exception as exc:
-        LOGGER.exception("analysis of SOP instance %s failed", sop_instance_uid)
+        logger.exception("analysis of SOP instance %s failed", sop_instance_uid)
         _fail(sop_instance_uid, uids["study_instance_uid"], f"{type(exc).__name__}: {exc}", started)
         return None
     _export_now(settings, sop_instance_uid, stages)
     if urgency is not None and urgency.urgent and settings.triage_webhook:
         _notify_urgent(settings.triage_webhook, urgency, result, uids)
-    LOGGER.info(
+    logger.info(
         "SOP instance %s done in %.2f s (%s)",
         sop_instance_uid,
         time.monotonic() - started,
@@ -443,7 +443,7 @@ def _export_now(settings: Settings, sop_instance_uid: str, stages: dict[str, flo
     try:
         deliver_due(settings, source_sop_instance_uid=sop_instance_uid, seconds=seconds)
     except Exception:
-        LOGGER.exception("immediate export of %s failed; the outbox will retry", sop_instance_uid)
+        logger.exception("immediate export of %s failed; the outbox will retry", sop_instance_uid)
     for kind, spent in seconds.items():
         stages[f"export_{kind}"] = stages.get(f"export_{kind}", 0.0) + spent
     stages["export"] = stages.get("export", 0.0) + time.perf_counter() - started - sum(seconds.values())
@@ -470,11 +470,11 @@ def _notify_urgent(url: str, decision: Triage, result: AnalysisResult, uids: Ins
 
 
 def _fail(sop_instance_uid: str, study_instance_uid: str | None, message: str, started: float) -> None:
-    LOGGER.error("job for SOP instance %s failed: %s", sop_instance_uid, message)
+    logger.error("job for SOP instance %s failed: %s", sop_instance_uid, message)
     try:
         _set_state(sop_instance_uid, InstanceState.FAILED, message[:256])
     except OperationalError:
-        LOGGER.exception("could not mark %s failed", sop_instance_uid)
+        logger.exception("could not mark %s failed", sop_instance_uid)
     audit.record(
         EventKind.JOB_FAILED,
         Outcome.FAILURE,

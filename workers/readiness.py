@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FOLDER = "workers"
 EXPECTED = "expected"
@@ -197,7 +197,7 @@ def warm_up() -> float:
     try:
         already_done("2.25.0")
     except Exception as exc:  # the task will report a database that is away
-        LOGGER.warning("warm-up could not reach the database: %s", exc)
+        logger.warning("warm-up could not reach the database: %s", exc)
     return time.perf_counter() - started
 
 
@@ -216,11 +216,11 @@ def install(home: Path, children: int, pool: str) -> None:
         try:
             seconds = warm_up()
         except Exception:  # the first task will fail the same way, audited; the child stays up
-            LOGGER.exception("worker process %d could not load its models", pid)
+            logger.exception("worker process %d could not load its models", pid)
             return
         from models.inference import get_analyzer
 
-        LOGGER.info("worker process %d ready: models loaded and run once in %.1f s", pid, seconds)
+        logger.info("worker process %d ready: models loaded and run once in %.1f s", pid, seconds)
         announce_child(folder, pid, seconds, sorted(get_analyzer().loaded_roles))
 
     def child_gone(pid: int | None = None, **_: Any) -> None:

@@ -8,7 +8,7 @@ from celery import shared_task
 
 from workers.contract import ANALYZE_TASK
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name=ANALYZE_TASK, bind=True, max_retries=5)
@@ -19,7 +19,7 @@ def analyze_instance(self, sop_instance_uid: str, path: str) -> None:  # type: i
 
     if already_done(sop_instance_uid):
         # A re-queued duplicate (sweep after a lost message): results exist already.
-        LOGGER.info("SOP instance %s already analysed; skipping", sop_instance_uid)
+        logger.info("SOP instance %s already analysed; skipping", sop_instance_uid)
         return
     try:
         process_instance(sop_instance_uid, path, attempt=self.request.retries + 1)

@@ -1,7 +1,7 @@
 """Deterministic UIDs for the outputs of one analysis.
 
 A retried job must produce the same SOP Instance UIDs, so that the PACS
-replaces instead of duplicating (see ARCHITECTURE.md, idempotent tasks).
+replaces instead of duplicating (see docs/architecture.md, idempotent tasks).
 UIDs use the ``2.25.`` root with a name-based UUID (PS3.5 B.2 and
 ISO/IEC 9834-8), which needs no registered organisation root and is at most
 44 characters long, well within the 64 of the UI VR (PS3.5 6.2).

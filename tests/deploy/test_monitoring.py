@@ -15,8 +15,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from node import audit
-from node.audit import EventKind, Outcome
+from node.db import audit
+from node.db.audit import EventKind, Outcome
 from node.service import Node
 from node.settings import Settings, configure
 from tests.helpers import c_store, free_port, make_dx

@@ -26,8 +26,8 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from sqlalchemy import func, select
 
 from node import settings as node_settings
-from node.audit.db import session_scope, upgrade
-from node.audit.models import ArchivedAnalysis, AuditEvent
+from node.db.engine import session_scope, upgrade
+from node.db.tables import ArchivedAnalysis, AuditEvent
 from node.dicom.trend import EXTENT_RGB
 from tests.e2e import NodeProcess, has_results
 from tests.helpers import dciodvfy_errors, dx_from_picture, storescu, wait_until, write

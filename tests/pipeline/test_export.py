@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from node.audit.db import upgrade
-from node.audit.log import events
-from node.audit.models import OutboxState
+from node.db.audit import events
+from node.db.engine import upgrade
+from node.db.tables import OutboxState
 from node.export import OutputFile, add_to_outbox, backoff_seconds, deliver_due, outbox_rows
 from node.settings import configure
 from tests.helpers import make_dx, wait_until, write

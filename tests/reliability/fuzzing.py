@@ -122,7 +122,7 @@ def _crop(ds: Dataset, size: int = 256) -> Dataset:
 def seeds() -> dict[str, bytes]:
     """Name -> the seed written as a DICOM file (pydicom-data CRs, a DX, the node's own SC)."""
     from node.dicom.sc import build_sc
-    from tests.dicom.fakes import make_result
+    from tests.node.dicom.fakes import make_result
 
     cr = _crop(dcmread(pydicom_data_file("RG1_UNCR.dcm")))
     cr_extremity = _crop(dcmread(pydicom_data_file("RG3_UNCR.dcm")))
@@ -556,7 +556,7 @@ def accounting(home: Path, outcomes: list[tuple[Case, Outcome]]) -> dict[str, An
     """
     from sqlalchemy import create_engine, select
 
-    from node.audit.models import AuditEvent
+    from node.db.tables import AuditEvent
 
     spool = {p.stem for p in (home / "spool" / "instances").glob("*.dcm")}
     engine = create_engine(f"sqlite:///{home / 'audit.sqlite'}")

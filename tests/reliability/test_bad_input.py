@@ -24,7 +24,7 @@ from pydicom.uid import (
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node.audit.log import events
+from node.db.audit import events
 from node.service import Node
 from node.settings import configure
 from tests.helpers import echo_ok, make_dx, new_uid, queued_messages

@@ -25,8 +25,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from sqlalchemy import func, select
 
-from node.audit.db import session_scope
-from node.audit.models import AuditEvent, Instance
+from node.db.engine import session_scope
+from node.db.tables import AuditEvent, Instance
 from node.service import Node
 from node.settings import Settings, configure
 from tests.helpers import echo_ok, free_port, make_dx, new_uid, queued_messages, wait_until

@@ -19,7 +19,7 @@ from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.filebase import DicomBytesIO
 
-from node.audit.log import events
+from node.db.audit import events
 from node.service import Node
 from tests.helpers import c_store, make_dx, with_new_uids
 from tests.reliability.fuzzing import (

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from node.audit.db import upgrade
+from node.db.engine import upgrade
 from node.export import OutputFile, add_to_outbox, deliver_due
 from node.service import Node
 from node.settings import configure

@@ -36,8 +36,8 @@ from node.dicom.sr import (
     TRACKING_RIGHT,
     TRACKING_RIGHT_OUTLINE,
 )
-from tests.dicom.fakes import concept, measurement_groups, numeric
 from tests.helpers import CLI, pydicom_data_file, with_new_uids, write
+from tests.node.dicom.fakes import concept, measurement_groups, numeric
 from tests.orthanc import Orthanc
 from tests.viewer.ohif import OhifServer, dicomweb_config, ohif_dir
 
@@ -66,7 +66,7 @@ def _archive(home: Path, earlier: list[Path]) -> str:
     """The node's archive in SQLite under ``home``, holding ``earlier`` as the worker would; its URL."""
     from node import archive
     from node import settings as node_settings
-    from node.audit.db import dispose_engines, session_scope, upgrade
+    from node.db.engine import dispose_engines, session_scope, upgrade
     from workers.pipeline import analyze_image
 
     url = f"sqlite:///{home / 'audit.sqlite'}"

@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 
 from models.result import AnalysisResult
 from node.dicom.outputs import build_outputs
-from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, roundtrip
+from tests.node.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, roundtrip
 
 KINDS = ("sr", "sc", "seg")
 
@@ -80,7 +80,7 @@ def test_rebuild_gives_same_uids(
 
 
 def test_new_model_version_gives_new_uids(dx_source: Dataset) -> None:
-    from tests.dicom.fakes import make_result
+    from tests.node.dicom.fakes import make_result
 
     result = make_result(dx_source)
     old = build_outputs(dx_source, result, ALGORITHM_NAME, "1.0.0")
@@ -91,7 +91,7 @@ def test_new_model_version_gives_new_uids(dx_source: Dataset) -> None:
 
 
 def test_include_seg_false(dx_source: Dataset) -> None:
-    from tests.dicom.fakes import make_result
+    from tests.node.dicom.fakes import make_result
 
     built = build_outputs(
         dx_source, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION, include_seg=False
@@ -114,7 +114,7 @@ def test_contributing_equipment_names_algorithm(outputs: dict[str, Dataset]) -> 
 
 def test_validator_sees_errors(dx_source: Dataset, validate: Callable[[Dataset, str], list[str]]) -> None:
     # Guards the check above: a broken SR must be reported.
-    from tests.dicom.fakes import make_result
+    from tests.node.dicom.fakes import make_result
 
     sr = build_outputs(
         dx_source, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION, include_seg=False
@@ -126,7 +126,7 @@ def test_validator_sees_errors(dx_source: Dataset, validate: Callable[[Dataset, 
 def test_minimal_source_gives_valid_outputs(validate: Callable[[Dataset, str], list[str]]) -> None:
     # Type 2 attributes empty or absent, no orientation, no body part: the
     # outputs must still be valid and keep what there is.
-    from tests.dicom.fakes import make_dx, make_result
+    from tests.node.dicom.fakes import make_dx, make_result
 
     source = make_dx(rows=128, columns=96)
     for keyword in ("PatientOrientation", "BodyPartExamined", "AccessionNumber", "StudyID"):
@@ -142,7 +142,7 @@ def test_minimal_source_gives_valid_outputs(validate: Callable[[Dataset, str], l
 
 
 def test_outputs_do_not_share_elements_with_source(dx_source: Dataset) -> None:
-    from tests.dicom.fakes import make_result
+    from tests.node.dicom.fakes import make_result
 
     built = build_outputs(dx_source, make_result(dx_source), ALGORITHM_NAME, ALGORITHM_VERSION)
     name = str(dx_source.PatientName)
@@ -154,7 +154,7 @@ def test_outputs_do_not_share_elements_with_source(dx_source: Dataset) -> None:
 def test_two_images_of_one_study_share_each_series(dx_source: Dataset) -> None:
     from pydicom.uid import generate_uid
 
-    from tests.dicom.fakes import make_result
+    from tests.node.dicom.fakes import make_result
 
     lateral = copy.deepcopy(dx_source)
     lateral.SOPInstanceUID = generate_uid()
@@ -171,8 +171,8 @@ def test_zero_pixel_spacing_source_gives_valid_outputs(tmp_path) -> None:  # typ
     import pydicom
 
     from node.dicom.outputs import build_outputs
-    from tests.dicom.fakes import make_result
     from tests.helpers import dciodvfy_errors, pydicom_data_file
+    from tests.node.dicom.fakes import make_result
 
     source = pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))
     assert [float(v) for v in source.PixelSpacing] == [0.0, 0.0]

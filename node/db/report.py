@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import IO, Any
 
-from node.audit.models import AuditEvent
+from node.db.tables import AuditEvent
 
 COLUMNS = (
     "id",

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from node.settings import get_settings
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 _lock = threading.Lock()
@@ -85,7 +85,7 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), revision)
-    LOGGER.info(
+    logger.info(
         "database at %s upgraded to %s",
         make_url(url or get_settings().db_url).render_as_string(hide_password=True),
         revision,

@@ -26,7 +26,8 @@ from node.dicom.sr import (
     label_point,
 )
 from node.dicom.uids import derive_device_uid
-from tests.dicom.fakes import (
+from tests.helpers import dcmtk, run
+from tests.node.dicom.fakes import (
     ALGORITHM_NAME,
     ALGORITHM_VERSION,
     concept,
@@ -36,7 +37,6 @@ from tests.dicom.fakes import (
     numeric,
     roundtrip,
 )
-from tests.helpers import dcmtk, run
 
 CLASS_CODES = {
     "normal": ("SCT", "17621005"),

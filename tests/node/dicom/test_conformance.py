@@ -7,7 +7,7 @@ from pydicom.dataset import Dataset
 from models.result import AnalysisResult
 from node.conformance import DOC, OUTPUT_SOP_CLASSES, OUTPUT_TRANSFER_SYNTAX, stale_blocks
 from node.dicom.outputs import build_outputs
-from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result
+from tests.node.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result
 
 
 def test_generated_tables_match_the_code() -> None:

@@ -16,10 +16,10 @@ from typing import TypedDict
 from pydicom.dataset import Dataset
 from sqlalchemy import BindParameter, bindparam, select
 
-from node.audit.db import session_scope
-from node.audit.models import AuditEvent
+from node.db.engine import session_scope
+from node.db.tables import AuditEvent
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class EventKind(StrEnum):
@@ -105,7 +105,7 @@ def record(
             session.add(event)
         return True
     except Exception:
-        LOGGER.exception("could not write audit event %s for SOP instance %s", kind, sop_instance_uid)
+        logger.exception("could not write audit event %s for SOP instance %s", kind, sop_instance_uid)
         return False
 
 

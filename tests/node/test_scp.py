@@ -10,7 +10,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node.audit.log import events
+from node.db.audit import events
 from node.scu import send_datasets
 from node.service import Node
 from node.settings import Destination, configure

@@ -12,7 +12,7 @@ from node.dicom import codes as cxr_codes
 from node.dicom.sc import header_lines
 from node.dicom.sr import TRACKING_IMAGE, TRACKING_LEFT, TRACKING_LEFT_OUTLINE, build_sr
 from node.triage import evaluate
-from tests.dicom.fakes import (
+from tests.node.dicom.fakes import (
     ALGORITHM_NAME,
     ALGORITHM_VERSION,
     concept,

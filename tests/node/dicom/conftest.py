@@ -10,14 +10,14 @@ from pydicom.dataset import Dataset
 
 from models.result import AnalysisResult
 from node.dicom.outputs import build_outputs
-from tests.dicom.fakes import (
+from tests.helpers import dciodvfy_errors
+from tests.node.dicom.fakes import (
     ALGORITHM_NAME,
     ALGORITHM_VERSION,
     make_dx,
     make_result,
     read_cr,
 )
-from tests.helpers import dciodvfy_errors
 
 
 @pytest.fixture(scope="session")

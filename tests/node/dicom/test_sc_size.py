@@ -13,7 +13,7 @@ from pydicom.uid import JPEGLSLossless
 from node.dicom.outputs import build_outputs
 from node.dicom.sc import build_sc, fit_to_size
 from node.settings import MIN_SC_SIZE, Settings
-from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result, roundtrip
+from tests.node.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result, roundtrip
 
 
 def test_cr_downscaled_to_max_size_with_spacing_scaled(

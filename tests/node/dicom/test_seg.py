@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from models.result import AnalysisResult
 from node.dicom.exceptions import ResultMismatchError
 from node.dicom.seg import build_seg
-from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result, roundtrip
+from tests.node.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result, roundtrip
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite
 
-from node.audit.log import events
+from node.db.audit import events
 from node.dicom.sc import build_sc
 from node.dicom.uids import derive_uid
 from node.routing import decide
 from node.service import Node
-from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result
 from tests.helpers import c_store, make_dx, new_uid, queued_messages
+from tests.node.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result
 
 
 def _dx_from_our_sc(cr_chest: Path) -> Dataset:

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from node.dicom.outputs import build_outputs
 from node.dicom.source import evidence_header
-from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result
+from tests.node.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result
 
 BAD_BIRTH_DATE = "19519999"  # month 99: highdicom's DA parsing raises ValueError
 

@@ -8,9 +8,8 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from node.audit import EventKind, Outcome, record, tail
-from node.audit.db import get_engine, upgrade
-from node.audit.log import events
+from node.db.audit import EventKind, Outcome, events, record, tail
+from node.db.engine import get_engine, upgrade
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -111,8 +110,8 @@ def test_postgres_refuses_truncate(postgres_url: str) -> None:
 
 def _add_events(url: str) -> datetime:
     """Six events an hour apart from ``t0``, two calling AEs, two studies; returns ``t0``."""
-    from node.audit.db import session_scope
-    from node.audit.models import AuditEvent
+    from node.db.engine import session_scope
+    from node.db.tables import AuditEvent
 
     t0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
     rows = [

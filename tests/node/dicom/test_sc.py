@@ -21,7 +21,7 @@ from node.dicom.sc import (
     outline_width,
     render,
 )
-from tests.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result, roundtrip
+from tests.node.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result, roundtrip
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from node.audit.db import session_scope, upgrade
-from node.audit.log import events
-from node.audit.models import Instance, InstanceState
+from node.db.audit import events
+from node.db.engine import session_scope, upgrade
+from node.db.tables import Instance, InstanceState
 from node.ingest import Ingest
 from node.service import Node
 from tests.helpers import make_dx, queued_messages, with_new_uids, write
@@ -95,7 +95,7 @@ def test_stale_queued_job_is_requeued(node_config, cr_chest: Path) -> None:
     """A queued job whose message was lost (broker restarted empty) is queued again."""
     from datetime import timedelta
 
-    from node.audit.models import utcnow
+    from node.db.tables import utcnow
     from node.settings import configure
 
     settings = configure(stale_job_seconds=60)

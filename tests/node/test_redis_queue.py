@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.audit.log import events
+from node.db.audit import events
 from node.scu import send_datasets
 from node.service import Node
 from node.settings import Destination, configure
