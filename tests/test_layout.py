@@ -88,3 +88,26 @@ def test_the_checks_see_deferred_imports_and_cycles(tmp_path: Path) -> None:
     assert "models.training.fit" in imported_names(module)
     with pytest.raises(graphlib.CycleError):
         tuple(graphlib.TopologicalSorter({"a": {"b"}, "b": {"a"}}).static_order())
+
+
+# `python -m node.cli` runs the CLI as __main__: it names its logger.
+NAMED_LOGGERS = {"node.cli": "node.cli"}
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_one_logger_convention(module: str) -> None:
+    """Every module logs through ``logger = logging.getLogger(__name__)``, handlers set in entry points."""
+    tree = ast.parse(MODULES[module].read_text())
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
+            continue
+        call = node.value
+        if not (isinstance(call.func, ast.Attribute) and call.func.attr == "getLogger"):
+            continue
+        names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        assert names == ["logger"], f"{module}: module logger named {names}, not 'logger'"
+        arg = call.args[0] if call.args else None
+        if module in NAMED_LOGGERS:
+            assert isinstance(arg, ast.Constant) and arg.value == NAMED_LOGGERS[module]
+        else:
+            assert isinstance(arg, ast.Name) and arg.id == "__name__", f"{module}: getLogger without __name__"
