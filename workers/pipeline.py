@@ -331,58 +331,27 @@ def _process(
     settings: Settings,
     batcher: MicroBatcher[Any, AnalysisResult] | None,
 ) -> Analysis | None:
+    """read -> start -> eligible? -> analyse -> SR out first, then SC/SEG -> archive and done."""
     started = time.monotonic()
     stages: dict[str, float] = {}
-    try:
-        with _timed(stages, "read"):
-            ds = dcmread(path)
-    except FileNotFoundError:
-        _fail(sop_instance_uid, None, f"spool file {path} is missing", started)
-        return None
-    except Exception as exc:
-        _fail(sop_instance_uid, None, f"spool file unreadable: {exc}", started)
+    ds = _read_spooled(sop_instance_uid, path, started, stages)
+    if ds is None:
         return None
     uids = instance_uids(ds, sop_instance_uid)
-    urgency = None
     try:
         with _timed(stages, "database"):
             _set_state(sop_instance_uid, InstanceState.RUNNING)
             audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}", **uids)
-        decision = routing.decide(ds, settings.min_patient_age)
-        if not decision.eligible:  # routing changed since it was queued
-            _set_state(sop_instance_uid, InstanceState.INELIGIBLE, decision.reason)
-            audit.record(EventKind.INSTANCE_INELIGIBLE, Outcome.INFO, str(decision.reason), **uids)
+        if not _still_eligible(ds, settings, sop_instance_uid, uids):
             return None
         t = time.monotonic()
         result = analyze_image(ds, stages=stages, batcher=batcher)
         model_ms = (time.monotonic() - t) * 1000
         with _timed(stages, "archive"):
             result.context = archive.case_context(ds, result, settings)
-        # The SR first, on its way to the PACS before the SC and SEG are built. Sent at most
-        # once all the same: a redelivered task finds its outbox row (sent) and adds none.
-        outputs = write_outputs(ds, result, settings.outputs_path, stages, kinds=SR_FIRST, settings=settings)
+        outputs = _write_and_send(ds, result, settings, sop_instance_uid, uids, stages, model_ms)
         with _timed(stages, "database"):
-            _record_outputs(outputs, result, settings, uids, model_ms)
-        _export_now(settings, sop_instance_uid, stages)
-        rest = write_outputs(ds, result, settings.outputs_path, stages, kinds=AFTER_SR, settings=settings)
-        outputs += rest
-        with _timed(stages, "database"):
-            _record_outputs(rest, result, settings, uids, model_ms)
-            with session_scope(settings.db_url) as session:
-                archive.record(session, ds, result, settings)
-            urgency = result.context.triage if result.context else None
-            if urgency is not None and urgency.urgent:
-                audit.record(EventKind.TRIAGE_URGENT, Outcome.WARNING, "; ".join(urgency.reasons), **uids)
-            _set_state(sop_instance_uid, InstanceState.DONE)
-            elapsed = time.monotonic() - started
-            audit.record(
-                EventKind.JOB_SUCCEEDED,
-                Outcome.SUCCESS,
-                f"{result.predicted_class} p={result.classification[result.predicted_class]:.2f}; "
-                f"extent {result.severity.geographic_extent:.1f}/8 opacity {result.severity.opacity:.1f}/6",
-                duration_ms=elapsed * 1000,
-                **uids,
-            )
+            urgency = _record_done(ds, result, settings, sop_instance_uid, uids, started)
     except OperationalError as exc:  # database locked or briefly away
         audit.record(EventKind.JOB_RETRIED, Outcome.WARNING, f"database: {exc.orig}", **uids)
         raise TemporaryError(str(exc.orig)) from exc
@@ -411,6 +380,81 @@ def _process(
         seconds=time.monotonic() - started,
         stages=stages,
     )
+
+
+def _read_spooled(
+    sop_instance_uid: str, path: str, started: float, stages: dict[str, float]
+) -> Dataset | None:
+    """The spooled instance, or None after failing the job with the reason."""
+    try:
+        with _timed(stages, "read"):
+            return dcmread(path)
+    except FileNotFoundError:
+        _fail(sop_instance_uid, None, f"spool file {path} is missing", started)
+    except Exception as exc:
+        _fail(sop_instance_uid, None, f"spool file unreadable: {exc}", started)
+    return None
+
+
+def _still_eligible(ds: Dataset, settings: Settings, sop_instance_uid: str, uids: InstanceUIDs) -> bool:
+    """Routing again: the rules may have changed since the instance was queued."""
+    decision = routing.decide(ds, settings.min_patient_age)
+    if not decision.eligible:
+        _set_state(sop_instance_uid, InstanceState.INELIGIBLE, decision.reason)
+        audit.record(EventKind.INSTANCE_INELIGIBLE, Outcome.INFO, str(decision.reason), **uids)
+    return decision.eligible
+
+
+def _write_and_send(
+    ds: Dataset,
+    result: AnalysisResult,
+    settings: Settings,
+    sop_instance_uid: str,
+    uids: InstanceUIDs,
+    stages: dict[str, float],
+    model_ms: float,
+) -> list[OutputFile]:
+    """The SR first, on its way to the PACS before the SC and SEG are built (it carries the
+    triage decision); then the SC and SEG. Each is audited and queued in the outbox, so it is
+    sent at most once: a redelivered task finds its outbox row (sent) and adds none."""
+    outputs = write_outputs(ds, result, settings.outputs_path, stages, kinds=SR_FIRST, settings=settings)
+    with _timed(stages, "database"):
+        _record_outputs(outputs, result, settings, uids, model_ms)
+    _export_now(settings, sop_instance_uid, stages)
+    rest = write_outputs(ds, result, settings.outputs_path, stages, kinds=AFTER_SR, settings=settings)
+    with _timed(stages, "database"):
+        _record_outputs(rest, result, settings, uids, model_ms)
+    return outputs + rest
+
+
+def _record_done(
+    ds: Dataset,
+    result: AnalysisResult,
+    settings: Settings,
+    sop_instance_uid: str,
+    uids: InstanceUIDs,
+    started: float,
+) -> Triage | None:
+    """Archive the analysis, audit an urgent triage and the job's success; the triage decision."""
+    with session_scope(settings.db_url) as session:
+        archive.record(session, ds, result, settings)
+    urgency = result.context.triage if result.context else None
+    if urgency is not None and urgency.urgent:
+        audit.record(EventKind.TRIAGE_URGENT, Outcome.WARNING, "; ".join(urgency.reasons), **uids)
+    _set_state(sop_instance_uid, InstanceState.DONE)
+    severity = (
+        f"extent {result.severity.geographic_extent:.1f}/8 opacity {result.severity.opacity:.1f}/6"
+        if result.quality.assessable
+        else "severity not assessable"
+    )
+    audit.record(
+        EventKind.JOB_SUCCEEDED,
+        Outcome.SUCCESS,
+        f"{result.predicted_class} p={result.classification[result.predicted_class]:.2f}; {severity}",
+        duration_ms=(time.monotonic() - started) * 1000,
+        **uids,
+    )
+    return urgency
 
 
 def _record_outputs(
