@@ -6,9 +6,12 @@ lazily on first use, on GPU when ``torch.cuda.is_available()``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,116 +110,169 @@ class Analyzer:
         image. The models are in eval mode (batch norm uses its running
         statistics), so each image's result does not depend on the others;
         Grad-CAM runs per image. ``timings_s`` holds each image's share.
+        Stages: prepare -> segment (and the quality check) -> classify -> severity
+        (and the retrieval embedding) -> heatmaps -> results.
         """
-
-        from models.evidence import opacity_features, resolution_chain
-        from models.explain import METHODS, explain_lungs, to_unit
-        from models.networks import OPACITY, V7_LEFT, V7_RIGHT
-        from models.quality import CONFIDENT, check, lung_confidence, refine_lungs
-        from models.segmentation import lungnet_outputs
-        from models.severity import severity_matrix
+        from models.explain import METHODS
 
         if heatmap not in METHODS:
             raise ValueError(f"unknown heatmap method {heatmap!r}; choose one of {METHODS}")
         if not images:
             return []
-        n = len(images)
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        # Normalised once per image: the model square and the display image both start from it.
+        with _stage(timings, "preprocess"):
+            batch = self._prepare(images)
+        with _stage(timings, "segmentation"):  # and the quality check
+            self._segment(batch)
+        with _stage(timings, "classification"):
+            self._classify(batch)
+        with _stage(timings, "severity"):  # and the retrieval embedding
+            self._severity(batch)
+        with _stage(timings, "heatmap"):
+            self._heatmaps(batch, heatmap)
+        return self._results(batch, heatmap, timings)
+
+    def _prepare(self, images: list[LoadedImage]) -> _Batch:
+        """The model squares: as the training cache, then the one resolution chain every
+        training image went through; normalised once per image (model square and display)."""
+        from models.evidence import resolution_chain
+
         norms = [normalize(loaded.pixels) for loaded in images]
         prepared = [
             model_square(loaded.pixels, SEG_SIZE, normalized=norm)
             for loaded, norm in zip(images, norms, strict=True)
         ]
         geoms = [geom for _, geom in prepared]
-        boxes = [
-            (g.offset[0], g.offset[0] + g.resized[0], g.offset[1], g.offset[1] + g.resized[1]) for g in geoms
-        ]
-        # As the training cache, then the one resolution chain every training image went through.
         img8 = np.stack([resolution_chain(sq) for sq, _ in prepared])
-        x256 = network_input(img8).to(self.device)
-        timings["preprocess"] = time.perf_counter() - t
+        return _Batch(images, norms, geoms, img8, network_input(img8).to(self.device))
 
-        t = time.perf_counter()
+    def _segment(self, b: _Batch) -> None:
+        """LungNet, the refined lungs and the quality check; a film LungNet is unsure of is
+        also read turned by 90 and 270 degrees (a film turned on its side)."""
+        from models.networks import V7_LEFT, V7_RIGHT
+        from models.quality import CONFIDENT, check, lung_confidence, refine_lungs
+        from models.segmentation import lungnet_outputs
+
         seg = self.model("segmentation")
-        net_out = lungnet_outputs(seg, x256)
-        lungs = np.stack([refine_lungs(img8[i], net_out["lungs"][i], boxes[i]) for i in range(n)])
-        net_out["lungs"] = lungs
-        confidence = [lung_confidence(net_out["maps"][i][[V7_RIGHT, V7_LEFT]]) for i in range(n)]
-        turned: list[float | None] = [None] * n
-        for i in [int(j) for j in np.nonzero(np.array(confidence) < CONFIDENT)[0]]:  # unsure: turn it
-            both = np.stack([np.rot90(img8[i], k).copy() for k in (1, 3)])
+        b.net_out = lungnet_outputs(seg, b.x)
+        boxes = b.boxes
+        lungs = np.stack([refine_lungs(b.img8[i], b.net_out["lungs"][i], boxes[i]) for i in range(b.n)])
+        b.net_out["lungs"] = b.lungs = lungs
+        confidence = [lung_confidence(b.net_out["maps"][i][[V7_RIGHT, V7_LEFT]]) for i in range(b.n)]
+        turned: list[float | None] = [None] * b.n
+        for i in [int(j) for j in np.nonzero(np.array(confidence) < CONFIDENT)[0]]:
+            both = np.stack([np.rot90(b.img8[i], k).copy() for k in (1, 3)])
             maps = lungnet_outputs(seg, network_input(both).to(self.device))
             turned[i] = max(lung_confidence(m[[V7_RIGHT, V7_LEFT]]) for m in maps["maps"])
-        checks = [check(img8[i], lungs[i], boxes[i], confidence[i], turned[i]) for i in range(n)]
-        timings["segmentation"] = time.perf_counter() - t  # and the quality check
+        b.checks = [check(b.img8[i], lungs[i], boxes[i], confidence[i], turned[i]) for i in range(b.n)]
 
-        t = time.perf_counter()
-        opac = net_out["maps"][:, OPACITY]
-        feats = np.stack([opacity_features(opac[i], lungs[i]) for i in range(n)])
-        probs = self.model("classification").predict_proba(feats)
-        timings["classification"] = time.perf_counter() - t
+    def _classify(self, b: _Batch) -> None:
+        """Class probabilities from the opacity measured inside the lungs."""
+        from models.evidence import opacity_features
+        from models.networks import OPACITY
 
-        t = time.perf_counter()
-        per_lung = severity_matrix(img8, net_out)
-        pred = self.model("severity").predict(per_lung)
-        severities = [
+        opac = b.net_out["maps"][:, OPACITY]
+        b.features = np.stack([opacity_features(opac[i], b.lungs[i]) for i in range(b.n)])
+        b.probs = self.model("classification").predict_proba(b.features)
+
+    def _severity(self, b: _Batch) -> None:
+        """Cohen's scores per lung and in total, and the retrieval embedding."""
+        from models.severity import severity_matrix
+
+        pred = self.model("severity").predict(severity_matrix(b.img8, b.net_out))
+        ext, opa = pred["geographic_extent"], pred["opacity"]
+        b.severities = [
             Severity(
-                float(pred["geographic_extent"]["total"][i]),
-                float(pred["opacity"]["total"][i]),
-                LungSeverity(
-                    float(pred["geographic_extent"]["right"][i]), float(pred["opacity"]["right"][i])
-                ),
-                LungSeverity(float(pred["geographic_extent"]["left"][i]), float(pred["opacity"]["left"][i])),
+                float(ext["total"][i]),
+                float(opa["total"][i]),
+                LungSeverity(float(ext["right"][i]), float(opa["right"][i])),
+                LungSeverity(float(ext["left"][i]), float(opa["left"][i])),
             )
-            for i in range(n)
+            for i in range(b.n)
         ]
-        embeddings = self.model("retrieval").transform(net_out["pooled"])
-        timings["severity"] = time.perf_counter() - t  # and the retrieval embedding
+        b.embeddings = self.model("retrieval").transform(b.net_out["pooled"])
 
-        t = time.perf_counter()
-        targets = [int(np.argmax(p)) for p in probs]
-        heats = [
-            to_unit(geoms[i].to_input(explain_lungs(seg, x256[i : i + 1], lungs[i], heatmap)))
-            for i in range(n)
+    def _heatmaps(self, b: _Batch, heatmap: str) -> None:
+        """LungNet's opacity explained inside the lungs, back on each image (padding cut away)."""
+        from models.explain import explain_lungs, to_unit
+
+        seg = self.model("segmentation")
+        b.heats = [
+            to_unit(b.geoms[i].to_input(explain_lungs(seg, b.x[i : i + 1], b.lungs[i], heatmap)))
+            for i in range(b.n)
         ]
-        timings["heatmap"] = time.perf_counter() - t  # renormalised: padding is cut away
 
+    def _results(self, b: _Batch, heatmap: str, timings: dict[str, float]) -> list[AnalysisResult]:
         cls_entry = self.registry["models"]["classification"]
         thr = float(cls_entry.get("thresholds", {}).get("covid19", 0.5))
-        share = {k: round(v / n, 4) for k, v in timings.items()}
+        share = {k: round(v / b.n, 4) for k, v in timings.items()}
         results = []
-        for i, loaded in enumerate(images):
-            right = geoms[i].to_input(lungs[i][0].astype(np.float32)) > 0.5
-            left = geoms[i].to_input(lungs[i][1].astype(np.float32)) > 0.5
-            p_covid = float(probs[i][CLASSES.index("covid19")])
-            qc = checks[i]
+        for i, loaded in enumerate(b.images):
+            p_covid = float(b.probs[i][CLASSES.index("covid19")])
+            qc = b.checks[i]
             results.append(
                 AnalysisResult(
-                    classification={c: float(p) for c, p in zip(CLASSES, probs[i], strict=True)},
-                    severity=severities[i],
-                    right_lung=right,
-                    left_lung=left,
-                    heatmap=heats[i],
-                    image=display_uint8(loaded.pixels, normalized=norms[i]),
+                    classification={c: float(p) for c, p in zip(CLASSES, b.probs[i], strict=True)},
+                    severity=b.severities[i],
+                    right_lung=b.geoms[i].to_input(b.lungs[i][0].astype(np.float32)) > 0.5,
+                    left_lung=b.geoms[i].to_input(b.lungs[i][1].astype(np.float32)) > 0.5,
+                    heatmap=b.heats[i],
+                    image=display_uint8(loaded.pixels, normalized=b.norms[i]),
                     models=self.model_ids(),
                     pixel_spacing_mm=loaded.pixel_spacing_mm,
                     heatmap_method=heatmap,
-                    embedding=embeddings[i],
+                    embedding=b.embeddings[i],
                     quality=Quality(qc.assessable, qc.lungs_found, qc.reasons, qc.text()),
                     extra={
                         "covid19_threshold": thr,
                         "covid19_positive": qc.lungs_found and p_covid >= thr,
-                        "heatmap_class": CLASSES[targets[i]],
-                        "opacity_fraction": float(feats[i][0]),
+                        "heatmap_class": CLASSES[int(np.argmax(b.probs[i]))],
+                        "opacity_fraction": float(b.features[i][0]),
                         "quality_measures": {k: round(v, 4) for k, v in qc.measures.items()},
                         "timings_s": dict(share),
-                        "batch_size": n,
+                        "batch_size": b.n,
                     },
                 )
             )
         return results
+
+
+@dataclass
+class _Batch:
+    """What the stages of :meth:`Analyzer.analyze_batch` hand on to each other."""
+
+    images: list[LoadedImage]
+    norms: list[np.ndarray]
+    geoms: list[Any]
+    img8: np.ndarray  # (N, 256, 256) uint8 model squares, after the resolution chain
+    x: Any  # the network input tensor on the analyzer's device
+    net_out: dict[str, np.ndarray] = field(default_factory=dict)
+    lungs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    checks: list[Any] = field(default_factory=list)
+    features: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    probs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    severities: list[Severity] = field(default_factory=list)
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    heats: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.images)
+
+    @property
+    def boxes(self) -> list[tuple[int, int, int, int]]:
+        """Each image's content in its square (rows r0-r1, columns c0-c1)."""
+        return [
+            (g.offset[0], g.offset[0] + g.resized[0], g.offset[1], g.offset[1] + g.resized[1])
+            for g in self.geoms
+        ]
+
+
+@contextlib.contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t
 
 
 @functools.lru_cache(maxsize=1)
