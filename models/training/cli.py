@@ -13,8 +13,8 @@ from typing import Any
 
 import typer
 
-REPO_DIR = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = REPO_DIR.parent / "shared" / "data"
+from models.training.sources import DEFAULT_DATA
+
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "weights"
 
 train_app = typer.Typer(

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from models.training.sources import index
+from models.training.sources import DEFAULT_DATA, index
 
 TILE = 160
 
@@ -75,7 +75,7 @@ def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     a = p.parse_args()
     print("\n".join(main(a.cache, a.out, a.data)))
 

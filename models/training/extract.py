@@ -22,7 +22,7 @@ import numpy as np
 from models.evidence import opacity_features, resolution_chain
 from models.preprocessing import load_image, model_square, network_input
 from models.training.corpus import decode_jpeg, encode_jpeg
-from models.training.sources import SOURCES, Item, index
+from models.training.sources import DEFAULT_DATA, SOURCES, Item, index
 
 logger = logging.getLogger(__name__)
 SIZE = 256
@@ -126,7 +126,7 @@ def load(out: Path, sources: tuple[str, ...] = SOURCES, images: bool = False) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sources", nargs="*", default=list(SOURCES))
     p.add_argument("--limit", type=int, default=0, help="first N images per source (a smoke run)")

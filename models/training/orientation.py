@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from models.preprocessing import network_input
-from models.training.sources import index
+from models.training.sources import DEFAULT_DATA, index
 
 NORMAL_SOURCES = ("covid-radiography", "nih", "montgomery", "shenzhen")
 
@@ -69,7 +69,7 @@ def main(cache: Path, data: Path, n: int = 40, seed: int = 0) -> dict[str, Any]:
 def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--n", type=int, default=40)
     a = p.parse_args()
     print(json.dumps(main(a.cache, a.data, a.n), indent=1))

@@ -20,6 +20,7 @@ from models.preprocessing import load_image, preprocess
 from models.training.corpus import STYLE_NONE, STYLE_RADIOLOGIST, build_index, read_mask, split_lungs
 from models.training.evaluation import dice
 from models.training.fit import in_holdout
+from models.training.sources import DEFAULT_DATA
 
 
 def main(cache: Path, data: Path) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def main(cache: Path, data: Path) -> dict[str, Any]:
 def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     a = p.parse_args()
     print(json.dumps(main(a.cache, a.data), indent=1))
 

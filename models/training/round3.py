@@ -31,7 +31,7 @@ import numpy as np
 
 from models.evidence import FEATURES, OpacityClassifier, transform
 from models.result import CLASSES
-from models.training.sources import SOURCES, dhash, hash_groups, index
+from models.training.sources import DEFAULT_DATA, SOURCES, dhash, hash_groups, index
 
 logger = logging.getLogger(__name__)
 
@@ -457,7 +457,7 @@ def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--ship", action="store_true")
     p.add_argument("--heat-n", type=int, default=40, help="images per unseen source for the heat measure")
     a = p.parse_args()

@@ -33,6 +33,7 @@ from models.result import CLASSES
 from models.training.corpus import build_index
 
 SOURCES = ("cxr", "covid-radiography", "hannover", "covid-cxnet", "nih", "montgomery", "shenzhen")
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the checkout
 HASH_SIDE = 16  # a 256-bit difference hash, as the data release deduplicated with
 DHASH_BITS = 12  # near-duplicates: at most this many of the 256 bits differ
 

@@ -26,7 +26,7 @@ from models.training.round3 import (
     softmax,
     source_probe,
 )
-from models.training.sources import SOURCES, dhash, hash_groups, index
+from models.training.sources import DEFAULT_DATA, SOURCES, dhash, hash_groups, index
 
 Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
 
@@ -115,7 +115,7 @@ def main(cache: Path, data: Path) -> dict[str, Any]:
 def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     a = p.parse_args()
     print(json.dumps(main(a.cache, a.data), indent=1))
 
