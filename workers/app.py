@@ -14,6 +14,7 @@ from celery import Celery
 
 from node.settings import Settings, get_settings
 from workers.contract import ANALYZE_TASK
+from workers.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
 from workers.readiness import PROC_ALIVE_TIMEOUT
 
 EMBEDDED_POLLING_INTERVAL = 0.02  # seconds
@@ -47,6 +48,8 @@ def is_embedded_broker(settings: Settings) -> bool:
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("cxr_node", broker=settings.broker, include=["workers.tasks"])
+    if is_embedded_broker(settings):  # messages renamed into place whole (workers.embedded_broker)
+        app.conf.broker_transport = EMBEDDED_TRANSPORT
     app.conf.update(
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
