@@ -345,8 +345,8 @@ def audit_search(
     """Find audit events by time range, event, calling AE and study; print or export them."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from node.db.report import write_csv, write_json
     from node.db.audit import events, format_event
+    from node.db.report import write_csv, write_json
 
     if output_format not in ("text", "csv", "json"):
         _fail(f"--format {output_format!r}: choose text, csv or json")
