@@ -155,7 +155,7 @@ class Analyzer:
 
         seg = self.model("segmentation")
         b.net_out = lungnet_outputs(seg, b.x)
-        boxes = b.boxes
+        boxes = [g.content_box for g in b.geoms]
         lungs = np.stack([refine_lungs(b.img8[i], b.net_out["lungs"][i], boxes[i]) for i in range(b.n)])
         b.net_out["lungs"] = b.lungs = lungs
         confidence = [lung_confidence(b.net_out["maps"][i][[V7_RIGHT, V7_LEFT]]) for i in range(b.n)]
@@ -258,14 +258,6 @@ class _Batch:
     @property
     def n(self) -> int:
         return len(self.images)
-
-    @property
-    def boxes(self) -> list[tuple[int, int, int, int]]:
-        """Each image's content in its square (rows r0-r1, columns c0-c1)."""
-        return [
-            (g.offset[0], g.offset[0] + g.resized[0], g.offset[1], g.offset[1] + g.resized[1])
-            for g in self.geoms
-        ]
 
 
 @contextlib.contextmanager

@@ -43,6 +43,12 @@ class Geometry:
     offset: tuple[int, int]  # (top, left) padding
     size: int
 
+    @property
+    def content_box(self) -> tuple[int, int, int, int]:
+        """Where the image lies in the square (rows r0-r1, columns c0-c1; the rest is padding)."""
+        top, left = self.offset
+        return (top, top + self.resized[0], left, left + self.resized[1])
+
     def to_square(self, arr: np.ndarray, nearest: bool = False) -> np.ndarray:
         """Map an input-resolution array (image or mask) onto the model square."""
         r0, r1, c0, c1 = self.crop

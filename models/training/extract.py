@@ -32,9 +32,7 @@ def prepare(data: Path, item: Item) -> tuple[np.ndarray, tuple[int, int, int, in
     """(chained 256-px uint8 square, content box r0 r1 c0 c1 in the square)."""
     loaded = load_image(Path(data) / item.file)
     img8, geom = model_square(loaded.pixels, SIZE)
-    top, left = geom.offset
-    box = (top, top + geom.resized[0], left, left + geom.resized[1])
-    return resolution_chain(img8), box
+    return resolution_chain(img8), geom.content_box
 
 
 def run(net: object, images8: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> dict[str, np.ndarray]:

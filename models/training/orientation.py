@@ -44,9 +44,7 @@ def main(cache: Path, data: Path, n: int = 40, seed: int = 0) -> dict[str, Any]:
         chosen = rng.choice(normals, min(n, len(normals)), replace=False)
         a = c = 0
         for i in chosen:
-            views = np.stack([np.rot90(arrays["image"][i], k).copy() for k in (0, 1, 2, 3)]).astype(
-                np.float32
-            )
+            views = np.stack([np.rot90(arrays["image"][i], k).copy() for k in (0, 1, 2, 3)])
             maps = lungnet_outputs(net, network_input(views))["maps"]
             conf = [lung_confidence(m[[V7_RIGHT, V7_LEFT]]) for m in maps]
             # as given: turned readings are 1 and 3; the film turned by 1: its turned readings 0 and 2
