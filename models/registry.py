@@ -99,7 +99,7 @@ def build_model(
     """Instantiate ``role``'s network from its registry ``arch`` and load verified weights."""
     import torch
 
-    from models.networks import CropClassifier, Encoder, LungNet
+    from models.networks import Encoder, LungNet
 
     e = entry(role, registry)
     path = verified_path(role, weights_dir, registry)
@@ -111,8 +111,6 @@ def build_model(
     model: torch.nn.Module
     if cls == "LungNet":
         model = LungNet(widths)
-    elif cls == "CropClassifier":
-        model = CropClassifier(widths, len(e["labels"]))
     elif cls == "Encoder":
         model = Encoder(widths)
     else:

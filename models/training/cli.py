@@ -146,11 +146,16 @@ def eval_segmentation(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: 
 
         from models.registry import build_model
         from models.training.corpus import STYLE_NONE, cached
-        from models.training.fit import run_lungnet, segmentation_holdout, segmentation_metrics
+        from models.training.fit import (
+            run_lungnet,
+            segmentation_holdout,
+            segmentation_metrics,
+            served_squares,
+        )
 
         arrays = cached(data)
         idx = np.nonzero(segmentation_holdout(arrays) & (arrays["style"] != STYLE_NONE))[0]
-        images = torch.from_numpy(arrays["image"])
+        images = torch.from_numpy(served_squares(arrays["image"]))  # as the node serves them
         heldout = segmentation_metrics(
             arrays, idx, run_lungnet(build_model("segmentation"), images, idx, "cpu")
         )
@@ -212,12 +217,13 @@ def eval_severity(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool
         from models.registry import build_model
         from models.severity import severity_matrix
         from models.training.corpus import cached, scored, severity_targets
-        from models.training.fit import run_lungnet, severity_protocols
+        from models.training.fit import run_lungnet, served_squares, severity_protocols
 
         arrays = cached(data)
         sev = np.nonzero(scored(arrays))[0]
-        pred = run_lungnet(build_model("segmentation"), torch.from_numpy(arrays["image"]), sev, "cpu")
-        feats = severity_matrix(arrays["image"][sev], pred)
+        served = served_squares(arrays["image"][sev])  # as the node serves them
+        pred = run_lungnet(build_model("segmentation"), torch.from_numpy(served), np.arange(len(sev)), "cpu")
+        feats = severity_matrix(served, pred)
         protocols = severity_protocols(
             feats,
             severity_targets(arrays, sev),

@@ -1,7 +1,7 @@
 """Fit every model from the corpus cache and evaluate each on data it never saw.
 
-One command does it all, on a GPU when there is one (about 8 minutes on one
-H100) or on the CPU (hours)::
+One command does it all, on a GPU when there is one (about 5 minutes on one
+H200) or on the CPU (hours)::
 
     python -m models.training.fit --cache corpus256.npz --out OUTDIR
 
@@ -14,16 +14,17 @@ Steps, each written to ``OUTDIR/fit.json`` as it finishes:
    (15 % of the patients of each source, by a fixed hash of the patient id).
    Lung masks: V7 and radiologists' masks train the V7 head, NLM masks the NLM
    head (the styles never mixed); radiologists' opacity masks train the opacity
-   map; class labels train the four-class head. Dice and Hausdorff per source
-   on the hold-out.
-3. **Classifier** on lung crops: patient-grouped, class-stratified 5-fold CV
-   from the pretrained encoder and from scratch, then the shipped model on all
-   labelled images; temperature scaling cross-fitted on the out-of-fold logits;
-   per-source and leave-one-source-out AUCs; a linear probe telling the source
-   from the classifier's embedding (the shortcut); Grad-CAM heat inside the lungs.
-4. **Severity**: per-lung features from LungNet (never trained on a scored
-   patient) and a per-lung additive ridge refitted inside every split (Cohen's
-   50 random 50/50 splits on the 94; patient-grouped 5-fold CV on all 234).
+   map; class labels train the four-class head. Every training image goes
+   through a random resolution chain (:func:`chain`), and the sources are drawn
+   square-root balanced (:func:`source_balanced`). Dice and Hausdorff per source
+   on the hold-out, on the plain and on the served (chained) square.
+3. **Severity**: per-lung features from LungNet (never trained on a scored
+   patient) on the served square, and a per-lung additive ridge refitted inside
+   every split (Cohen's 50 random 50/50 splits on the 94; patient-grouped 5-fold
+   CV on all 234).
+
+The classifier is not fitted here: it reads the released LungNet's opacity over
+all seven sources (:mod:`models.training.extract`, :mod:`models.training.round3`).
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from models.evidence import resolution_chain
 from models.networks import (
     NLM_LEFT,
     NLM_RIGHT,
     OPACITY,
     V7_LEFT,
     V7_RIGHT,
-    CropClassifier,
     Encoder,
     LungNet,
 )
@@ -56,7 +57,6 @@ from models.preprocessing import network_input
 from models.result import CLASSES
 from models.severity import severity_matrix
 from models.training.corpus import (
-    SOURCES,
     STYLE_NLM,
     STYLE_NONE,
     load_cache,
@@ -64,11 +64,13 @@ from models.training.corpus import (
     scored_patients,
     severity_targets,
 )
-from models.training.evaluation import softmax
 
 logger = logging.getLogger(__name__)
 
 HOLDOUT_PERCENT = 15
+# LungNet from the pretrained encoder and from scratch, and the file each is saved to.
+LUNGNET_FILES = {"pretrained": "lung-net.pt", "scratch": "lung-net-scratch.pt"}
+VARIANTS = tuple(LUNGNET_FILES)
 N_FOLDS = 5
 
 
@@ -80,10 +82,8 @@ class Plan:
         self.pretrain_steps = 4 if quick else 1500
         self.pretrain_batch = 16 if quick else 512
         self.pretrain_size = 64 if quick else 160
-        self.lung_epochs = 1 if quick else 45
+        self.lung_epochs = 1 if quick else 60
         self.lung_batch = 8 if quick else 48
-        self.cls_epochs = 1 if quick else 30
-        self.cls_batch = 16 if quick else 128
         self.severity_splits = 5 if quick else 50
 
 
@@ -98,18 +98,6 @@ def in_holdout(patients: np.ndarray, percent: int = HOLDOUT_PERCENT) -> np.ndarr
 def segmentation_holdout(arrays: dict[str, np.ndarray]) -> np.ndarray:
     """Images held out of LungNet: severity-scored patients and the hashed 15 %."""
     return scored_patients(arrays) | in_holdout(arrays["patient"])
-
-
-def class_folds(arrays: dict[str, np.ndarray], idx: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Fold number (0-4) of each image in ``idx``: grouped by patient, stratified by class+source."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    strata = np.array([f"{s}-{c}" for s, c in zip(arrays["source"][idx], arrays["label"][idx], strict=True)])
-    folds = np.full(len(idx), -1)
-    skf = StratifiedGroupKFold(N_FOLDS, shuffle=True, random_state=seed)
-    for k, (_, te) in enumerate(skf.split(idx, strata, groups=arrays["patient"][idx])):
-        folds[te] = k
-    return folds
 
 
 # --- augmentation (on the training device) -------------------------------------------------
@@ -165,6 +153,27 @@ def augment(
     if maps is not None:
         maps = (F.grid_sample(maps, grid, align_corners=False) > 0.5).float()
     return img, maps
+
+
+def chain(x: torch.Tensor, gen: torch.Generator, p: float = 0.8, low: int = 112) -> torch.Tensor:
+    """The resolution chain at random, on the training device: a random ``p`` of the batch goes
+    down to one random size in [``low``, side) (area average) and back up (bilinear), as
+    :func:`models.evidence.resolution_chain` does at 224 px for every served image. A 224-px
+    source and a 1024-px source then look alike to the network."""
+    side = x.shape[-1]
+    size = int(torch.randint(low, side, (1,), generator=gen, device=x.device))
+    small = F.interpolate(x, size=(size, size), mode="area")
+    back = F.interpolate(small, size=(side, side), mode="bilinear", align_corners=False)
+    pick = (torch.rand(x.shape[0], 1, 1, 1, generator=gen, device=x.device) < p).to(x.dtype)
+    return pick * back + (1 - pick) * x
+
+
+def source_balanced(source: np.ndarray, power: float = 0.5) -> np.ndarray:
+    """Per-image draw weight ``n_source ** -power`` (normalised to mean 1): a source with 12 times
+    the images is drawn ``12 ** (1 - power)`` times as often, not 12 times."""
+    _names, inverse, counts = np.unique(source, return_inverse=True, return_counts=True)
+    w = counts[inverse].astype(np.float64) ** -power
+    return w / w.mean()
 
 
 def _step(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor) -> float:
@@ -273,8 +282,9 @@ def train_lungnet(
     train_rows = torch.from_numpy(train_idx).to(dev)
     counts = np.bincount(arrays["label"][train_idx][arrays["label"][train_idx] >= 0], minlength=len(CLASSES))
     cls_w = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(CLASSES), dtype=torch.float32, device=dev)
-    # The opacity map has far fewer examples: each batch draws them more often.
-    draw = np.where(weight_np[:, OPACITY] > 0, 6.0, 1.0)
+    # The opacity map has far fewer examples: each batch draws them more often; and every
+    # source is drawn about as often as the others (square-root balance).
+    draw = np.where(weight_np[:, OPACITY] > 0, 6.0, 1.0) * source_balanced(arrays["source"][train_idx])
     p = torch.from_numpy(draw / draw.sum()).to(dev)
     steps = plan.lung_epochs * math.ceil(len(train_idx) / plan.lung_batch)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -283,7 +293,8 @@ def train_lungnet(
     t0, losses = time.time(), []
     for _ in range(steps):
         b = torch.multinomial(p, plan.lung_batch, replacement=True, generator=gen)
-        x, y = augment(network_input(images[train_rows[b]]), maps[b].float(), gen, strong=True)
+        x = chain(network_input(images[train_rows[b]]), gen)
+        x, y = augment(x, maps[b].float(), gen, strong=True)
         assert y is not None
         w = weight[b][:, :, None, None]
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
@@ -304,12 +315,19 @@ def train_lungnet(
     log = {
         "epochs": plan.lung_epochs,
         "steps": steps,
+        "augmentation": "random resolution chain (80 %, 112-255 px), affine, strong intensity",
+        "sampling": "opacity-masked images x6, sources square-root balanced",
         "images": int(len(train_idx)),
         "final_loss": round(float(np.mean(losses[-20:])), 4),
         "seconds": round(time.time() - t0, 1),
     }
     logger.info("lungnet (%s): %s", "pretrained" if encoder is not None else "scratch", log)
     return net.eval(), log
+
+
+def served_squares(images8: np.ndarray) -> np.ndarray:
+    """The corpus squares as the node serves them (:func:`models.evidence.resolution_chain`)."""
+    return np.stack([resolution_chain(im) for im in images8])
 
 
 def run_lungnet(
@@ -368,90 +386,7 @@ def segmentation_metrics(
     return out
 
 
-# --- 3. classifier -------------------------------------------------------------------------
-
-
-def make_crops(images8: np.ndarray, lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lung crops (N, CROP, CROP) float16 and their boxes (N, 4)."""
-    from models.networks import lung_crop
-
-    xs, boxes = [], []
-    for img, lg in zip(images8, lungs, strict=True):
-        x, box = lung_crop(img, lg)
-        xs.append(x.astype(np.float16))
-        boxes.append(box)
-    return np.stack(xs), np.array(boxes, np.int64)
-
-
-def train_classifier(
-    crops: torch.Tensor,
-    labels: np.ndarray,
-    encoder: Encoder | None,
-    plan: Plan,
-    seed: int,
-    dev: str,
-) -> CropClassifier:
-    torch.manual_seed(seed)
-    net, gen = _start(CropClassifier(), encoder, seed, dev)
-    counts = np.bincount(labels, minlength=len(CLASSES)).astype(float)
-    w = torch.from_numpy(1.0 / np.maximum(counts[labels], 1)).to(dev)  # class-balanced sampling
-    y_all = torch.from_numpy(labels).to(dev)
-    steps = plan.cls_epochs * math.ceil(len(labels) / plan.cls_batch)
-    lr = 1e-3 if encoder is not None else 2e-3
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.15)
-    for _ in range(steps):
-        b = torch.multinomial(w, plan.cls_batch, replacement=True, generator=gen)
-        x, _m = augment(crops[b].float()[:, None], None, gen)
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
-            logits = net(x.contiguous(memory_format=torch.channels_last))
-        loss = F.cross_entropy(logits.float(), y_all[b], label_smoothing=0.05)
-        _step(opt, sched, loss)
-    return net.eval()
-
-
-@torch.no_grad()
-def classify(net: CropClassifier, crops: torch.Tensor, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(logits (N, 4), embeddings (N, C)) in eval mode."""
-    logits, emb = [], []
-    for i in range(0, len(crops), batch):
-        f = net.features(crops[i : i + batch].float()[:, None])
-        e = net.embed(f)
-        emb.append(e.float().cpu().numpy())
-        logits.append(net.fc(e).float().cpu().numpy())
-    return np.concatenate(logits), np.concatenate(emb)
-
-
-def gradcam_in_lungs(
-    net: CropClassifier, crops: torch.Tensor, boxes: np.ndarray, lungs: np.ndarray, targets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: fraction of Grad-CAM heat inside the predicted lungs, and whether the peak is."""
-    from models.explain import gradcam
-    from models.networks import uncrop
-
-    frac, peak = [], []
-    for i in range(len(crops)):
-        heat = uncrop(gradcam(net, crops[i : i + 1].float()[:, None], int(targets[i])), tuple(boxes[i]))
-        union = lungs[i].any(0)
-        total = float(heat.sum())
-        frac.append(float(heat[union].sum()) / total if total > 0 else 0.0)
-        peak.append(bool(union.flat[int(np.argmax(heat))]))
-    return np.array(frac), np.array(peak)
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature minimising the negative log-likelihood (Guo et al. 2017)."""
-    from scipy.optimize import minimize_scalar
-
-    def nll(t: float) -> float:
-        z = logits / t
-        z = z - z.max(1, keepdims=True)
-        return float(-(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean())
-
-    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
-
-
-# --- 4. severity ---------------------------------------------------------------------------
+# --- 3. severity ---------------------------------------------------------------------------
 
 
 def severity_protocols(
@@ -543,6 +478,8 @@ class Run:
 
     arrays: dict[str, np.ndarray]
     images: torch.Tensor  # (N, 256, 256) uint8 on the device
+    served_np: np.ndarray  # the same through the served resolution chain (models.evidence)
+    served: torch.Tensor  # that on the device
     plan: Plan
     seed: int
     dev: str
@@ -570,9 +507,11 @@ def stage_pretrain(run: Run) -> Encoder:
     return encoder
 
 
-def stage_lungnet(run: Run, encoder: Encoder) -> dict[str, dict[str, np.ndarray]]:
-    """2. LungNet from the pretrained encoder and from scratch; held-out Dice/Hausdorff.
-    Returns each variant's outputs on every image (for severity and the classifier)."""
+def stage_lungnet(
+    run: Run, encoder: Encoder | None, variants: tuple[str, ...] = VARIANTS
+) -> dict[str, dict[str, np.ndarray]]:
+    """2. LungNet from the pretrained encoder and from scratch (``variants``); held-out
+    Dice/Hausdorff. Returns each variant's outputs on every image (for severity)."""
     arrays = run.arrays
     held = segmentation_holdout(arrays)
     lung_tr = np.nonzero(~held)[0]
@@ -580,15 +519,24 @@ def stage_lungnet(run: Run, encoder: Encoder) -> dict[str, dict[str, np.ndarray]
     seg: dict[str, Any] = {"train_images": int(len(lung_tr)), "heldout_images_with_masks": int(len(held_idx))}
     run.report["segmentation"] = seg
     nets: dict[str, LungNet] = {}
-    for variant, enc in (("pretrained", encoder), ("scratch", None)):
+    for variant in variants:
+        enc = encoder if variant == "pretrained" else None
         net, log = train_lungnet(arrays, run.images, lung_tr, enc, run.plan, run.seed, run.dev)
         nets[variant] = net
-        pred = run_lungnet(net, run.images, held_idx, run.dev)
-        seg[variant] = {"training": log, "heldout": segmentation_metrics(arrays, held_idx, pred)}
+        seg[variant] = {
+            "training": log,
+            "heldout": segmentation_metrics(
+                arrays, held_idx, run_lungnet(net, run.images, held_idx, run.dev)
+            ),
+            "heldout_served": segmentation_metrics(
+                arrays, held_idx, run_lungnet(net, run.served, held_idx, run.dev)
+            ),
+            "sha256": _save(run.out, LUNGNET_FILES[variant], net),
+        }
         run.dump()
-    seg["sha256"] = _save(run.out, "lung-net.pt", nets["pretrained"])
     all_idx = np.arange(len(arrays["files"]))
-    return {v: run_lungnet(nets[v], run.images, all_idx, run.dev) for v in nets}
+    # What the node computes: LungNet on the served (chained) square.
+    return {v: run_lungnet(nets[v], run.served, all_idx, run.dev) for v in nets}
 
 
 def stage_severity(run: Run, lungnet: dict[str, dict[str, np.ndarray]]) -> None:
@@ -605,7 +553,7 @@ def stage_severity(run: Run, lungnet: dict[str, dict[str, np.ndarray]]) -> None:
         sub = {k: v[sev] for k, v in outputs.items()}
         for pooled in (True, False):
             key = f"{variant}_{'pooled' if pooled else 'scalar'}"
-            sev_feats[key] = severity_matrix(arrays["image"][sev], sub, pooled=pooled)
+            sev_feats[key] = severity_matrix(run.served_np[sev], sub, pooled=pooled)
             report[key] = severity_protocols(
                 sev_feats[key], targets, groups, cohen, run.plan.severity_splits, run.seed
             )
@@ -621,164 +569,13 @@ def stage_severity(run: Run, lungnet: dict[str, dict[str, np.ndarray]]) -> None:
     )
 
 
-@dataclass
-class Crops:
-    """The labelled images, lung-cropped with the shipped LungNet's masks."""
-
-    idx: np.ndarray  # into the corpus
-    y: np.ndarray
-    crops: torch.Tensor
-    boxes: np.ndarray
-    lungs: np.ndarray
-    folds: np.ndarray
-
-
-def classifier_cv(run: Run, data: Crops, encoder: Encoder) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """3a. Patient-grouped 5-fold CV, pretrained and from scratch: out-of-fold logits, the
-    pretrained model's embeddings and its Grad-CAM heat in the lungs."""
-    n = len(data.idx)
-    oof: dict[str, np.ndarray] = {}
-    emb_oof = np.zeros((n, Encoder().widths[-1]), np.float32)
-    cam_frac, cam_peak = np.zeros(n), np.zeros(n, bool)
-    timing = {}
-    for variant, enc in (("pretrained", encoder), ("scratch", None)):
-        logits = np.zeros((n, len(CLASSES)), np.float32)
-        for k in range(N_FOLDS):
-            tr, te = np.nonzero(data.folds != k)[0], np.nonzero(data.folds == k)[0]
-            clf = train_classifier(
-                data.crops[run.on_device(tr)], data.y[tr], enc, run.plan, run.seed + k, run.dev
-            )
-            lg, emb = classify(clf, data.crops[run.on_device(te)])
-            logits[te] = lg
-            if variant == "pretrained":
-                emb_oof[te] = emb
-                cam_frac[te], cam_peak[te] = gradcam_in_lungs(
-                    clf, data.crops[run.on_device(te)], data.boxes[te], data.lungs[te], lg.argmax(1)
-                )
-        oof[variant] = logits
-        timing[f"{variant}_seconds"] = round(time.time() - run.t_start, 1)
-        run.dump()
-    oof["embedding"] = emb_oof
-    oof["gradcam_heat_in_lungs"], oof["gradcam_peak_in_lungs"] = cam_frac, cam_peak
-    return oof, timing
-
-
-def cross_fitted_temperature(logits: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, dict]:
-    """3b. Each fold's temperature from the other folds' out-of-fold logits."""
-    calibrated = np.zeros_like(logits)
-    temps = []
-    for k in range(N_FOLDS):
-        t = fit_temperature(logits[folds != k], y[folds != k])
-        temps.append(t)
-        calibrated[folds == k] = logits[folds == k] / t
-    return calibrated, {"per_fold": [round(t, 4) for t in temps], "all": round(fit_temperature(logits, y), 4)}
-
-
-def source_probe(embedding: np.ndarray, source: np.ndarray) -> dict[str, float]:
-    """3c. The shortcut: a logistic regression telling the source from the OOF embedding."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-    from sklearn.model_selection import cross_val_predict
-
-    probe = cross_val_predict(
-        LogisticRegression(max_iter=2000, C=1.0),
-        (embedding - embedding.mean(0)) / (embedding.std(0) + 1e-6),
-        source,
-        cv=5,
-        method="predict_proba",
-    )
-    labels_sorted = np.unique(source)
-    return {
-        "balanced_accuracy": round(float(balanced_accuracy_score(source, labels_sorted[probe.argmax(1)])), 4),
-        "macro_auc": round(float(roc_auc_score(source, probe, multi_class="ovr", average="macro")), 4),
-        "chance_balanced_accuracy": round(1.0 / len(labels_sorted), 4),
-    }
-
-
-def leave_one_source_out(run: Run, data: Crops, source: np.ndarray, encoder: Encoder) -> dict[str, Any]:
-    """3d. Train on the other sources (pretrained encoder), AUC per class on the held-out one."""
-    from sklearn.metrics import roc_auc_score
-
-    loso: dict[str, Any] = {}
-    for s in SOURCES:
-        te = np.nonzero(source == s)[0]
-        tr = np.nonzero(source != s)[0]
-        if len(te) == 0 or len(np.unique(data.y[tr])) < 2:
-            continue
-        clf = train_classifier(
-            data.crops[run.on_device(tr)], data.y[tr], encoder, run.plan, run.seed + 10, run.dev
-        )
-        lgs, _e = classify(clf, data.crops[run.on_device(te)])
-        p = softmax(lgs)
-        entry: dict[str, Any] = {
-            "n": int(len(te)),
-            "classes_in_training": sorted({CLASSES[c] for c in data.y[tr]}),
-        }
-        for c, name in enumerate(CLASSES):
-            yy = (data.y[te] == c).astype(int)
-            if 0 < yy.sum() < len(yy) and c in set(data.y[tr].tolist()):
-                entry[f"auc_{name}"] = round(float(roc_auc_score(yy, p[:, c])), 4)
-        loso[s] = entry
-        run.dump()
-    return loso
-
-
-def stage_classifier(run: Run, encoder: Encoder, lungs_all: np.ndarray) -> None:
-    """3. The crop classifier: CV, calibration, Grad-CAM, source probe, leave-one-source-out,
-    then the shipped model on every labelled image."""
-    arrays = run.arrays
-    lab_idx = np.nonzero(arrays["label"] >= 0)[0]
-    crops_np, boxes = make_crops(arrays["image"][lab_idx], lungs_all[lab_idx])
-    data = Crops(
-        idx=lab_idx,
-        y=arrays["label"][lab_idx],
-        crops=torch.from_numpy(crops_np).to(run.dev),
-        boxes=boxes,
-        lungs=lungs_all[lab_idx],
-        folds=class_folds(arrays, lab_idx, run.seed),
-    )
-    cls: dict[str, Any] = {
-        "n_images": int(len(lab_idx)),
-        "n_patients": int(len(set(arrays["patient"][lab_idx]))),
-    }
-    run.report["classification"] = cls
-    oof, timing = classifier_cv(run, data, encoder)
-    cls.update(timing)
-    calibrated, cls["temperature"] = cross_fitted_temperature(oof["pretrained"], data.y, data.folds)
-    cam_frac, cam_peak = oof["gradcam_heat_in_lungs"], oof["gradcam_peak_in_lungs"]
-    cls["gradcam"] = {
-        "heat_in_lungs": {
-            "mean": round(float(cam_frac.mean()), 4),
-            "median": round(float(np.median(cam_frac)), 4),
-        },
-        "peak_in_lungs": round(float(cam_peak.mean()), 4),
-        "n": int(len(cam_frac)),
-    }
-    src = arrays["source"][lab_idx]
-    cls["source_probe"] = source_probe(oof["embedding"], src)
-    cls["leave_one_source_out"] = leave_one_source_out(run, data, src, encoder)
-    np.savez_compressed(
-        run.out / "classification-oof.npz",
-        files=arrays["files"][lab_idx],
-        source=src,
-        patient=arrays["patient"][lab_idx],
-        label=data.y,
-        fold=data.folds,
-        logits_pretrained=oof["pretrained"],
-        logits_scratch=oof["scratch"],
-        logits_calibrated=calibrated,
-        gradcam_heat_in_lungs=cam_frac,
-        gradcam_peak_in_lungs=cam_peak,
-    )
-    run.dump()
-    final = train_classifier(data.crops, data.y, encoder, run.plan, run.seed, run.dev)
-    cls["sha256"] = _save(run.out, "crop-classifier.pt", final)
-    cls["final_temperature"] = cls["temperature"]["all"]
-    run.dump()
-
-
 def main(
-    cache: Path, out: Path, quick: bool = False, seed: int = 0, limit: int | None = None
+    cache: Path,
+    out: Path,
+    quick: bool = False,
+    seed: int = 0,
+    limit: int | None = None,
+    variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, Any]:
     """Every stage in order (see the module docstring); returns the report in ``out/fit.json``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -792,9 +589,12 @@ def main(
     if limit:  # an evenly spread subset (every source represented), for smoke runs
         keep = np.unique(np.linspace(0, len(arrays["files"]) - 1, limit).astype(int))
         arrays = {k: v[keep] for k, v in arrays.items()}
+    served = served_squares(arrays["image"])
     run = Run(
         arrays=arrays,
         images=torch.from_numpy(arrays["image"]).to(dev),
+        served_np=served,
+        served=torch.from_numpy(served).to(dev),
         plan=Plan(quick),
         seed=seed,
         dev=dev,
@@ -802,10 +602,9 @@ def main(
         report={"device": dev, "quick": quick, "seed": seed, "n_images": len(arrays["files"])},
         t_start=t_start,
     )
-    encoder = stage_pretrain(run)
-    lungnet = stage_lungnet(run, encoder)
+    encoder = stage_pretrain(run) if "pretrained" in variants else None
+    lungnet = stage_lungnet(run, encoder, variants)
     stage_severity(run, lungnet)
-    stage_classifier(run, encoder, lungnet["pretrained"]["lungs"])
     return run.report
 
 
@@ -816,9 +615,10 @@ def cli() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     ap.add_argument("--limit", type=int, default=None, help="first N images only (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="LungNets to fit")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main(args.cache, args.out, args.quick, args.seed, args.limit)
+    main(args.cache, args.out, args.quick, args.seed, args.limit, tuple(args.variants))
 
 
 if __name__ == "__main__":

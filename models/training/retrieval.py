@@ -103,13 +103,14 @@ def pooled_features(
 
     from models.registry import build_model
     from models.training.corpus import load_cache
-    from models.training.fit import run_lungnet, segmentation_holdout
+    from models.training.fit import run_lungnet, segmentation_holdout, served_squares
 
     arrays = load_cache(cache)
     net = build_model("segmentation", device, weights_dir, registry)
     idx = np.arange(len(arrays["files"]))
+    served = torch.from_numpy(served_squares(arrays["image"]))  # as the node serves them
     with torch.inference_mode():
-        pooled = run_lungnet(net, torch.from_numpy(arrays["image"]), idx, device, batch=32)["pooled"]
+        pooled = run_lungnet(net, served, idx, device, batch=32)["pooled"]
     return {
         "pooled": pooled.astype(np.float32),
         "label": arrays["label"],
