@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 DIM = 64
-VERSION = "1.0.0"
+VERSION = "2.0.0"
 NAME = "lung-embedding"
 FILE = "retrieval-pca.npz"
 

@@ -3,11 +3,10 @@
 
     python -m models.training.cards [--fit DIR]
 
-Reads ``models/registry.json`` and ``models/weights/classification-oof.npz``
-(out-of-fold classifier logits).  ``--fit DIR`` (what ``models.training.fit`` wrote)
-adds the severity targets (``severity-features.npz``) for the severity scatter;
-without it the scatter is left as it is.  Writes ``models/cards/*.md`` and
-``models/cards/img/*.png``.
+Reads ``models/registry.json`` (every role's metrics, the classifier's round-3 report
+among them).  ``--fit DIR`` (what ``models.training.fit`` wrote) adds the severity
+targets (``severity-features.npz``) for the severity scatter; without it the scatter
+is left as it is.  Writes ``models/cards/*.md`` and ``models/cards/img/*.png``.
 """
 
 from __future__ import annotations
@@ -19,19 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from models.registry import PACKAGE_DIR, REGISTRY_PATH, WEIGHTS_DIR
-from models.training.evaluation import softmax
+from models.registry import PACKAGE_DIR, REGISTRY_PATH
+from models.training import card3
 
 CARDS_DIR = PACKAGE_DIR / "cards"
 IMG = CARDS_DIR / "img"
-OOF = WEIGHTS_DIR / "classification-oof.npz"
 LABELS = ("normal", "other_disease", "pneumonia", "covid19")
 GOALS: dict[str, Any] = {
     "extent": {"pearson": 0.85, "mae": 1.00},
     "opacity": {"pearson": 0.80, "mae": 0.70},
     "dice": 0.965,
-    "accuracy": 0.75,
-    "covid_vs_normal_other_hospitals": 0.90,
+    "auc_out_of_source": 0.90,
+    "source_probe": 0.40,
 }
 COHEN = {"geographic_extent": (0.80, 1.14), "opacity": (0.78, 0.78)}
 SEV_NAMES = {"geographic_extent": "geographic extent (0-8)", "opacity": "opacity (0-6)"}
@@ -39,10 +37,6 @@ SEV_NAMES = {"geographic_extent": "geographic extent (0-8)", "opacity": "opacity
 
 def _ms(d: dict[str, Any], nd: int = 3) -> str:
     return f"{d['mean']:.{nd}f} ± {d['std']:.{nd}f}"
-
-
-def _ci(d: dict[str, Any]) -> str:
-    return f"{d['value']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]"
 
 
 def _ok(good: bool) -> str:
@@ -59,60 +53,6 @@ def _plt():
 
 
 # ---------------------------------------------------------------- plots
-
-
-def plot_roc(oof: dict[str, np.ndarray], out: Path) -> None:
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    plt = _plt()
-    y, prob = oof["label"], softmax(oof["logits_calibrated"])
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    for k, c in enumerate(LABELS):
-        fpr, tpr, _ = roc_curve(y == k, prob[:, k])
-        ax.plot(fpr, tpr, label=f"{c} (AUC {roc_auc_score(y == k, prob[:, k]):.3f})")
-    _finish(
-        plt,
-        fig,
-        ax,
-        out,
-        ("1 - specificity", "sensitivity"),
-        "one-vs-rest ROC, out-of-fold (patient-grouped 5-fold)",
-        "lower right",
-    )
-
-
-def _finish(plt: Any, fig: Any, ax: Any, out: Path, labels: tuple[str, str], title: str, loc: str) -> None:
-    """Diagonal, axis labels, title and legend; saved small."""
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel(labels[0])
-    ax.set_ylabel(labels[1])
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc=loc)
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-
-
-def plot_reliability(oof: dict[str, np.ndarray], out: Path) -> None:
-    plt = _plt()
-    y = oof["label"]
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    from models.training.release import reliability
-
-    for key, name in (("logits_pretrained", "before"), ("logits_calibrated", "after temperature")):
-        rel = reliability(softmax(oof[key]), y)
-        xs = [row["confidence"] for row in rel["bins"]]
-        ys = [row["accuracy"] for row in rel["bins"]]
-        ax.plot(xs, ys, "o-", label=f"{name} (ECE {rel['ece']:.3f})")
-    _finish(
-        plt,
-        fig,
-        ax,
-        out,
-        ("confidence (max softmax)", "accuracy"),
-        "reliability, out-of-fold, 10 bins",
-        "upper left",
-    )
 
 
 def plot_severity(metrics: dict[str, Any], truth: dict[str, np.ndarray], out: Path) -> None:
@@ -148,48 +88,64 @@ def _training(m: dict[str, Any]) -> str:
     )
 
 
+def _variants(reg: dict[str, Any]) -> tuple[str, str]:
+    """(shipped LungNet variant, the other one): from the encoder or from scratch."""
+    shipped = reg["segmentation"]["training"].get("variant", "pretrained")
+    return shipped, "scratch" if shipped == "pretrained" else "pretrained"
+
+
 def encoder_card(reg: dict[str, Any]) -> str:
     e = reg["encoder"]
-    c = reg["classification"]["metrics"]["pretraining_ablation"]
+    m = reg["segmentation"]["metrics"]
+    shipped, other = _variants(reg)
+    by = {shipped: m["heldout"], other: m[f"heldout_{other}"]}
+    sev = reg["severity"]["metrics"]
+    rows = [
+        f"| lung Dice, {src} | {by['pretrained'][src]['dice']['mean']:.4f} | {by['scratch'][src]['dice']['mean']:.4f} |"
+        for src in ("cxr", "shenzhen", "montgomery")
+    ]
+    rows.append(
+        f"| opacity Dice | {by['pretrained']['opacity_dice']['mean']:.3f} | {by['scratch']['opacity_dice']['mean']:.3f} |"
+    )
+    for k, name in (("geographic_extent", "extent"), ("opacity", "opacity")):
+        cells = [sev[f"{v}_pooled"]["cv234"][k] for v in ("pretrained", "scratch")]
+        rows.append(
+            f"| severity {name}, cv234 r / MAE | {cells[0]['pearson']['mean']:.3f} / {cells[0]['mae']['mean']:.2f} "
+            f"| {cells[1]['pearson']['mean']:.3f} / {cells[1]['mae']['mean']:.2f} |"
+        )
+    table = "\n".join(rows)
     return f"""# Encoder: {e["name"]} ({e["arch"]["class"]}, widths {e["arch"]["widths"]})
 
-Self-supervised convolutional encoder shared by LungNet (segmentation) and the
-crop classifier. Input {e["input_size"]} px views of the 256-px corpus.
+Self-supervised (SimCLR) convolutional encoder, {e["input_size"]} px views of the 256-px corpus.
+It initialises one of the two LungNets `models.training.fit` trains; the other starts from
+scratch. The node runs the **{shipped}** one (`segmentation.training.variant`), so this encoder
+is {"in" if shipped == "pretrained" else "not in"} the node's inference path; it is kept to
+reproduce that comparison.
 
 ## Data and split rules
 
 Pretrained only on images of patients **without** a severity score
 ({e["training"]["images"]} images; labels unused), so no severity-scored patient
 (the segmentation hold-out and the whole severity set) is seen in pretraining.
-Classification labels are not used, but the classification CV images *are* in the
-pretraining set (unsupervised; the ablation below measures what it buys).
 
 {_training(e)}
-## Metrics
+## What it buys (held-out; LungNet from the encoder vs from scratch, same recipe)
 
-No metrics of its own. Downstream ablation (same recipe, encoder pretrained vs
-random init):
-
-| downstream | pretrained | scratch |
+| downstream | from the encoder | from scratch |
 |---|---|---|
-| 4-class accuracy (OOF) | {c["pretrained"]["accuracy"]:.3f} | {c["scratch"]["accuracy"]:.3f} |
-| COVID-19 AUC (OOF) | {c["pretrained"]["auc"]["covid19"]:.3f} | {c["scratch"]["auc"]["covid19"]:.3f} |
-| pneumonia AUC (OOF) | {c["pretrained"]["auc"]["pneumonia"]:.3f} | {c["scratch"]["auc"]["pneumonia"]:.3f} |
-
-Segmentation and severity ablations are in their cards: pretraining gives no
-gain for segmentation and mixed results for severity.
+{table}
 
 ## Limitations
 
-- The embedding still encodes the image source (see the classification card's
-  source probe), which the downstream models can exploit.
+- No metrics of its own; the comparison above is its only measure.
 """
 
 
 def segmentation_card(reg: dict[str, Any]) -> str:
     s = reg["segmentation"]
     m = s["metrics"]
-    h, hs = m["heldout"], m["heldout_scratch"]
+    shipped, other = _variants(reg)
+    h, hs = m["heldout"], m[f"heldout_{other}"]
     rows = []
     for src in ("cxr", "shenzhen", "montgomery"):
         a, b = h[src], hs[src]
@@ -201,7 +157,8 @@ def segmentation_card(reg: dict[str, Any]) -> str:
     table = "\n".join(rows)
     return f"""# Segmentation: {s["name"]} ({s["arch"]["class"]}, widths {s["arch"]["widths"]})
 
-U-Net-style lung segmenter on the pretrained encoder, {s["input_size"]} px input.
+U-Net-style lung segmenter ({shipped} encoder), {s["input_size"]} px input; every training image
+through a random resolution chain and the sources square-root balanced (`models.training.fit`).
 Outputs {", ".join(s["labels"])}; mask threshold {s["thresholds"]["mask"]}.
 cxr-collection images use the V7/radiologist-style lung head, Montgomery and
 Shenzhen the NLM-style head (their masks are drawn differently).
@@ -215,122 +172,123 @@ md5-hashed 15% of the other patients**. Split by patient, never by image.
 {_training(s)}
 ## Metrics (held-out, mean ± std over images)
 
-Dice at the 256-px square; Hausdorff in px at 256 (JPEGs carry no spacing).
+Dice at the 256-px square, on the served square (the node's resolution chain, 256 -> 224 -> 256
+px); Hausdorff in px at 256 (JPEGs carry no spacing).
 Goal: Dice ≥ {GOALS["dice"]} on every source.
 
-| source | n | Dice | Dice median | Dice right | Dice left | Hausdorff px | mask touches edge | Dice (scratch encoder) | goal |
+| source | n | Dice | Dice median | Dice right | Dice left | Hausdorff px | mask touches edge | Dice ({other}) | goal |
 |---|---|---|---|---|---|---|---|---|---|
 {table}
 
 Opacity head Dice (held-out images with radiologists' opacity masks):
-{_ms(h["opacity_dice"])} (n {h["opacity_dice"]["n"]}); scratch encoder {_ms(hs["opacity_dice"])}.
+{_ms(h["opacity_dice"])} (n {h["opacity_dice"]["n"]}); {other} {_ms(hs["opacity_dice"])}.
 
-**Pretraining ablation**: the scratch-encoder LungNet is as good or slightly
-better on every source — pretraining gives no measurable gain here.
+**Pretraining ablation**: see the encoder card; the two are within 0.003 Dice of each other.
 
 ## Limitations
 
 - Dice goal met only on Montgomery; cxr-collection ({h["cxr"]["dice"]["mean"]:.3f})
-  and Shenzhen ({h["shenzhen"]["dice"]["mean"]:.3f}) fall short of {GOALS["dice"]}.
+  and Shenzhen ({h["shenzhen"]["dice"]["mean"]:.3f}) fall short of {GOALS["dice"]}. The resolution
+  chain and source balancing (round 3) left them where they were.
 - {h["cxr"]["touches_image_edge"]:.1%} of cxr held-out *predicted* masks touch the image
   edge vs 9.5% of the ground-truth masks: the model over-extends to the border on
   some (often cropped or rotated) images.
-- Opacity segmentation is weak (Dice ≈ {h["opacity_dice"]["mean"]:.2f}); it is not used for scores.
+- Opacity segmentation is weak (Dice ≈ {h["opacity_dice"]["mean"]:.2f}), yet the classifier reads
+  its map inside the lungs (classification card), and the severity ridge its features.
 - Three sources only; no spacing, so Hausdorff is not in mm.
+"""
+
+
+def _selection(m: dict[str, Any]) -> str:
+    """The model-selection table (``metrics.model_selection``), if the registry has one."""
+    sel = m.get("model_selection")
+    if not sel:
+        return ""
+    rows = [
+        f"| {name} | {' / '.join(f'{x:.3f}' for x in r['covid19_vs_normal'])} "
+        f"| {' / '.join(f'{x:.3f}' for x in r['abnormal_vs_normal'])} | {r['probe_linear']:.2f} |"
+        for name, r in sel["variants"].items()
+    ]
+    return f"""## Model selection (`{sel["command"]}`)
+
+{sel["note"]}.
+
+| variant | COVID-19 vs normal | abnormal vs normal | probe |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+A reads the opacity alone. C (A plus the severity ridge's totals) has the better worst case on
+this LungNet, but the ridge was fitted on cxr-collection's scored films, so its held-out
+cxr-collection column is not strictly out of source, and it makes the class wait for severity: a
+candidate for the next round, not shipped. D looks strong on NIH and the NLM sources only because
+LungNet's class head was trained on their labels (not out of source).
 """
 
 
 def classification_card(reg: dict[str, Any]) -> str:
     c = reg["classification"]
     m = c["metrics"]
-    ab = m["pretraining_ablation"]
-    auc_rows = "\n".join(
-        f"| {k} | {_ci(m['auc'][k])} | {ab['pretrained']['auc'][k]:.3f} | {ab['scratch']['auc'][k]:.3f} |"
-        for k in LABELS
-    )
-    conf = "\n".join(
-        f"| {LABELS[i]} | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(m["confusion"])
-    )
-    ps_rows = []
-    for src, d in m["per_source"].items():
-        aucs = ", ".join(f"{k[4:]} {v:.3f}" for k, v in d.items() if k.startswith("auc_"))
-        ps_rows.append(f"| {src} | {d['n']} | {d['accuracy']:.3f} | {aucs} |")
-    lo_rows = []
-    for src, d in m["leave_one_source_out"].items():
-        aucs = ", ".join(f"{k[4:]} {v:.3f}" for k, v in d.items() if k.startswith("auc_"))
-        lo_rows.append(f"| {src} | {d['n']} | {', '.join(d['classes_in_training'])} | {aucs} |")
-    cal = m["calibration"]
-    g = m["gradcam"]
-    sp = m["source_probe"]
-    c98 = m["covid19_at_98_sensitivity"]
-    return f"""# Classification: {c["name"]} ({c["arch"]["class"]}, widths {c["arch"]["widths"]})
+    probe = m["source_probe"]["classifier_inputs_and_outputs"]
+    q = m["quality"]["all_normals"]
+    heat = m.get("heat") or {}
+    icu = m.get("hannover_icu") or {}
+    return f"""# Classification: {c["name"]} {c["version"]}
 
-Four-class classifier ({", ".join(c["labels"])}) on the lung crop (LungNet mask
-bounding box), {c["input_size"]} px, on the pretrained encoder. Softmax with
-temperature {c["temperature"]}; COVID-19 flag threshold {c["thresholds"]["covid19"]}
-(chosen for 98% out-of-fold sensitivity).
+## What it is
 
-## Data and split rules
-
-{m["n_images"]} images, {m["n_patients"]} patients from four sources (cxr-collection,
-NIH, Montgomery, Shenzhen). Protocol: {m["protocol"]}. No patient appears in two
-folds; the temperature for each fold is fitted on the other folds.
+A multinomial logistic regression on {len(m["features"])} measures of **LungNet's opacity map inside the
+refined lungs** (`models/evidence.py`: {", ".join(m["features"])}). Nothing else: no lung
+area, intensity, encoder feature or class logit (round 2's crop classifier learned the source from
+those). Every image first goes through one resolution chain (256-px square -> 224 px -> 256 px), so
+covid-radiography's 224-px look cannot name it. Class- and source-balanced sample weights;
+temperature {m["temperature"]} fitted on the out-of-source logits. Four classes: {", ".join(c["labels"])};
+only COVID-19 vs normal and abnormal vs normal are goals.
 
 {_training(c)}
-## Metrics (out-of-fold, 95% bootstrap CIs)
+## Split rules
 
-4-class accuracy **{m["accuracy"]:.3f}** (goal ≥ {GOALS["accuracy"]}: {_ok(m["accuracy"] >= GOALS["accuracy"])}).
+{m["protocol"]}
 
-| class | AUC, shipped (pretrained, calibrated) [95% CI] | AUC pretrained, uncalibrated | AUC scratch encoder |
-|---|---|---|---|
-{auc_rows}
+Patient groups: {m["groups"]["n_groups"]} groups over {m["groups"]["n_images"]} images,
+{m["groups"]["groups_spanning_sources"]} spanning two sources (`models.training.sources`: ids where the
+source has them, merged with near-duplicates by a 256-bit difference hash).
 
-Accuracy pretrained {ab["pretrained"]["accuracy"]:.3f} vs scratch {ab["scratch"]["accuracy"]:.3f}.
+## Leave-one-source-out
 
-![ROC](img/classification-roc.png)
+{card3.loso_table(m)}
 
-Confusion (rows true, columns predicted, {", ".join(m["confusion_labels"])}):
+Source probe (7 sources, patient-grouped 5-fold CV, balanced accuracy; goal <= 0.40): linear
+{probe["linear"]:.3f}, boosted trees {probe["boosted_trees"]:.3f} (chance {probe["chance"]:.3f}).
+Out of source: 4-class accuracy {m["accuracy_out_of_source"]}, ECE {m["ece_out_of_source"]}.
 
-| true \\ pred | {" | ".join(m["confusion_labels"])} |
-|---|---|---|---|---|
-{conf}
+{_selection(m)}
+## Triage (default rule `covid19 >= auto or extent >= 4`)
 
-- COVID-19 vs normal AUC {_ci(m["covid19_vs_normal_auc"])}
-- COVID-19 vs pneumonia **within cxr-collection only** AUC {_ci(m["within_collection_covid19_vs_pneumonia_auc"])}
-- COVID-19 at threshold {c98["threshold"]}: sensitivity {c98["sensitivity"]:.3f}, specificity {c98["specificity"]:.3f}
+`auto` for each held-out source is set at 97 % sensitivity on out-of-source predictions for the
+other sources (nested leave-one-source-out); a class counts only when the quality check found lungs,
+the extent only when the outline is assessable. Shipped `auto` = {m["auto_threshold"]}.
 
-Per source (out-of-fold; only classes present in the source):
+{card3.triage_table(m)}
 
-| source | n | accuracy | AUCs |
-|---|---|---|---|
-{chr(10).join(ps_rows)}
+## Quality check
 
-Leave-one-source-out (train on three sources, test on the fourth; our only proxy
-for "other hospitals"):
+{card3.quality_table(m)}
 
-| held-out source | n | classes in training | AUCs |
-|---|---|---|---|
-{chr(10).join(lo_rows)}
+All normals: not assessable {100 * q["false_alarm"]:.1f} % of {q["n"]} (the check's false alarms).
 
-Calibration: ECE {cal["uncalibrated"]["ece"]:.3f} before, {cal["temperature_scaled"]["ece"]:.3f} after temperature scaling.
+## Heat on the lungs and outcome
 
-![reliability](img/classification-reliability.png)
+Heat (`models.training.heat`, images of sources LungNet never saw): {json.dumps(heat)}.
+
+Hannover, severity extent against ICU: {json.dumps(icu)}.
 
 ## Limitations
 
-- **COVID-19 comes from one source only (cxr-collection)**, so the COVID-19 AUC
-  ({m["auc"]["covid19"]["value"]:.3f}) and COVID-19 vs normal ({m["covid19_vs_normal_auc"]["value"]:.3f})
-  partly measure *source*. Within cxr-collection, COVID-19 vs pneumonia is only
-  {m["within_collection_covid19_vs_pneumonia_auc"]["value"]:.3f}. COVID-19 cannot be left out by source, so
-  the goal "COVID vs normal ≥ {GOALS["covid_vs_normal_other_hospitals"]} on other hospitals" is **not measured**.
-- A linear source probe on the embedding reaches balanced accuracy {sp["balanced_accuracy"]:.2f}
-  (macro AUC {sp["macro_auc"]:.2f}; chance {sp["chance_balanced_accuracy"]:.2f}): the features still encode the source.
-- Leave-one-source-out AUCs are weak (0.29-0.80, several below 0.5): the model does
-  not transfer across sources.
-- Grad-CAM: on average only {g["heat_in_lungs"]["mean"]:.0%} of the heat lies inside the predicted lungs
-  (peak inside lungs for {g["peak_in_lungs"]:.0%} of images).
-- 4-class accuracy {m["accuracy"]:.3f} is below the {GOALS["accuracy"]} goal; NIH
-  ({m["per_source"]["nih"]["accuracy"]:.3f}) is the weakest source.
+- Every **short** above is a goal not met. Tuberculosis and NIH findings are not opacity, and
+  covid-radiography's 224-px BIMCV COVID-19 films show little opacity to LungNet, so the 97 %
+  sensitivity threshold is low and most normals of the other sources come out urgent.
+- LungNet's class head was trained with labels of cxr-collection, NIH and NLM images, so their
+  opacity maps are not strictly unseen; covid-radiography, hannover and covid-cxnet are.
 """
 
 
@@ -419,24 +377,24 @@ def index_card(reg: dict[str, Any]) -> str:
         rows.append(
             f"| lung Dice, {src} | ≥ {GOALS['dice']} | {_ms(seg[src]['dice'])} | {_ok(d >= GOALS['dice'])} |"
         )
-    ps = ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in cl["per_source"].items())
-    rows.append(
-        f"| 4-class accuracy | ≥ {GOALS['accuracy']} | {cl['accuracy']:.3f} (per source: {ps}) | "
-        f"{_ok(cl['accuracy'] >= GOALS['accuracy'])} |"
-    )
-    rows.append(
-        f"| COVID vs normal, other hospitals | ≥ {GOALS['covid_vs_normal_other_hospitals']} | "
-        f"not measurable (COVID-19 from one source); pooled OOF {_ci(cl['covid19_vs_normal_auc'])}, "
-        f"mostly source | **not shown** |"
-    )
+    covid = [v.get("covid19_vs_all_normals") for v in cl["leave_one_source_out"].values()]
+    abn = [v.get("abnormal_vs_normal") for v in cl["leave_one_source_out"].values()]
+    worst_c = min(v for v in covid if v is not None)
+    worst_a = min(v for v in abn if v is not None)
+    probe = cl["source_probe"]["classifier_inputs_and_outputs"]["linear"]
+    rows += [
+        f"| COVID-19 vs normal, worst held-out source | ≥ {GOALS['auc_out_of_source']} | {worst_c:.3f} | {_ok(worst_c >= GOALS['auc_out_of_source'])} |",
+        f"| abnormal vs normal, worst held-out source | ≥ {GOALS['auc_out_of_source']} | {worst_a:.3f} | {_ok(worst_a >= GOALS['auc_out_of_source'])} |",
+        f"| source probe, balanced accuracy | ≤ {GOALS['source_probe']} | {probe:.3f} | {_ok(probe <= GOALS['source_probe'])} |",
+    ]
     return f"""# Model cards
 
-Generated by `python -m models.training.cards [--fit DIR]` from `models/registry.json`
-and `models/weights/classification-oof.npz`; do not edit by hand.
+Generated by `python -m models.training.cards [--fit DIR]` from `models/registry.json`;
+do not edit by hand.
 
 - [encoder.md](encoder.md): self-supervised encoder ({reg["encoder"]["name"]} {reg["encoder"]["version"]})
 - [segmentation.md](segmentation.md): LungNet lung segmentation
-- [classification.md](classification.md): 4-class crop classifier
+- [classification.md](classification.md): lung-opacity classifier ({reg["classification"]["name"]} {reg["classification"]["version"]})
 - [severity.md](severity.md): LungRidge severity scores
 - [retrieval.md](retrieval.md): similar-case retrieval embedding
 
@@ -446,11 +404,10 @@ and `models/weights/classification-oof.npz`; do not edit by hand.
 |---|---|---|---|
 {chr(10).join(rows)}
 
-Plainly: we meet the Dice goal only on Montgomery, fall short on every severity
-goal (about level with Cohen et al. 2020: extent r 0.80 / MAE 1.14, opacity r 0.78 /
-MAE 0.78), are below the 4-class accuracy goal, and cannot measure COVID-19
-performance on other hospitals; leave-one-source-out AUCs are weak and a source
-probe shows the embedding encodes the source.
+Plainly: the Dice goal is met only on Montgomery; every severity goal is short (about level with
+Cohen et al. 2020: extent r 0.80 / MAE 1.14, opacity r 0.78 / MAE 0.78); the classifier, judged
+source by source on sources it never saw, is short of 0.90 on its worst source, and a probe still
+tells the sources apart from what it reads.
 """
 
 
@@ -507,14 +464,6 @@ def write_cards(fit_dir: Path | None = None) -> list[Path]:
     reg = json.loads(REGISTRY_PATH.read_text())["models"]
     IMG.mkdir(parents=True, exist_ok=True)
     written = []
-    if OOF.exists():
-        oof = dict(np.load(OOF))
-        for name, fn in (
-            ("classification-roc.png", plot_roc),
-            ("classification-reliability.png", plot_reliability),
-        ):
-            fn(oof, IMG / name)
-            written.append(IMG / name)
     if fit_dir is not None:
         z = np.load(Path(fit_dir) / "severity-features.npz")
         truth = {"geographic_extent": z["extent"], "opacity": z["opacity"]}

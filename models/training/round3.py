@@ -42,6 +42,7 @@ PROTOCOL = (
 )
 NORMAL, OTHER, PNEUMONIA, COVID = (CLASSES.index(c) for c in CLASSES)
 TARGET_SENSITIVITY = 0.97  # the auto threshold's sensitivity on the sources it is fitted on
+VERSION = "3.1.0"  # the classifier on lung-net@3.0.0
 EXTENT_URGENT = 4.0
 MIN_CELL = 20  # source x class cells smaller than this weigh as if they had this many images
 C_REG = 1.0
@@ -426,7 +427,7 @@ def release(
     shutil.copy(out / "loso.npz", weights / "classification-loso.npz")
     entry = {
         "name": "opacity-classifier",
-        "version": "3.0.0",
+        "version": VERSION,
         "file": name,
         "sha256": sha256_file(weights / name),
         "arch": {"class": "OpacityLogistic", "features": list(FEATURES)},
@@ -446,7 +447,7 @@ def release(
             "every 3rd NIH image, in file order), "
             "after one resolution chain (256 -> 224 -> 256); features: LungNet's opacity inside the "
             "refined lungs; class- and source-balanced weights",
-            "previous": "crop-classifier@2.0.0 (crop-classifier.pt, kept in models/weights for comparison)",
+            "previous": "opacity-classifier@3.0.0 (on lung-net@2.0.0); crop-classifier@2.0.0 (removed)",
         },
         "metrics": report,
     }

@@ -3,7 +3,7 @@
 Same cache, groups and split rules as :mod:`models.training.round3`; each variant is scored by
 its leave-one-source-out AUCs and a linear source probe on its inputs and outputs.
 
-    python -m models.training.variants --cache /work/cache15
+    python -m models.training.variants --cache CACHE [--weights DIR --registry FILE]
 """
 
 from __future__ import annotations
@@ -90,8 +90,12 @@ def run(x: np.ndarray, y: np.ndarray, src: np.ndarray, groups: np.ndarray, fitte
     }
 
 
-def main(cache: Path, data: Path) -> dict[str, Any]:
-    from models.registry import load_ridge
+def main(
+    cache: Path, data: Path, weights_dir: Path | None = None, registry: Path | None = None
+) -> dict[str, Any]:
+    """Each variant on ``cache`` (made with the LungNet of ``registry``, whose severity ridge
+    gives variant C's scores; default: the shipped ones)."""
+    from models.registry import load_registry, load_ridge
     from models.training.extract import load
 
     arrays = load(cache, images=True)
@@ -102,7 +106,7 @@ def main(cache: Path, data: Path) -> dict[str, Any]:
     hashes = np.stack([dhash(im) for im in arrays["image"]])
     groups = hash_groups([[r.patient] + ([r.link] if r.link else []) for r in recs], hashes)
     feats = arrays["features"].astype(np.float64)
-    sev = load_ridge().predict(arrays["severity_features"])
+    sev = load_ridge(weights_dir, load_registry(registry)).predict(arrays["severity_features"])
     scores = np.c_[sev["geographic_extent"]["total"], sev["opacity"]["total"]]
     return {
         "A: logistic regression, 8 opacity features (shipped)": run(feats, y, src, groups, _lr),
@@ -116,8 +120,10 @@ def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped)")
+    p.add_argument("--registry", type=Path, default=None, help="registry (default: the shipped)")
     a = p.parse_args()
-    print(json.dumps(main(a.cache, a.data), indent=1))
+    print(json.dumps(main(a.cache, a.data, a.weights, a.registry), indent=1))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ def test_weights_load_with_weights_only(role: str) -> None:
 def test_corrupted_weights_fail_with_checksum_error(tmp_path: Path) -> None:
     e = entry("classification")
     for f in WEIGHTS_DIR.iterdir():
-        shutil.copy(f, tmp_path / f.name)
+        if f.is_file():  # not cxr-node train's work folders (fit/, round3/)
+            shutil.copy(f, tmp_path / f.name)
     target = tmp_path / e["file"]
     data = bytearray(target.read_bytes())
     for i in range(len(data) // 2, len(data) // 2 + 16):
@@ -62,7 +63,8 @@ def test_analyzer_reports_corruption(tmp_path: Path, jpeg_path: Path) -> None:
     from models.preprocessing import load_image
 
     for f in WEIGHTS_DIR.iterdir():
-        shutil.copy(f, tmp_path / f.name)
+        if f.is_file():  # not cxr-node train's work folders (fit/, round3/)
+            shutil.copy(f, tmp_path / f.name)
     target = tmp_path / entry("segmentation")["file"]
     target.write_bytes(target.read_bytes()[:-100])
     with pytest.raises(WeightsChecksumError):
