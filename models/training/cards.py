@@ -451,8 +451,8 @@ Per class (shipped): {per_class}.
 Keidar et al. 2021 (4-NN vote, their test set): accuracy 0.870, sensitivity 0.832,
 specificity 0.912.
 
-**Limits.** Neighbours come from the query's own source 91 % of the time against
-36 % at random: the embedding encodes the source, as the classifier's does, and
+**Limits.** Neighbours come from the query's own source {m["shipped"]["same_source_rate"]:.0%} of the time against
+{m["shipped"]["same_source_rate_chance"]:.0%} at random: the embedding encodes the source, as the classifier's does, and
 COVID-19 exists in one source only, so the COVID-19 vote partly measures the
 source. With other sources only, precision@k is about twice chance but low.
 LungNet was trained with class labels on its training images; the hold-out
