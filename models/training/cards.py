@@ -199,6 +199,17 @@ Opacity head Dice (held-out images with radiologists' opacity masks):
 """
 
 
+def _turned(m: dict[str, Any]) -> str:
+    """The turned-film test's line (``metrics.orientation_test``), if the registry has one."""
+    o = m.get("orientation_test")
+    if not o:
+        return ""
+    return (
+        f"Turned-film test (`{o['protocol']}`): false alarms {100 * o['all']['false_alarm']:.0f} %, "
+        f"turned films caught {100 * o['all']['turned_caught']:.0f} % of {o['all']['n']}; {o['note']}."
+    )
+
+
 def _selection(m: dict[str, Any]) -> str:
     """The model-selection table (``metrics.model_selection``), if the registry has one."""
     sel = m.get("model_selection")
@@ -275,6 +286,7 @@ the extent only when the outline is assessable. Shipped `auto` = {m["auto_thresh
 {card3.quality_table(m)}
 
 All normals: not assessable {100 * q["false_alarm"]:.1f} % of {q["n"]} (the check's false alarms).
+{_turned(m)}
 
 ## Heat on the lungs and outcome
 
