@@ -314,7 +314,9 @@ def build_measurement_groups(
         anchor = [_anchor(source, point)]
         # The anchor goes with the area where there is one (OHIF writes that measurement,
         # "Area: 123.45 cm2", and leaves out those with a finding site and no coordinates:
-        # the scores, which it would write with their raw unit code "{score}").
+        # the scores, which it would write with their raw unit code "{score}"). Without a
+        # pixel spacing there is no area, and no Image Library either, without which OHIF
+        # finds no image to draw the report on: the extent carries it.
         measurements = [
             Measurement(
                 cxr_codes.GEOGRAPHIC_EXTENT,

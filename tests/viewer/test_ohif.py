@@ -337,6 +337,19 @@ def _read_labels(page, uids: dict[str, str]) -> dict[str, object]:  # type: igno
     return {"drawn": drawn, "by_name": by_name, "blocks": blocks, "overlap_px2": overlaps, "frame": frame}
 
 
+def _settled_labels(page, uids: dict[str, str], before: dict[str, object]) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """The labels once OHIF has re-rendered them after a resize: moved, and the same twice running."""
+    deadline = time.monotonic() + 30
+    last = None
+    while time.monotonic() < deadline:
+        read = _read_labels(page, uids)
+        if read["blocks"] != before["blocks"] and last is not None and read["blocks"] == last["blocks"]:
+            return read
+        last = read
+        page.wait_for_timeout(250)
+    raise AssertionError(f"OHIF did not redraw the SR's labels after the resize: {last}")
+
+
 def _inside_lungs(read: dict[str, object]) -> dict[str, list[bool]]:
     """For each lung, whether each corner of its text block is inside that lung's outline."""
     inside = {}
@@ -388,13 +401,7 @@ def test_sr_drawn_with_our_numbers(page, study: dict[str, object]) -> None:  # t
     page.locator(".cornerstone-viewport-element").first.screenshot(path=out / "ohif-sr.png")
     page.screenshot(path=out / "ohif-sr-page.png")
     page.set_viewport_size(NARROW)
-    page.wait_for_function(  # OHIF re-renders the annotations at the new size
-        "w => document.querySelector('.cornerstone-viewport-element').getBoundingClientRect().right <= w",
-        arg=NARROW["width"],
-        timeout=LOAD_TIMEOUT_MS,
-    )
-    page.wait_for_timeout(1000)  # resize observer, then one render (no event to wait on)
-    narrow = _read_labels(page, uids)
+    narrow = _settled_labels(page, uids, before=wide)
     page.screenshot(path=out / "ohif-sr-page-1280.png")
     page.set_viewport_size(VIEWPORT)
 
