@@ -129,10 +129,20 @@ def tracking_similar(rank: int) -> str:
     return f"similar case {rank}"
 
 
+# Decimals of every NUM: a thousandth of a score, a percent or a square centimetre is
+# below what the models resolve; more digits only make a dump harder to read.
+DECIMALS = 3
+
+
+def _measurement(name: CodedConcept, value: float, unit: CodedConcept, **kwargs: object) -> Measurement:
+    """A TID 300 measurement, its value rounded to ``DECIMALS``."""
+    return Measurement(name, round(float(value), DECIMALS), unit, **kwargs)  # type: ignore[arg-type]
+
+
 def _num(
     name: CodedConcept, value: float, unit: CodedConcept, sites: list[FindingSite] | None = None
 ) -> Measurement:
-    return Measurement(name=name, value=float(value), unit=unit, finding_sites=sites)
+    return _measurement(name, value, unit, finding_sites=sites)
 
 
 def _region(
@@ -318,7 +328,7 @@ def build_measurement_groups(
         # pixel spacing there is no area, and no Image Library either, without which OHIF
         # finds no image to draw the report on: the extent carries it.
         measurements = [
-            Measurement(
+            _measurement(
                 cxr_codes.GEOGRAPHIC_EXTENT,
                 lung.extent,
                 cxr_codes.UNIT_SCORE,
@@ -329,7 +339,7 @@ def build_measurement_groups(
         ]
         if area is not None:
             measurements.append(
-                Measurement(
+                _measurement(
                     cxr_codes.AREA,
                     area,
                     cxr_codes.UNIT_CM2,
@@ -378,22 +388,23 @@ def image_anchor(source: Dataset) -> np.ndarray:
     width (text beside the image is cut off in narrow windows; at the top, OHIF's
     own prompts cover it).
     """
-    return np.array([[0.5, IMAGE_ANCHOR_ROW * float(source.Rows)]], dtype=np.float32)
+    row = float(np.floor(IMAGE_ANCHOR_ROW * float(source.Rows))) + 0.5  # a pixel's centre
+    return np.array([[0.5, row]], dtype=np.float32)
 
 
-def image_comment(result: AnalysisResult) -> str:
-    """One line of words: the most likely class, the quality check, the triage decision."""
+def image_comments(result: AnalysisResult) -> list[str]:
+    """The whole image in words, one short line each (dcmtk's ``dsrdump`` cuts a TEXT at 27
+    characters): the triage decision, the most likely class, the quality check."""
     quality = result.quality
-    parts = []
-    if quality.lungs_found:
-        parts.append(f"{cxr_codes.CLASS_LABELS[result.predicted_class]} most likely")
-    if not quality.assessable:
-        parts.append("severity not assessable")
+    comments = []
     context = result.context
     if context is not None and context.triage is not None:
-        parts.append("triage urgent" if context.triage.urgent else "triage routine")
-    text = ", ".join(parts)
-    return text[:1].upper() + text[1:]
+        comments.append("Triage urgent" if context.triage.urgent else "Triage routine")
+    if quality.lungs_found:
+        comments.append(f"{cxr_codes.CLASS_LABELS[result.predicted_class]} most likely")
+    if not quality.assessable:
+        comments.append("Severity not assessable")
+    return comments
 
 
 def image_group(
@@ -405,9 +416,10 @@ def image_group(
     """The whole image's group: class, triage, probabilities, severity of both lungs.
 
     One group, so that OHIF writes one block of text. A TID 1501 group whose
-    words (class, triage) are a Comment and whose most probable class carries
-    the label anchor (:func:`image_anchor`): OHIF writes the comment, then the
-    probabilities (at most 5 lines); the scores of both lungs, with their finding
+    words (triage, class) are Comments and whose most probable class carries
+    the label anchor (:func:`image_anchor`): OHIF writes the comments, then the
+    probabilities (at most 5 lines: the least probable classes may not show);
+    the scores of both lungs, with their finding
     site and no coordinates, it leaves out. Without lungs there are no
     probabilities to carry the anchor: a TID 1410 group over the whole image,
     which OHIF draws without text.
@@ -433,7 +445,7 @@ def image_group(
     ranked = sorted(CLASSES, key=lambda name: -result.classification[name])
     anchor = [_anchor(source, image_anchor(source))]
     probabilities = [
-        Measurement(
+        _measurement(
             cxr_codes.CLASS_PROBABILITY[name],
             100.0 * result.classification[name],
             cxr_codes.UNIT_PERCENT,
@@ -468,7 +480,7 @@ def image_group(
         algorithm_version,
         TRACKING_IMAGE,
         algorithm_id,
-        [image_comment(result)],
+        image_comments(result),
         [*probabilities, *scores],
         qualitative_evaluations=evaluations,
     )
@@ -504,14 +516,14 @@ def context_groups(
     for change in context.changes:
         ref = [SourceImageForMeasurement(change.case.sop_class_uid, change.case.sop_instance_uid)]
         measurements = [
-            Measurement(
+            _measurement(
                 cxr_codes.EXTENT_CHANGE,
                 change.geographic_extent,
                 cxr_codes.UNIT_SCORE,
                 referenced_images=ref,
                 finding_sites=both,
             ),
-            Measurement(
+            _measurement(
                 cxr_codes.OPACITY_CHANGE,
                 change.opacity,
                 cxr_codes.UNIT_SCORE,
@@ -521,7 +533,7 @@ def context_groups(
         ]
         if change.days is not None:
             measurements.append(
-                Measurement(cxr_codes.INTERVAL, change.days, cxr_codes.UNIT_DAY, referenced_images=ref)
+                _measurement(cxr_codes.INTERVAL, change.days, cxr_codes.UNIT_DAY, referenced_images=ref)
             )
         groups.append(
             _group(
@@ -548,20 +560,20 @@ def context_groups(
                 time_point_context=TimePointContext(time_point=_study_label(case)),
                 finding_type=cxr_codes.SIMILAR_CASE,
                 measurements=[
-                    Measurement(
+                    _measurement(
                         cxr_codes.EMBEDDING_DISTANCE,
                         similar.distance,
                         cxr_codes.UNIT_ONE,
                         referenced_images=ref,
                     ),
-                    Measurement(
+                    _measurement(
                         cxr_codes.GEOGRAPHIC_EXTENT,
                         case.geographic_extent,
                         cxr_codes.UNIT_SCORE,
                         referenced_images=ref,
                         finding_sites=both,
                     ),
-                    Measurement(
+                    _measurement(
                         cxr_codes.OPACITY,
                         case.opacity,
                         cxr_codes.UNIT_SCORE,

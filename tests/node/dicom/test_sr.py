@@ -25,7 +25,7 @@ from node.dicom.sr import (
     TRACKING_RIGHT_OUTLINE,
     build_sr,
     earlier_image_region,
-    image_comment,
+    image_comments,
     label_point,
 )
 from node.dicom.uids import derive_device_uid
@@ -117,7 +117,7 @@ def test_class_probabilities(sr: Dataset, result: AnalysisResult) -> None:
     group = measurement_groups(sr)[TRACKING_IMAGE]
     for name in CLASSES:
         value, unit = numeric(group, *CLASS_PROBABILITY[name])
-        assert value == pytest.approx(100 * result.classification[name], abs=1e-4), name
+        assert value == pytest.approx(100 * result.classification[name], abs=5e-4), name
         assert unit == "%"
     # The most probable class first: OHIF shows a group's first five numbers.
     first = next(item for item in group.ContentSequence if item.ValueType == "NUM")
@@ -156,9 +156,10 @@ def test_severity_scores_and_areas(sr: Dataset, result: AnalysisResult) -> None:
     }
     for identifier, (extent, opacity, area, laterality) in expected.items():
         group = groups[identifier]
-        assert numeric(group, *GEO) == (pytest.approx(extent), "{score}"), identifier
-        assert numeric(group, *OPACITY) == (pytest.approx(opacity), "{score}"), identifier
-        assert numeric(group, *AREA) == (pytest.approx(area, rel=1e-6), "cm2"), identifier
+        # Rounded to thousandths (DECIMALS).
+        assert numeric(group, *GEO) == (pytest.approx(extent, abs=5e-4), "{score}"), identifier
+        assert numeric(group, *OPACITY) == (pytest.approx(opacity, abs=5e-4), "{score}"), identifier
+        assert numeric(group, *AREA) == (pytest.approx(area, abs=5e-4), "cm2"), identifier
         # The lung is the finding site of each measurement (TID 300), not of the group:
         # OHIF writes a group's finding site as its bare code ("363698007: Lung").
         for item in group.ContentSequence:
@@ -297,7 +298,7 @@ def test_every_group_has_coordinates_on_the_source(sr: Dataset, any_source: Data
             [scoord] = scoords
             assert concept(scoord) == ("99CXRNODE", "LABELANCHOR")
             x, y = (float(v) for v in scoord.GraphicData)
-            assert x == 0.5 and y == pytest.approx(IMAGE_ANCHOR_ROW * any_source.Rows), identifier
+            assert x == 0.5 and y == pytest.approx(IMAGE_ANCHOR_ROW * any_source.Rows, abs=1), identifier
 
 
 def test_what_ohif_writes_reads_as_words(sr: Dataset, result: AnalysisResult) -> None:
@@ -379,14 +380,15 @@ def test_label_point_of_a_lung_between_grid_points() -> None:
     assert [float(v) for v in label_point(mask)[0]] == [5.5, 3.5]
 
 
-def test_image_comment_says_class_and_triage(dx_source: Dataset) -> None:
-    """The words OHIF shows for the whole image: the class, then the triage decision."""
+def test_image_comments_say_triage_and_class(dx_source: Dataset) -> None:
+    """The words OHIF shows for the whole image: the triage decision, then the class."""
     result = make_result(dx_source)
-    assert image_comment(result) == "COVID-19 most likely"
-    result.context = CaseContext(
-        triage=Triage(urgent=True, reasons=("covid19 p >= 0.5",), rule="covid19 p >= 0.5")
-    )
-    assert image_comment(result) == "COVID-19 most likely, triage urgent"
-    result.context.triage = Triage(urgent=False, reasons=(), rule="covid19 p >= 0.5")
+    assert image_comments(result) == ["COVID-19 most likely"]
+    rule = "covid19 p >= 0.5"
+    result.context = CaseContext(triage=Triage(urgent=True, reasons=(rule,), rule=rule))
+    assert image_comments(result) == ["Triage urgent", "COVID-19 most likely"]
+    result.context.triage = Triage(urgent=False, reasons=(), rule=rule)
     group = measurement_groups(roundtrip(build_sr(dx_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
-    assert ohif_lines(group[TRACKING_IMAGE])[0] == "COVID-19 most likely, triage routine: "
+    lines = ohif_lines(group[TRACKING_IMAGE])
+    assert lines[:3] == ["Triage routine: ", "COVID-19 most likely: ", "COVID-19 probability: 91.00 %"]
+    assert len(lines) == 5
