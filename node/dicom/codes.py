@@ -90,6 +90,12 @@ URGENT = CodedConcept(value="103391001", scheme_designator="SCT", meaning="Urgen
 ROUTINE = CodedConcept(value="50811001", scheme_designator="SCT", meaning="Routine")
 UNIT_DAY = CodedConcept(value="d", scheme_designator="UCUM", meaning="day")
 
+# What a viewer reads (issue 19): OHIF 3.13 writes a TID 1501 group's Comment TEXT items as
+# text, and places a group's text by the SCOORD under one of its measurements; that
+# SCOORD's purpose of reference (TID 320) says it is only where the text goes.
+COMMENT = CodedConcept.from_code(codes.DCM.Comment)  # 121106
+LABEL_ANCHOR = _private("LABELANCHOR", "Where a viewer writes the group's text")
+
 # The anatomical quality check (models/quality.py, issue 15): a result the node withholds.
 ASSESSMENT = _private("ASSESSMENT", "Assessment by the algorithm")
 NOT_ASSESSABLE = _private("NOTASSESSABLE", "Not assessable: lung outline failed the quality check")

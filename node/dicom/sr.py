@@ -1,32 +1,45 @@
 """Comprehensive SR with a TID 1500 Measurement Report of one analysis.
 
-Content tree (PS3.16 TID 1500), all TID 1410 planar ROI groups, in this order:
+Content tree (PS3.16 TID 1500), in this order:
 
-- each lung's scores (extent 0-4, opacity 0-3, lung area) with the lung as
-  the finding site of every measurement, its region a POINT inside that lung;
-- each lung's outline (a closed POLYLINE);
-- the whole image: the predicted class and the triage decision (qualitative
-  evaluations), each class's probability (UCUM ``%``) and the severity of
-  both lungs (extent 0-8, opacity 0-6, area);
+- each lung's scores (extent 0-4, opacity 0-3, lung area), a TID 1501 group:
+  the lung as the finding site of every measurement, the scores also in words
+  as Comment TEXT items (``"Extent 2.3 of 4"``), the area (else the extent)
+  with a POINT inside that lung under it, whose purpose of reference (TID 320)
+  says it only anchors the text (``99CXRNODE LABELANCHOR``);
+- each lung's outline, a TID 1410 group with a closed POLYLINE;
+- the whole image, a TID 1501 group: the predicted class and the triage
+  decision (qualitative evaluations, and in words as one Comment), each
+  class's probability (UCUM ``%``, the most probable first, with the label
+  anchor) and the severity of both lungs (extent 0-8, opacity 0-6, area);
 - what the node's archive adds (:func:`context_groups`): the change since the
-  previous and the first study, and similar earlier cases, each with the
-  earlier image as its region.
+  previous and the first study, and similar earlier cases, TID 1410 groups
+  each with the earlier image as its region.
 
-The layout follows what OHIF (3.13, ``@ohif/extension-cornerstone-dicom-sr``)
-does with a TID 1500 report, since that is where a radiologist reads it:
+The layout follows what OHIF (3.13.2, ``@ohif/extension-cornerstone-dicom-sr``,
+read in its bundle) does with a TID 1500 report, since that is where a
+radiologist reads it:
 
-- it draws every group with a SCOORD on the image that SCOORD references and
-  writes its numbers beside it, one line per NUM, ``"<concept meaning>: <value
-  to 2 decimals> <unit code value>"`` (at most 5 lines), and a group-level
-  finding site as ``"363698007: <site>"``; qualitative evaluations are not shown;
-- it puts that text to the right of the region's right-most point at the
-  region's mid-height, so all whole-image groups would share one place (hence
-  one whole-image group), a lung outline's text would sit outside the lung
-  (hence the POINT, see :func:`label_point`), and finding sites go with the
-  measurements (TID 300) rather than the group;
-- a group without any SCOORD breaks the whole report there (its loader reads
-  the first SCOORD of every group), so the earlier images' groups keep a
-  region, on those images, which OHIF does not draw on this one.
+- for a group with a region (TID 1410) it writes one line per NUM,
+  ``"<concept meaning>: <value to 2 decimals> <unit code value>"``, and a
+  group-level finding site as ``"363698007: <site>"``; TEXT and CODE items
+  are not shown. The unit's code value is always written, never its meaning:
+  a score's UCUM unit reads ``{score}`` (or ``1``);
+- for a group without one (TID 1501) it writes each Comment (DCM 121106) as
+  ``"<text>: "``, then each NUM that has no children or has a SCOORD; a NUM
+  with a finding site and no SCOORD it skips. It places the text by the
+  SCOORDs under the NUMs, and a group with none breaks the whole report (its
+  loader reads the first coordinates of every group). Hence the words in
+  Comments, the scores with their finding sites (kept, not shown) and the
+  anchor under the area or a probability, whose UCUM code (``cm2``, ``%``)
+  reads as a unit;
+- it writes at most 5 lines a group, to the right of the right-most point at
+  mid-height; for a POINT, below right of it (``LABEL_BOX``). So each lung's
+  anchor is a point whose text lies inside that lung (:func:`label_point`)
+  and the whole image's is low on the image's left edge, its text below the
+  lungs inside the image at any window width (:func:`image_anchor`);
+- the earlier images' groups have those images as region: OHIF does not draw
+  them on this one.
 
 Every group carries a tracking identifier and UID and the algorithm
 identification (TID 4019). The Image Library (TID 1601) lists the source
@@ -43,18 +56,22 @@ from highdicom.sr import (
     AlgorithmIdentification,
     CodedConcept,
     ComprehensiveSR,
+    CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     GraphicTypeValues,
     ImageRegion,
     Measurement,
     MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
+    RelationshipTypeValues,
     SourceImageForMeasurement,
     SourceImageForRegion,
+    TextContentItem,
     TimePointContext,
     TrackingIdentifier,
 )
@@ -98,6 +115,10 @@ OUTLINE_TOLERANCE_PX = 1.0
 LABEL_BOX = (0.125, 0.07, 0.17, 0.065)
 
 
+# A measurement group of the report: TID 1501 (words and numbers) or TID 1410 (a region).
+Group = MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations
+
+
 def tracking_change(since: str) -> str:
     """Tracking identifier of the change since the patient's ``previous`` or ``first`` study."""
     return f"change since {since} study"
@@ -108,10 +129,20 @@ def tracking_similar(rank: int) -> str:
     return f"similar case {rank}"
 
 
+# Decimals of every NUM: a thousandth of a score, a percent or a square centimetre is
+# below what the models resolve; more digits only make a dump harder to read.
+DECIMALS = 3
+
+
+def _measurement(name: CodedConcept, value: float, unit: CodedConcept, **kwargs: object) -> Measurement:
+    """A TID 300 measurement, its value rounded to ``DECIMALS``."""
+    return Measurement(name, round(float(value), DECIMALS), unit, **kwargs)  # type: ignore[arg-type]
+
+
 def _num(
     name: CodedConcept, value: float, unit: CodedConcept, sites: list[FindingSite] | None = None
 ) -> Measurement:
-    return Measurement(name=name, value=float(value), unit=unit, finding_sites=sites)
+    return _measurement(name, value, unit, finding_sites=sites)
 
 
 def _region(
@@ -194,12 +225,59 @@ def _group(
     **kwargs: object,
 ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     """A TID 1410 group: every group has a region (see the module docstring)."""
-    tracking_uid = derive_uid(source.SOPInstanceUID, f"{KIND}:{identifier}", algorithm_version)
     return PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=identifier),
+        tracking_identifier=_tracking(source, algorithm_version, identifier),
         referenced_region=region,
         algorithm_id=algorithm_id,
         **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _tracking(source: Dataset, algorithm_version: str, identifier: str) -> TrackingIdentifier:
+    tracking_uid = derive_uid(source.SOPInstanceUID, f"{KIND}:{identifier}", algorithm_version)
+    return TrackingIdentifier(uid=tracking_uid, identifier=identifier)
+
+
+def _text_group(
+    source: Dataset,
+    algorithm_version: str,
+    identifier: str,
+    algorithm_id: AlgorithmIdentification,
+    comments: list[str],
+    measurements: list[Measurement],
+    **kwargs: object,
+) -> MeasurementsAndQualitativeEvaluations:
+    """A TID 1501 group with its words as Comment TEXT items, which OHIF writes as text.
+
+    One of ``measurements`` must carry the label anchor (:func:`_anchor`): OHIF
+    places the text there and fails on a group without coordinates.
+    """
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(source, algorithm_version, identifier),
+        algorithm_id=algorithm_id,
+        measurements=measurements,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    container = group[0]
+    for text in comments:
+        container.ContentSequence.append(
+            TextContentItem(
+                name=cxr_codes.COMMENT, value=text, relationship_type=RelationshipTypeValues.CONTAINS
+            )
+        )
+    return group
+
+
+def _anchor(source: Dataset, point: np.ndarray) -> CoordinatesForMeasurement:
+    """A POINT under a measurement (TID 300/320) that says only where a viewer writes the text."""
+    return CoordinatesForMeasurement(
+        graphic_type=GraphicTypeValues.POINT,
+        graphic_data=point,
+        source_image=SourceImageForRegion(
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+        ),
+        purpose=cxr_codes.LABEL_ANCHOR,
     )
 
 
@@ -208,13 +286,18 @@ def _not_assessable() -> list[QualitativeEvaluation]:
     return [QualitativeEvaluation(name=cxr_codes.ASSESSMENT, value=cxr_codes.NOT_ASSESSABLE)]
 
 
+def score_text(name: str, value: float, maximum: int) -> str:
+    """A score as a radiologist reads it: ``"Extent 2.3 of 4"``."""
+    return f"{name} {value:.1f} of {maximum}"
+
+
 def build_measurement_groups(
     source: Dataset,
     result: AnalysisResult,
     algorithm_id: AlgorithmIdentification,
     algorithm_version: str,
-) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """TID 1410 groups of one result, in report order (the lungs first: OHIF opens on the first)."""
+) -> list[Group]:
+    """TID 1501/1410 groups of one result, in report order (the lungs first: OHIF opens on the first)."""
     severity = result.severity
     right_area = result.lung_area_cm2(result.right_lung)
     left_area = result.lung_area_cm2(result.left_lung)
@@ -229,33 +312,54 @@ def build_measurement_groups(
         ),
         (TRACKING_LEFT, TRACKING_LEFT_OUTLINE, severity.left, cxr_codes.LEFT, left_area, result.left_lung),
     )
-    groups = []
+    groups: list[Group] = []
     # No per-lung scores nor outlines off an outline that failed the quality check: the
     # whole-image group says "not assessable" instead.
     assessed = lungs if result.quality.assessable else ()
     for identifier, _, lung, laterality, area, mask in assessed:
         sites = [FindingSite(cxr_codes.LUNG, laterality=laterality)]
+        point = label_point(mask)
+        if point is None:  # no lung found: the image's centre
+            point = np.array([[source.Columns / 2, source.Rows / 2]], dtype=np.float32)
+        anchor = [_anchor(source, point)]
+        # The anchor goes with the area where there is one (OHIF writes that measurement,
+        # "Area: 123.45 cm2", and leaves out those with a finding site and no coordinates:
+        # the scores, which it would write with their raw unit code "{score}"). Without a
+        # pixel spacing there is no area, and no Image Library either, without which OHIF
+        # finds no image to draw the report on: the extent carries it.
         measurements = [
-            _num(cxr_codes.GEOGRAPHIC_EXTENT, lung.extent, cxr_codes.UNIT_SCORE, sites),
+            _measurement(
+                cxr_codes.GEOGRAPHIC_EXTENT,
+                lung.extent,
+                cxr_codes.UNIT_SCORE,
+                finding_sites=sites,
+                referenced_coordinates=None if area is not None else anchor,
+            ),
             _num(cxr_codes.OPACITY, lung.opacity, cxr_codes.UNIT_SCORE, sites),
         ]
         if area is not None:
-            measurements.append(_num(cxr_codes.AREA, area, cxr_codes.UNIT_CM2, sites))
-        point = label_point(mask)
-        region = (
-            image_region(source)  # no lung found: the image
-            if point is None
-            else _region(source.SOPClassUID, source.SOPInstanceUID, point, GraphicTypeValues.POINT)
-        )
+            measurements.append(
+                _measurement(
+                    cxr_codes.AREA,
+                    area,
+                    cxr_codes.UNIT_CM2,
+                    finding_sites=sites,
+                    referenced_coordinates=anchor,
+                )
+            )
+        comments = [
+            score_text("Extent", lung.extent, EXTENT_MAX),
+            score_text("Opacity", lung.opacity, OPACITY_MAX),
+        ]
         groups.append(
-            _group(
+            _text_group(
                 source,
                 algorithm_version,
                 identifier,
                 algorithm_id,
-                region,
+                comments,
+                measurements,
                 finding_type=cxr_codes.ABNORMAL_OPACITY,
-                measurements=measurements,
             )
         )
     for _, identifier, _, _, _, mask in assessed:
@@ -266,16 +370,59 @@ def build_measurement_groups(
     return groups
 
 
+# Cohen et al. 2020: geographic extent 0-4 and opacity 0-3 per lung (0-8, 0-6 for both).
+EXTENT_MAX, OPACITY_MAX = 4, 3
+
+
+# Row (fraction of the rows) of the whole image's label anchor: OHIF writes its five lines
+# from about 7/100 of the rows below it (``LABEL_BOX``) to about 0.19 below it in a
+# 700-pixel-high viewport, so below the lungs and inside the image.
+IMAGE_ANCHOR_ROW = 0.74
+
+
+def image_anchor(source: Dataset) -> np.ndarray:
+    """Where the whole image's text goes: an arrow to the image's left edge, low down.
+
+    OHIF writes a POINT's text from about 1/8 of the columns on (``LABEL_BOX``):
+    over the bottom of the image, below the lungs, inside the image at any window
+    width (text beside the image is cut off in narrow windows; at the top, OHIF's
+    own prompts cover it).
+    """
+    row = float(np.floor(IMAGE_ANCHOR_ROW * float(source.Rows))) + 0.5  # a pixel's centre
+    return np.array([[0.5, row]], dtype=np.float32)
+
+
+def image_comments(result: AnalysisResult) -> list[str]:
+    """The whole image in words, one short line each (dcmtk's ``dsrdump`` cuts a TEXT at 27
+    characters): the triage decision, the most likely class, the quality check."""
+    quality = result.quality
+    comments = []
+    context = result.context
+    if context is not None and context.triage is not None:
+        comments.append("Triage urgent" if context.triage.urgent else "Triage routine")
+    if quality.lungs_found:
+        comments.append(f"{cxr_codes.CLASS_LABELS[result.predicted_class]} most likely")
+    if not quality.assessable:
+        comments.append("Severity not assessable")
+    return comments
+
+
 def image_group(
     source: Dataset,
     result: AnalysisResult,
     algorithm_id: AlgorithmIdentification,
     algorithm_version: str,
-) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+) -> Group:
     """The whole image's group: class, triage, probabilities, severity of both lungs.
 
-    One group, so that OHIF writes one block of text at the image's edge; the
-    most probable class and the severity first, as OHIF shows five lines.
+    One group, so that OHIF writes one block of text. A TID 1501 group whose
+    words (triage, class) are Comments and whose most probable class carries
+    the label anchor (:func:`image_anchor`): OHIF writes the comments, then the
+    probabilities (at most 5 lines: the least probable classes may not show);
+    the scores of both lungs, with their finding
+    site and no coordinates, it leaves out. Without lungs there are no
+    probabilities to carry the anchor: a TID 1410 group over the whole image,
+    which OHIF draws without text.
     """
     quality = result.quality
     evaluations = []
@@ -296,9 +443,15 @@ def image_group(
             )
         )
     ranked = sorted(CLASSES, key=lambda name: -result.classification[name])
+    anchor = [_anchor(source, image_anchor(source))]
     probabilities = [
-        _num(cxr_codes.CLASS_PROBABILITY[name], 100.0 * result.classification[name], cxr_codes.UNIT_PERCENT)
-        for name in ranked
+        _measurement(
+            cxr_codes.CLASS_PROBABILITY[name],
+            100.0 * result.classification[name],
+            cxr_codes.UNIT_PERCENT,
+            referenced_coordinates=anchor if rank == 0 else None,
+        )
+        for rank, name in enumerate(ranked)
     ]
     severity = result.severity
     both = [FindingSite(cxr_codes.LUNG)]
@@ -310,18 +463,25 @@ def image_group(
     left_area = result.lung_area_cm2(result.left_lung)
     if right_area is not None and left_area is not None:
         scores.append(_num(cxr_codes.AREA, right_area + left_area, cxr_codes.UNIT_CM2, both))
-    if not quality.lungs_found:
-        probabilities = []
     if not quality.assessable:
         scores = []
-    measurements = [*probabilities[:1], *scores[:2], *probabilities[1:], *scores[2:]]
-    return _group(
+    if not quality.lungs_found:
+        return _group(
+            source,
+            algorithm_version,
+            TRACKING_IMAGE,
+            algorithm_id,
+            image_region(source),
+            measurements=scores,
+            qualitative_evaluations=evaluations,
+        )
+    return _text_group(
         source,
         algorithm_version,
         TRACKING_IMAGE,
         algorithm_id,
-        image_region(source),
-        measurements=measurements,
+        image_comments(result),
+        [*probabilities, *scores],
         qualitative_evaluations=evaluations,
     )
 
@@ -356,14 +516,14 @@ def context_groups(
     for change in context.changes:
         ref = [SourceImageForMeasurement(change.case.sop_class_uid, change.case.sop_instance_uid)]
         measurements = [
-            Measurement(
+            _measurement(
                 cxr_codes.EXTENT_CHANGE,
                 change.geographic_extent,
                 cxr_codes.UNIT_SCORE,
                 referenced_images=ref,
                 finding_sites=both,
             ),
-            Measurement(
+            _measurement(
                 cxr_codes.OPACITY_CHANGE,
                 change.opacity,
                 cxr_codes.UNIT_SCORE,
@@ -373,7 +533,7 @@ def context_groups(
         ]
         if change.days is not None:
             measurements.append(
-                Measurement(cxr_codes.INTERVAL, change.days, cxr_codes.UNIT_DAY, referenced_images=ref)
+                _measurement(cxr_codes.INTERVAL, change.days, cxr_codes.UNIT_DAY, referenced_images=ref)
             )
         groups.append(
             _group(
@@ -400,20 +560,20 @@ def context_groups(
                 time_point_context=TimePointContext(time_point=_study_label(case)),
                 finding_type=cxr_codes.SIMILAR_CASE,
                 measurements=[
-                    Measurement(
+                    _measurement(
                         cxr_codes.EMBEDDING_DISTANCE,
                         similar.distance,
                         cxr_codes.UNIT_ONE,
                         referenced_images=ref,
                     ),
-                    Measurement(
+                    _measurement(
                         cxr_codes.GEOGRAPHIC_EXTENT,
                         case.geographic_extent,
                         cxr_codes.UNIT_SCORE,
                         referenced_images=ref,
                         finding_sites=both,
                     ),
-                    Measurement(
+                    _measurement(
                         cxr_codes.OPACITY,
                         case.opacity,
                         cxr_codes.UNIT_SCORE,
@@ -556,8 +716,10 @@ def build_sr(
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=cxr_codes.CHEST_XRAY,
-        imaging_measurements=build_measurement_groups(header, result, algorithm_id, algorithm_version)
-        + context_groups(header, result, algorithm_id, algorithm_version),
+        imaging_measurements=[
+            *build_measurement_groups(header, result, algorithm_id, algorithm_version),
+            *context_groups(header, result, algorithm_id, algorithm_version),
+        ],
         referenced_images=[library] if library is not None else None,
     )
     sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)

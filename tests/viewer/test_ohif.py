@@ -29,6 +29,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from skimage.measure import points_in_poly
 
+from node.dicom.codes import CLASS_CONCEPTS, CLASS_LABELS
 from node.dicom.sr import (
     TRACKING_IMAGE,
     TRACKING_LEFT,
@@ -196,6 +197,30 @@ def test_heatmap_sc_displays(page) -> None:  # type: ignore[no-untyped-def]
     png = artifacts_dir() / "ohif-sc.png"
     _viewport_until(page, png, lambda png: _coloured_fraction(png) > 0.02)
     assert _coloured_fraction(png) > 0.02, "the heatmap SC does not show in colour"
+    # The SC is RGB: OHIF shows it at W 256 / L 128, the grey as the node windowed it
+    # (the source's own window, or one from the lungs), not at the source's header window.
+    assert _window(page) == (256.0, 128.0)
+    grey = _grey_spread(png)
+    (artifacts_dir() / "ohif-sc-window.json").write_text(
+        json.dumps({"window": _window(page), "grey_p5_p95": grey})
+    )
+    assert grey[1] - grey[0] >= 120, grey  # lungs dark, bone and soft tissue bright: not washed out
+
+
+def _window(page) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """The window OHIF says it applies to the first viewport (its "W: ... L: ..." overlay)."""
+    text = page.locator(".cornerstone-viewport-element").first.locator("xpath=..").inner_text()
+    found = re.search(r"W:\s*(-?[\d.]+)\s*L:\s*(-?[\d.]+)", text)
+    assert found, text
+    return float(found[1]), float(found[2])
+
+
+def _grey_spread(png: Path) -> tuple[float, float]:
+    """5th and 95th percentile of the grey (not coloured, not background) pixels of a screenshot."""
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    grey, spread = rgb.mean(axis=-1), rgb.max(axis=-1) - rgb.min(axis=-1)
+    shown = grey[(grey > 8) & (spread < 30)]
+    return float(np.percentile(shown, 5)), float(np.percentile(shown, 95))
 
 
 # OHIF 3.13.2 cannot overlay a SEG of a projection image, and no conformant SEG
@@ -287,8 +312,10 @@ ANNOTATIONS_JS = """() => {
   }
   return out;
 }"""
-# A line as OHIF writes a NUM: "<concept meaning>: <value> <unit>"; the meaning in words.
-LINE = re.compile(r"^(?P<label>[A-Za-z][A-Za-z0-9 ,()-]*): (?P<value>-?\d+\.\d\d) (?P<unit>\S+)$")
+# OHIF writes "<label>: <value>": a Comment with no value, a NUM with its value and unit code.
+COMMENT_LINE = re.compile(r"^(?P<words>[A-Z][A-Za-z0-9 ,.()-]*):$")
+NUM_LINE = re.compile(r"^(?P<label>[A-Za-z][A-Za-z0-9 ,()-]*): (?P<value>-?\d+\.\d\d) (?P<unit>\S+)$")
+NARROW = {"width": 1280, "height": 800}  # a laptop: no room beside the image
 
 
 def _overlap(a: list[float], b: list[float]) -> float:
@@ -296,9 +323,68 @@ def _overlap(a: list[float], b: list[float]) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
+def _read_labels(page, uids: dict[str, str]) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """What OHIF drew now: per group its text blocks and polylines, the blocks' overlaps, the viewport."""
+    drawn = page.evaluate(ANNOTATIONS_JS)
+    by_name = {name: drawn.get(uid, {"texts": [], "polylines": []}) for name, uid in uids.items()}
+    blocks = {name: entry["texts"] for name, entry in by_name.items() if entry["texts"]}
+    boxes = {name: texts[0]["box"] for name, texts in blocks.items()}
+    names = sorted(boxes)
+    overlaps = {
+        f"{a} / {b}": _overlap(boxes[a], boxes[b]) for i, a in enumerate(names) for b in names[i + 1 :]
+    }
+    frame = page.locator(".cornerstone-viewport-element").first.bounding_box()
+    return {"drawn": drawn, "by_name": by_name, "blocks": blocks, "overlap_px2": overlaps, "frame": frame}
+
+
+def _settled_labels(page, uids: dict[str, str], before: dict[str, object]) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """The labels once OHIF has re-rendered them after a resize: moved, and the same twice running."""
+    deadline = time.monotonic() + 30
+    last = None
+    while time.monotonic() < deadline:
+        read = _read_labels(page, uids)
+        if read["blocks"] != before["blocks"] and last is not None and read["blocks"] == last["blocks"]:
+            return read
+        last = read
+        page.wait_for_timeout(250)
+    raise AssertionError(f"OHIF did not redraw the SR's labels after the resize: {last}")
+
+
+def _inside_lungs(read: dict[str, object]) -> dict[str, list[bool]]:
+    """For each lung, whether each corner of its text block is inside that lung's outline."""
+    inside = {}
+    for name, outline_name in (
+        (TRACKING_RIGHT, TRACKING_RIGHT_OUTLINE),
+        (TRACKING_LEFT, TRACKING_LEFT_OUTLINE),
+    ):
+        [outline] = read["by_name"][outline_name]["polylines"]  # type: ignore[index]
+        left, top, right, bottom = read["blocks"][name][0]["box"]  # type: ignore[index]
+        corners = np.array([[left, top], [right, top], [right, bottom], [left, bottom]])
+        inside[name] = points_in_poly(corners, np.array(outline)).tolist()
+    return inside
+
+
+def _whole_image_words(groups: dict[str, Dataset]) -> tuple[str, str]:
+    """The class and the triage decision our SR codes in the whole image's group, as OHIF should show them."""
+    group = groups[TRACKING_IMAGE]
+    codes = {
+        concept(item): item.ConceptCodeSequence[0]
+        for item in group.ContentSequence
+        if item.ValueType == "CODE"
+    }
+    [predicted] = [
+        CLASS_LABELS[name]
+        for name, code in CLASS_CONCEPTS.items()
+        if code.value == codes[("SCT", "278201002")].CodeValue
+    ]
+    triage = codes[("99CXRNODE", "TRIAGE")].CodeMeaning.lower()
+    return f"{predicted} most likely:", f"Triage {triage}:"
+
+
 def test_sr_drawn_with_our_numbers(page, study: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
     """OHIF's SR viewport: each lung outlined with its scores inside it, one block for the whole
-    image, nothing for the earlier images; no block on another, every label in words."""
+    image with the class and the triage decision, nothing for the earlier images; no block on
+    another, every label in words, at a reading-room width and at a laptop's."""
     out = artifacts_dir()
     page.get_by_text("CXR Node AI measurement report").first.dblclick()
     shown = _viewport_until(page, out / "ohif-sr.png", lambda png: _bright_fraction(png) > 0.2)
@@ -310,71 +396,69 @@ def test_sr_drawn_with_our_numbers(page, study: dict[str, object]) -> None:  # t
         arg=[uids[name] for name in (*lungs, TRACKING_IMAGE)],
         timeout=LOAD_TIMEOUT_MS,
     )
-    drawn = page.evaluate(ANNOTATIONS_JS)
+    wide = _read_labels(page, uids)
+    source_window = _window(page)  # the CR's own header window: OHIF 3.13 applies no presentation state
     page.locator(".cornerstone-viewport-element").first.screenshot(path=out / "ohif-sr.png")
     page.screenshot(path=out / "ohif-sr-page.png")
-    by_name = {name: drawn.get(uid, {"texts": [], "polylines": []}) for name, uid in uids.items()}
-    blocks = {name: entry["texts"] for name, entry in by_name.items() if entry["texts"]}
+    page.set_viewport_size(NARROW)
+    narrow = _settled_labels(page, uids, before=wide)
+    page.screenshot(path=out / "ohif-sr-page-1280.png")
+    page.set_viewport_size(VIEWPORT)
 
-    # Text for the two lungs and the whole image only; the earlier images' groups not on this one.
-    assert set(blocks) == {*lungs, TRACKING_IMAGE}, sorted(blocks)
-    assert all(len(texts) == 1 for texts in blocks.values()), blocks
+    report = {}
+    for size, read in (("1920x1080", wide), ("1280x800", narrow)):
+        blocks = read["blocks"]
+        report[size] = {
+            "blocks": blocks,
+            "overlap_px2": read["overlap_px2"],
+            "corners_inside_lung": _inside_lungs(read),
+            "viewport": read["frame"],
+        }
+    report["source_window"] = source_window
+    (out / "ohif-sr-labels.json").write_text(json.dumps(report, indent=1))
+
+    class_words, triage_words = _whole_image_words(groups)
     earlier = [name for name in groups if name.startswith(("change since", "similar case"))]
-    assert earlier and not [name for name in earlier if uids[name] in drawn], earlier
-
-    # Every line in words: a concept meaning, a number, a UCUM unit; no code where a word belongs.
-    lines = [line for texts in blocks.values() for line in texts[0]["lines"]]
-    for line in lines:
-        match = LINE.match(line)
-        assert match, line
-        assert match["unit"] in ("{score}", "%", "cm2"), line  # never "1"
-        assert not re.search(r"\d{6,}", match["label"]), line  # no bare SNOMED CT code
-
-    # The lungs' scores, each inside that lung's outline (the right lung is on the image's left).
     extent_right, opacity_right, extent_left, opacity_left = _lung_scores(groups)
-    expected = {
-        TRACKING_RIGHT: (extent_right, opacity_right, TRACKING_RIGHT_OUTLINE),
-        TRACKING_LEFT: (extent_left, opacity_left, TRACKING_LEFT_OUTLINE),
-    }
-    inside = {}
-    for name, (extent, opacity, outline_name) in expected.items():
-        block = blocks[name][0]
-        assert f"Extent: {extent:.2f} {{score}}" in block["lines"], block
-        assert f"Opacity: {opacity:.2f} {{score}}" in block["lines"], block
-        [outline] = by_name[outline_name]["polylines"]
-        left, top, right, bottom = block["box"]
-        corners = np.array([[left, top], [right, top], [right, bottom], [left, bottom]])
-        inside[name] = points_in_poly(corners, np.array(outline)).tolist()
-    boxes = {name: texts[0]["box"] for name, texts in blocks.items()}
-    names = sorted(boxes)
-    overlaps = {
-        f"{a} / {b}": _overlap(boxes[a], boxes[b]) for i, a in enumerate(names) for b in names[i + 1 :]
-    }
-    (out / "ohif-sr-labels.json").write_text(
-        json.dumps(
-            {
-                "blocks": blocks,
-                "overlap_px2": overlaps,
-                "corners_inside_lung": inside,
-                "outlines": {
-                    name: by_name[name]["polylines"]
-                    for name in (TRACKING_RIGHT_OUTLINE, TRACKING_LEFT_OUTLINE)
-                },
-            },
-            indent=1,
-        )
-    )
-    assert all(all(corners) for corners in inside.values()), inside
-    assert boxes[TRACKING_RIGHT][0] < boxes[TRACKING_LEFT][0]
+    for size, read in (("1920x1080", wide), ("1280x800", narrow)):
+        blocks = read["blocks"]
+        # Text for the two lungs and the whole image only; the earlier images' groups not on this one.
+        assert set(blocks) == {*lungs, TRACKING_IMAGE}, (size, sorted(blocks))
+        assert all(len(texts) == 1 for texts in blocks.values()), (size, blocks)
+        assert earlier and not [name for name in earlier if uids[name] in read["drawn"]], earlier
 
-    # The whole image's block beside the image, inside the viewport (not cut off at its edge).
-    frame = page.locator(".cornerstone-viewport-element").first.bounding_box()
-    left, top, right, bottom = blocks[TRACKING_IMAGE][0]["box"]
-    assert frame["x"] <= left and right <= frame["x"] + frame["width"], (blocks[TRACKING_IMAGE], frame)
-    assert frame["y"] <= top and bottom <= frame["y"] + frame["height"], (blocks[TRACKING_IMAGE], frame)
+        # Every line in words: no unit code OHIF prints raw ("{score}", "1"), no bare SNOMED CT code.
+        lines = [line.strip() for texts in blocks.values() for line in texts[0]["lines"]]
+        for line in lines:
+            num = NUM_LINE.match(line)
+            assert num or COMMENT_LINE.match(line), (size, line)
+            assert "{" not in line and "}" not in line, (size, line)
+            assert not (num and num["unit"] == "1"), (size, line)
+            assert not re.search(r"\d{6,}", line), (size, line)
 
-    # No block of text on another.
-    assert not any(overlaps.values()), overlaps
+        # The lungs' scores in words, each lung's in that lung's block.
+        right = [line.strip() for line in blocks[TRACKING_RIGHT][0]["lines"]]
+        left = [line.strip() for line in blocks[TRACKING_LEFT][0]["lines"]]
+        assert f"Extent {extent_right:.1f} of 4:" in right and f"Opacity {opacity_right:.1f} of 3:" in right
+        assert f"Extent {extent_left:.1f} of 4:" in left and f"Opacity {opacity_left:.1f} of 3:" in left
+        boxes = {name: texts[0]["box"] for name, texts in blocks.items()}
+        assert boxes[TRACKING_RIGHT][0] < boxes[TRACKING_LEFT][0], size
+
+        # The class and the triage decision, shown as words in the whole image's block.
+        image = [line.strip() for line in blocks[TRACKING_IMAGE][0]["lines"]]
+        assert image[:2] == [triage_words, class_words], (size, image)
+
+        # The whole image's block inside the viewport (not cut off at its edge).
+        frame = read["frame"]
+        left_, top, right_, bottom = boxes[TRACKING_IMAGE]
+        assert frame["x"] <= left_ and right_ <= frame["x"] + frame["width"], (size, boxes, frame)
+        assert frame["y"] <= top and bottom <= frame["y"] + frame["height"], (size, boxes, frame)
+
+        # No block of text on another.
+        assert not any(read["overlap_px2"].values()), (size, read["overlap_px2"])
+        # Each lung's text inside that lung's outline (the font does not shrink with the image).
+        inside = _inside_lungs(read)
+        assert all(all(corners) for corners in inside.values()), (size, inside)
 
 
 def _lung_scores(groups: dict[str, Dataset]) -> list[float]:
