@@ -109,10 +109,12 @@ OUTLINE_TOLERANCE_PX = 1.0
 # Where OHIF 3.13 writes the numbers of a POINT region (DICOMSRDisplayTool.renderPoint,
 # getTextBoxCoordsCanvas, drawLinkedTextBox): an arrow to the point from (x + columns/10,
 # y + rows/10), the text from about (x + 0.125 columns, y + 0.08 rows) on. The box that
-# holds a lung's three lines (about 150 x 55 screen pixels on a chest image fit to a
-# 1000 px high viewport, measured in tests/viewer): (dx, dy, width,
-# height) from the point, in fractions of (columns, rows).
-LABEL_BOX = (0.125, 0.07, 0.17, 0.065)
+# holds a lung's three lines is about 120 x 55 screen pixels whatever the window, so it
+# covers more of the image in a smaller viewport: 0.17 x 0.065 of the image at 1920 x 1080,
+# 0.23 x 0.09 at 1280 x 800 (measured in tests/viewer). Sized between the two: a bigger box
+# no longer fits beside the offset in an ordinary lung, and the point then falls back to the
+# best covered place. (dx, dy, width, height) from the point, in fractions of (columns, rows).
+LABEL_BOX = (0.125, 0.07, 0.20, 0.08)
 
 
 # A measurement group of the report: TID 1501 (words and numbers) or TID 1410 (a region).
