@@ -80,6 +80,7 @@ from pydicom.sr.codedict import codes
 from skimage.measure import approximate_polygon, find_contours
 
 from models.result import CLASSES, AnalysisResult, PriorCase
+from models.severity import PER_LUNG_MAX
 from node.dicom import codes as cxr_codes
 from node.dicom.source import (
     algorithm_equipment,
@@ -288,9 +289,9 @@ def _not_assessable() -> list[QualitativeEvaluation]:
     return [QualitativeEvaluation(name=cxr_codes.ASSESSMENT, value=cxr_codes.NOT_ASSESSABLE)]
 
 
-def score_text(name: str, value: float, maximum: int) -> str:
+def score_text(name: str, value: float, maximum: float) -> str:
     """A score as a radiologist reads it: ``"Extent 2.3 of 4"``."""
-    return f"{name} {value:.1f} of {maximum}"
+    return f"{name} {value:.1f} of {maximum:g}"
 
 
 def build_measurement_groups(
@@ -350,8 +351,8 @@ def build_measurement_groups(
                 )
             )
         comments = [
-            score_text("Extent", lung.extent, EXTENT_MAX),
-            score_text("Opacity", lung.opacity, OPACITY_MAX),
+            score_text("Extent", lung.extent, PER_LUNG_MAX["geographic_extent"]),
+            score_text("Opacity", lung.opacity, PER_LUNG_MAX["opacity"]),
         ]
         groups.append(
             _text_group(
@@ -370,10 +371,6 @@ def build_measurement_groups(
             groups.append(_group(source, algorithm_version, identifier, algorithm_id, outline))
     groups.append(image_group(source, result, algorithm_id, algorithm_version))
     return groups
-
-
-# Cohen et al. 2020: geographic extent 0-4 and opacity 0-3 per lung (0-8, 0-6 for both).
-EXTENT_MAX, OPACITY_MAX = 4, 3
 
 
 # Row (fraction of the rows) of the whole image's label anchor: OHIF writes its five lines
