@@ -206,10 +206,9 @@ def eval_severity(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool
     5-fold CV on all 234, each beside the training-mean baseline."""
     _setup(verbose=not as_json)
     from models.registry import entry, model_id
-    from models.training.release import SEVERITY_FEATURES
 
     e = entry("severity")
-    protocols = e["metrics"][SEVERITY_FEATURES]
+    protocols = e["metrics"][e["arch"]["features"]]  # the shipped ridge's feature set
     if recompute:
         import numpy as np
         import torch
