@@ -53,6 +53,9 @@ def _head(weights: Path, name: str, file: str) -> dict[str, Any]:
 
 def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_PATH) -> dict[str, Any]:
     fit = json.loads((fit_dir / "fit.json").read_text())
+    missing = [v for v in LUNGNET_FILES if v not in fit["segmentation"]]
+    if missing:  # the registry records both LungNets side by side
+        raise ValueError(f"{fit_dir} holds no {', '.join(missing)} LungNet: release a fit of both variants")
     weights.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(fit_dir / "cxr-encoder.pt", weights / "cxr-encoder.pt")
     shutil.copyfile(fit_dir / LUNGNET_FILES[VARIANT], weights / "lung-net.pt")
