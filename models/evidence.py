@@ -2,8 +2,12 @@
 
 The image-level classifier of round 2 learned the *source* of a film (leave-one-source-out
 AUCs 0.3-0.8). What LungNet learned about lung opacity transfers, so the classifier now reads
-a handful of lung-restricted opacity measures (:func:`opacity_features`) and nothing else:
-no lung area, no intensity statistics, no encoder features, no class logits.
+a handful of lung-restricted opacity measures (:func:`opacity_features`) and the severity
+ridge's two totals (Cohen's extent 0-8 and opacity 0-6, :data:`SEVERITY_INPUTS`), and nothing
+else: no lung area, no intensity statistics, no class logits. The severity totals were fitted
+to radiologists' scores, never to a class or a source; of everything measured they transfer
+best (severity extent alone ranks COVID-19 above other hospitals' normals better than any
+classifier trained on the classes).
 
 Every image goes through one resolution chain before LungNet (:func:`resolution_chain`):
 the 256-px square down to 224 px and back, so that a folder that was already 224 px
@@ -17,8 +21,8 @@ from PIL import Image
 from scipy import ndimage
 
 CHAIN_SIZE = 224
-# The classifier's inputs, in this order (``log`` of involvement + 0.01: opacity is skewed).
-FEATURES: tuple[str, ...] = (
+# LungNet's opacity inside the lungs, in this order (``log`` of involvement + 0.01: skewed).
+OPACITY_FEATURES: tuple[str, ...] = (
     "involvement",  # mean opacity probability over both lungs
     "involved_fraction",  # fraction of lung pixels with opacity > 0.5
     "less_involved_lung",  # the lower of the two lungs' involvement (bilateral disease)
@@ -27,6 +31,14 @@ FEATURES: tuple[str, ...] = (
     "upper_zones",
     "peripheral_minus_central",  # outer half of each lung (by distance to its edge) minus inner half
     "zones_involved",  # of six zones (three per lung), those with involvement > 0.25
+)
+# The severity ridge's totals (Cohen's extent 0-8 and opacity 0-6).
+SEVERITY_INPUTS: tuple[str, ...] = ("geographic_extent_total", "opacity_total")
+# The classifier's inputs, in this order.
+FEATURES: tuple[str, ...] = OPACITY_FEATURES + SEVERITY_INPUTS
+# Columns of FEATURES taken on a log scale: all but the two shape measures.
+LOGGED: tuple[int, ...] = tuple(
+    i for i, f in enumerate(FEATURES) if f not in ("peripheral_minus_central", "zones_involved")
 )
 
 
@@ -52,12 +64,12 @@ def _zones(lung: np.ndarray) -> list[np.ndarray]:
 
 
 def opacity_features(opac: np.ndarray, lungs: np.ndarray) -> np.ndarray:
-    """:data:`FEATURES` of one image from LungNet's opacity map (H, W) and cleaned lungs (2, H, W)."""
+    """:data:`OPACITY_FEATURES` of one image from LungNet's opacity map (H, W) and cleaned lungs (2, H, W)."""
     opac = np.asarray(opac, np.float32)
     lungs = np.asarray(lungs, bool)
     union: np.ndarray = np.asarray(lungs.any(0))
     if union.sum() < 20:
-        return np.zeros(len(FEATURES), np.float32)
+        return np.zeros(len(OPACITY_FEATURES), np.float32)
     per_lung, lower, upper, zone_means, periph = [], [], [], [], []
     for lung in lungs:
         if lung.sum() < 20:
@@ -86,15 +98,24 @@ def opacity_features(opac: np.ndarray, lungs: np.ndarray) -> np.ndarray:
     return np.asarray(feats, np.float32)
 
 
+def classifier_inputs(opacity: np.ndarray, extent: np.ndarray, opacity_score: np.ndarray) -> np.ndarray:
+    """:data:`FEATURES` (N, 10): the opacity features (N, 8) and the severity totals (N,) each."""
+    return np.c_[np.atleast_2d(opacity), np.ravel(extent), np.ravel(opacity_score)].astype(np.float64)
+
+
 def transform(feats: np.ndarray) -> np.ndarray:
-    """The classifier's design matrix: involvement measures on a log scale (skewed towards 0)."""
+    """The classifier's design matrix: the involvement measures and the severity totals on a log
+    scale (``log(x + 0.01)``, :data:`LOGGED`; all are skewed towards 0). Works on the eight
+    :data:`OPACITY_FEATURES` alone too (the columns they share)."""
     x = np.asarray(feats, np.float64).copy()
-    x[..., :6] = np.log(np.clip(x[..., :6], 0.0, None) + 0.01)
+    cols = [c for c in LOGGED if c < x.shape[-1]]
+    x[..., cols] = np.log(np.clip(x[..., cols], 0.0, None) + 0.01)
     return x
 
 
 class OpacityClassifier:
-    """Multinomial logistic regression on :data:`FEATURES` (coefficients stored as JSON).
+    """Multinomial logistic regression on :data:`FEATURES` (coefficients stored as JSON):
+    the opacity inside the lungs and the severity totals.
 
     ``p = softmax(((transform(f) - mean) / scale) @ coef.T + intercept) / temperature)``.
     """
@@ -129,9 +150,10 @@ class OpacityClassifier:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "kind": "multinomial logistic regression on lung-restricted opacity",
+            "kind": "multinomial logistic regression on lung-restricted opacity and the severity totals",
             "features": list(self.features),
-            "transform": "log(x + 0.01) on the first six features, then (x - mean) / scale",
+            "transform": "log(max(x, 0) + 0.01) on all features but peripheral_minus_central and "
+            "zones_involved, then (x - mean) / scale",
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
             "coef": self.coef.tolist(),

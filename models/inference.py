@@ -97,8 +97,8 @@ class Analyzer:
         Masks and heatmap are returned at the input image's resolution. The 256-px square goes
         through :func:`models.evidence.resolution_chain` (as every training image did); the lung
         outline is LungNet's, refined (:func:`models.quality.refine_lungs`) and checked
-        (``result.quality``); the class is read off the opacity inside those lungs
-        (:class:`models.evidence.OpacityClassifier`), and the heatmap explains that evidence,
+        (``result.quality``); the class is read off the opacity inside those lungs and the
+        severity totals (:class:`models.evidence.OpacityClassifier`), and the heatmap explains that evidence,
         inside the lungs (:func:`models.explain.explain_lungs`).
         """
         return self.analyze_batch([loaded], heatmap=heatmap)[0]
@@ -110,8 +110,8 @@ class Analyzer:
         image. The models are in eval mode (batch norm uses its running
         statistics), so each image's result does not depend on the others;
         Grad-CAM runs per image. ``timings_s`` holds each image's share.
-        Stages: prepare -> segment (and the quality check) -> classify -> severity
-        (and the retrieval embedding) -> heatmaps -> results.
+        Stages: prepare -> segment (and the quality check) -> severity (and the retrieval
+        embedding) -> classify -> heatmaps -> results.
         """
         from models.explain import METHODS
 
@@ -124,10 +124,10 @@ class Analyzer:
             batch = self._prepare(images)
         with _stage(timings, "segmentation"):  # and the quality check
             self._segment(batch)
-        with _stage(timings, "classification"):
-            self._classify(batch)
         with _stage(timings, "severity"):  # and the retrieval embedding
             self._severity(batch)
+        with _stage(timings, "classification"):  # reads the severity totals too
+            self._classify(batch)
         with _stage(timings, "heatmap"):
             self._heatmaps(batch, heatmap)
         return self._results(batch, heatmap, timings)
@@ -167,12 +167,16 @@ class Analyzer:
         b.checks = [check(b.img8[i], lungs[i], boxes[i], confidence[i], turned[i]) for i in range(b.n)]
 
     def _classify(self, b: _Batch) -> None:
-        """Class probabilities from the opacity measured inside the lungs."""
-        from models.evidence import opacity_features
+        """Class probabilities from the opacity measured inside the lungs and the severity totals."""
+        from models.evidence import classifier_inputs, opacity_features
         from models.networks import OPACITY
 
         opac = b.net_out["maps"][:, OPACITY]
-        b.features = np.stack([opacity_features(opac[i], b.lungs[i]) for i in range(b.n)])
+        b.features = classifier_inputs(
+            np.stack([opacity_features(opac[i], b.lungs[i]) for i in range(b.n)]),
+            np.array([s.geographic_extent for s in b.severities]),
+            np.array([s.opacity for s in b.severities]),
+        )
         b.probs = self.model("classification").predict_proba(b.features)
 
     def _severity(self, b: _Batch) -> None:

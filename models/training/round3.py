@@ -12,6 +12,12 @@ Split rules:
 - **Patient groups** (:mod:`models.training.sources`): ids where they exist, merged with
   256-bit difference-hash near-duplicates (<= 12 bits) across every folder.
 - **Source probe**: 5-fold ``StratifiedGroupKFold`` over patient groups.
+- **Severity inputs**: the classifier also reads the severity ridge's totals. For every
+  number here they come from a ridge refitted without the image's patient group
+  (:func:`out_of_group_severity`: 5 folds over the groups), so no image is scored by a ridge
+  fitted on its own patient's radiologist scores (the 234 scored images are cxr-collection's,
+  some of hannover's patients among them). The shipped classifier is fitted on those same
+  out-of-group totals, as the node will see them on a new patient.
 - **Triage**: the ``auto`` threshold for a held-out source is set on predictions for the
   other sources made by models that saw neither that source nor the predicted one (nested
   leave-one-source-out), then applied to the held-out source.
@@ -29,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from models.evidence import FEATURES, OpacityClassifier, transform
+from models.evidence import FEATURES, OpacityClassifier, classifier_inputs, transform
 from models.result import CLASSES
 from models.training.sources import DEFAULT_DATA, SOURCES, dhash, hash_groups, index
 
@@ -38,14 +44,16 @@ logger = logging.getLogger(__name__)
 PROTOCOL = (
     "leave one source out (7 sources): trained on the patient groups with no image in the held-out "
     "source, tested on it; groups: ids where they exist + 256-bit dHash near-duplicates (<= 12 bits); "
-    "temperature fitted on the out-of-source logits"
+    "temperature fitted on the out-of-source logits; severity totals (classifier inputs, triage, "
+    "ICU check) from a ridge refitted without the image's patient group"
 )
 NORMAL, OTHER, PNEUMONIA, COVID = (CLASSES.index(c) for c in CLASSES)
 TARGET_SENSITIVITY = 0.97  # the auto threshold's sensitivity on the sources it is fitted on
-VERSION = "3.1.0"  # the classifier on lung-net@3.0.0
+VERSION = "3.2.0"  # on lung-net@3.0.0, with the severity totals as inputs
 EXTENT_URGENT = 4.0
 MIN_CELL = 20  # source x class cells smaller than this weigh as if they had this many images
 C_REG = 1.0
+MIN_SCORED = 20  # fewer scored training images than this: the released ridge instead (smoke runs)
 
 
 def sample_weights(y: np.ndarray, src: np.ndarray) -> np.ndarray:
@@ -72,6 +80,43 @@ def fit(x: np.ndarray, y: np.ndarray, src: np.ndarray, c: float = C_REG) -> Opac
     for k, cls in enumerate(lr.classes_):
         coef[cls], inter[cls] = lr.coef_[k], lr.intercept_[k]
     return OpacityClassifier(mean, scale, coef, inter)
+
+
+def out_of_group_severity(
+    sev_feats: np.ndarray,
+    targets: dict[str, np.ndarray],
+    groups: np.ndarray,
+    released: Any,
+    folds: int = 5,
+) -> tuple[dict[str, np.ndarray], str]:
+    """Severity totals of every image from a :class:`models.severity.LungRidge` that never saw
+    the image's patient group: the groups are split into ``folds``, and each fold is scored by a
+    ridge refitted on the scored images (``targets``: NaN where unscored) of the other folds.
+    Where a fold has fewer than :data:`MIN_SCORED` scored training images (a smoke run), the
+    ``released`` ridge scores it instead. Returns the totals and how they were made."""
+    from sklearn.model_selection import GroupKFold
+
+    from models.severity import LungRidge
+
+    scored = ~np.isnan(targets["geographic_extent"])
+    totals = {k: np.zeros(len(groups)) for k in targets}
+    refits = 0
+    for _, test in GroupKFold(min(folds, len(np.unique(groups)))).split(groups, groups=groups):
+        train = scored & ~np.isin(groups, np.unique(groups[test]))
+        if train.sum() >= MIN_SCORED:
+            ridge = LungRidge.fit(sev_feats[train], {k: v[train] for k, v in targets.items()})
+            refits += 1
+        else:
+            ridge = released
+        pred = ridge.predict(sev_feats[test])
+        for k in targets:
+            totals[k][test] = pred[k]["total"]
+    how = (
+        f"ridge refitted without the image's patient group ({folds} group folds)"
+        if refits == folds
+        else f"released ridge on {folds - refits} of {folds} folds (too few scored images)"
+    )
+    return totals, how
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
@@ -292,13 +337,18 @@ def main(
     labelled = y >= 0
     hashes = np.stack([dhash(im) for im in arrays["image"]])
     groups = hash_groups([[r.patient] + ([r.link] if r.link else []) for r in recs], hashes)
-    x = arrays["features"].astype(np.float64)
     boxes = arrays["box"]
     qc = [check(arrays["image"][i], arrays["lungs"][i], _box(boxes[i])) for i in range(len(y))]
     assessable = np.array([q.assessable for q in qc])
     found = np.array([q.lungs_found for q in qc])
-    sev = load_ridge(weights_dir, load_registry(registry)).predict(arrays["severity_features"])
-    extent = sev["geographic_extent"]["total"]
+    targets = {
+        "geographic_extent": np.array([r.extent for r in recs], float),
+        "opacity": np.array([r.opacity for r in recs], float),
+    }
+    released = load_ridge(weights_dir, load_registry(registry))
+    sev, sev_how = out_of_group_severity(arrays["severity_features"], targets, groups, released)
+    extent = sev["geographic_extent"]
+    x = classifier_inputs(arrays["features"], extent, sev["opacity"])
     report: dict[str, Any] = {
         "task": "classification",
         "protocol": PROTOCOL,
@@ -306,6 +356,7 @@ def main(
         "labelled": {s: {CLASSES[c]: int(((src == s) & (y == c)).sum()) for c in range(4)} for s in SOURCES},
         "groups": {"n_groups": int(len(np.unique(groups))), "n_images": int(len(groups))},
         "features": list(FEATURES),
+        "severity_inputs": sev_how,
     }
     cross = sum(len(set(src[groups == g])) > 1 for g in np.unique(groups))
     report["groups"]["groups_spanning_sources"] = int(cross)
@@ -316,11 +367,12 @@ def main(
     p = softmax(logits, temperature)
     report["temperature"] = round(temperature, 4)
     report["leave_one_source_out"] = loso_matrix(p, y, src, labelled)
-    # extent alone, the issue's reference point (no training: the shipped ridge)
+    # extent alone, the issue's reference point (no class training: the out-of-group ridge)
     report["extent_only"] = loso_matrix(np.stack([-extent, extent, extent, extent], 1), y, src, labelled)
     report["source_probe"] = {
         "classifier_inputs_and_outputs": source_probe(np.c_[transform(x), p], src, groups, seed),
-        "note": "7 sources; inputs: the 8 features and the 4 out-of-source probabilities; all images",
+        "note": f"7 sources; inputs: the {len(FEATURES)} features and the 4 out-of-source probabilities; "
+        "all images",
     }
     report["quality"] = quality_table(qc, y, src, labelled)
     report["hannover_icu"] = hannover_icu(data, arrays["files"], extent)
@@ -446,8 +498,9 @@ def release(
             "data": "every labelled image of the seven sources (CPU budget: every 4th covid-radiography and "
             "every 3rd NIH image, in file order), "
             "after one resolution chain (256 -> 224 -> 256); features: LungNet's opacity inside the "
-            "refined lungs; class- and source-balanced weights",
-            "previous": "opacity-classifier@3.0.0 (on lung-net@2.0.0); crop-classifier@2.0.0 (removed)",
+            "refined lungs and the severity ridge's two totals (each image's from a ridge refitted "
+            "without its patient group); class- and source-balanced weights",
+            "previous": "opacity-classifier@3.1.0 (the 8 opacity features only); 3.0.0 (on lung-net@2.0.0)",
         },
         "metrics": report,
     }

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from models.evidence import transform
+from models.evidence import classifier_inputs, transform
 from models.training.round3 import (
     COVID,
     auc,
     fit,
     loso_matrix,
+    out_of_group_severity,
     sample_weights,
     softmax,
     source_probe,
@@ -38,15 +39,24 @@ def _lr(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray],
 
 def _lr_raw(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """Logistic regression on standardised extra columns appended to the eight features."""
+
+    def design(q: np.ndarray) -> np.ndarray:
+        return np.c_[transform(q[:, :8]), q[:, 8:]]
+
+    predict = _lr_plain(design(x), y, src)
+    return lambda q: predict(design(q))
+
+
+def _lr_plain(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Logistic regression on the standardised columns as given."""
     from sklearn.linear_model import LogisticRegression
 
-    z = np.c_[transform(x[:, :8]), x[:, 8:]]
-    mean, scale = z.mean(0), z.std(0) + 1e-6
-    lr = LogisticRegression(max_iter=3000).fit((z - mean) / scale, y, sample_weight=sample_weights(y, src))
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    lr = LogisticRegression(max_iter=3000).fit((x - mean) / scale, y, sample_weight=sample_weights(y, src))
 
     def predict(q: np.ndarray) -> np.ndarray:
         out = np.zeros((len(q), 4))
-        out[:, lr.classes_] = lr.predict_proba((np.c_[transform(q[:, :8]), q[:, 8:]] - mean) / scale)
+        out[:, lr.classes_] = lr.predict_proba((q - mean) / scale)
         return out
 
     return predict
@@ -76,16 +86,9 @@ def run(x: np.ndarray, y: np.ndarray, src: np.ndarray, groups: np.ndarray, fitte
         test = src == s
         train = labelled & ~np.isin(groups, np.unique(groups[test]))
         p[test] = fitter(x[train], y[train], src[train])(x[test])
-    matrix = loso_matrix(p, y, src, labelled)
-    cov = [v["covid19_vs_all_normals"] for v in matrix.values() if "covid19_vs_all_normals" in v]
-    ab = [v["abnormal_vs_normal"] for v in matrix.values() if "abnormal_vs_normal" in v]
-    probe = source_probe(np.c_[x, p], src, groups)["linear"]
     return {
-        "min_covid19_vs_normal": min(cov),
-        "min_abnormal_vs_normal": min(ab),
-        "covid19_vs_normal": [round(v, 3) for v in cov],
-        "abnormal_vs_normal": [round(v, 3) for v in ab],
-        "probe_linear": probe,
+        **_scores_only(p, y, src),
+        "probe_linear": source_probe(np.c_[x, p], src, groups)["linear"],
         "covid19_vs_normal_pooled": auc(p[labelled & (y == COVID), COVID], p[labelled & (y == 0), COVID]),
     }
 
@@ -93,8 +96,9 @@ def run(x: np.ndarray, y: np.ndarray, src: np.ndarray, groups: np.ndarray, fitte
 def main(
     cache: Path, data: Path, weights_dir: Path | None = None, registry: Path | None = None
 ) -> dict[str, Any]:
-    """Each variant on ``cache`` (made with the LungNet of ``registry``, whose severity ridge
-    gives variant C's scores; default: the shipped ones)."""
+    """Each variant on ``cache`` (made with the LungNet of ``registry``; default: the shipped
+    one). The severity totals of C and E are refitted without each image's patient group
+    (:func:`models.training.round3.out_of_group_severity`), as in round 3."""
     from models.registry import load_registry, load_ridge
     from models.training.extract import load
 
@@ -106,13 +110,35 @@ def main(
     hashes = np.stack([dhash(im) for im in arrays["image"]])
     groups = hash_groups([[r.patient] + ([r.link] if r.link else []) for r in recs], hashes)
     feats = arrays["features"].astype(np.float64)
-    sev = load_ridge(weights_dir, load_registry(registry)).predict(arrays["severity_features"])
-    scores = np.c_[sev["geographic_extent"]["total"], sev["opacity"]["total"]]
+    targets = {
+        "geographic_extent": np.array([r.extent for r in recs], float),
+        "opacity": np.array([r.opacity for r in recs], float),
+    }
+    released = load_ridge(weights_dir, load_registry(registry))
+    sev, _ = out_of_group_severity(arrays["severity_features"], targets, groups, released)
+    with_sev = classifier_inputs(feats, sev["geographic_extent"], sev["opacity"])
+    extent = sev["geographic_extent"]
     return {
-        "A: logistic regression, 8 opacity features (shipped)": run(feats, y, src, groups, _lr),
+        "A: logistic regression, 8 opacity features (3.1.0)": run(feats, y, src, groups, _lr),
         "B: boosted trees, 8 opacity features": run(feats, y, src, groups, _trees),
-        "C: A + severity extent and opacity": run(np.c_[feats, scores], y, src, groups, _lr_raw),
+        "C: A + severity extent and opacity totals (shipped, 3.2.0)": run(with_sev, y, src, groups, _lr),
         "D: A + LungNet class logits": run(np.c_[feats, arrays["logits"]], y, src, groups, _lr_raw),
+        "E: severity totals alone (log)": run(transform(with_sev)[:, 8:], y, src, groups, _lr_plain),
+        "extent alone, no classifier": _scores_only(np.stack([-extent, extent, extent, extent], 1), y, src),
+    }
+
+
+def _scores_only(p: np.ndarray, y: np.ndarray, src: np.ndarray) -> dict[str, Any]:
+    """The AUCs of a fixed score (no training): the reference the classifiers are held to."""
+    labelled = y >= 0
+    matrix = loso_matrix(p, y, src, labelled)
+    cov = [v["covid19_vs_all_normals"] for v in matrix.values() if "covid19_vs_all_normals" in v]
+    ab = [v["abnormal_vs_normal"] for v in matrix.values() if "abnormal_vs_normal" in v]
+    return {
+        "min_covid19_vs_normal": min(cov),
+        "min_abnormal_vs_normal": min(ab),
+        "covid19_vs_normal": [round(v, 3) for v in cov],
+        "abnormal_vs_normal": [round(v, 3) for v in ab],
     }
 
 
