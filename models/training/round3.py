@@ -100,8 +100,8 @@ def out_of_group_severity(
 
     scored = ~np.isnan(targets["geographic_extent"])
     totals = {k: np.zeros(len(groups)) for k in targets}
-    refits = 0
-    for _, test in GroupKFold(min(folds, len(np.unique(groups)))).split(groups, groups=groups):
+    refits, folds = 0, min(folds, len(np.unique(groups)))
+    for _, test in GroupKFold(folds).split(groups, groups=groups):
         train = scored & ~np.isin(groups, np.unique(groups[test]))
         if train.sum() >= MIN_SCORED:
             ridge = LungRidge.fit(sev_feats[train], {k: v[train] for k, v in targets.items()})
@@ -117,6 +117,31 @@ def out_of_group_severity(
         else f"released ridge on {folds - refits} of {folds} folds (too few scored images)"
     )
     return totals, how
+
+
+def severity_inputs(
+    arrays: dict[str, np.ndarray],
+    recs: list[Any],
+    groups: np.ndarray,
+    weights_dir: Path | None = None,
+    registry: Path | None = None,
+) -> tuple[dict[str, np.ndarray], str]:
+    """:func:`out_of_group_severity` on the cache's severity features, with the radiologists'
+    scores of ``recs`` (NaN where unscored) and the ridge released in ``registry`` for folds
+    with too few scored images."""
+    from models.registry import load_registry, load_ridge
+
+    targets = {
+        "geographic_extent": np.array([r.extent for r in recs], float),
+        "opacity": np.array([r.opacity for r in recs], float),
+    }
+    released = load_ridge(weights_dir, load_registry(registry))
+    return out_of_group_severity(arrays["severity_features"], targets, groups, released)
+
+
+def extent_scores(extent: np.ndarray) -> np.ndarray:
+    """The extent as a fixed score for :func:`loso_matrix`: minus for normal, plus for the rest."""
+    return np.stack([-extent, extent, extent, extent], 1)
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
@@ -325,7 +350,6 @@ def main(
     """Choose and measure the classifier on ``cache`` (:mod:`models.training.extract`); with
     ``ship``, write it to ``weights_dir`` and register it in ``registry`` (default: the package's)."""
     from models.quality import check
-    from models.registry import load_registry, load_ridge
     from models.training.extract import load
 
     out.mkdir(parents=True, exist_ok=True)
@@ -341,12 +365,7 @@ def main(
     qc = [check(arrays["image"][i], arrays["lungs"][i], _box(boxes[i])) for i in range(len(y))]
     assessable = np.array([q.assessable for q in qc])
     found = np.array([q.lungs_found for q in qc])
-    targets = {
-        "geographic_extent": np.array([r.extent for r in recs], float),
-        "opacity": np.array([r.opacity for r in recs], float),
-    }
-    released = load_ridge(weights_dir, load_registry(registry))
-    sev, sev_how = out_of_group_severity(arrays["severity_features"], targets, groups, released)
+    sev, sev_how = severity_inputs(arrays, recs, groups, weights_dir, registry)
     extent = sev["geographic_extent"]
     x = classifier_inputs(arrays["features"], extent, sev["opacity"])
     report: dict[str, Any] = {
@@ -368,7 +387,7 @@ def main(
     report["temperature"] = round(temperature, 4)
     report["leave_one_source_out"] = loso_matrix(p, y, src, labelled)
     # extent alone, the issue's reference point (no class training: the out-of-group ridge)
-    report["extent_only"] = loso_matrix(np.stack([-extent, extent, extent, extent], 1), y, src, labelled)
+    report["extent_only"] = loso_matrix(extent_scores(extent), y, src, labelled)
     report["source_probe"] = {
         "classifier_inputs_and_outputs": source_probe(np.c_[transform(x), p], src, groups, seed),
         "note": f"7 sources; inputs: the {len(FEATURES)} features and the 4 out-of-source probabilities; "

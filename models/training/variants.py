@@ -20,10 +20,11 @@ from models.evidence import classifier_inputs, transform
 from models.training.round3 import (
     COVID,
     auc,
+    extent_scores,
     fit,
     loso_matrix,
-    out_of_group_severity,
     sample_weights,
+    severity_inputs,
     softmax,
     source_probe,
 )
@@ -98,8 +99,7 @@ def main(
 ) -> dict[str, Any]:
     """Each variant on ``cache`` (made with the LungNet of ``registry``; default: the shipped
     one). The severity totals of C and E are refitted without each image's patient group
-    (:func:`models.training.round3.out_of_group_severity`), as in round 3."""
-    from models.registry import load_registry, load_ridge
+    (:func:`models.training.round3.severity_inputs`), as in round 3."""
     from models.training.extract import load
 
     arrays = load(cache, images=True)
@@ -110,12 +110,7 @@ def main(
     hashes = np.stack([dhash(im) for im in arrays["image"]])
     groups = hash_groups([[r.patient] + ([r.link] if r.link else []) for r in recs], hashes)
     feats = arrays["features"].astype(np.float64)
-    targets = {
-        "geographic_extent": np.array([r.extent for r in recs], float),
-        "opacity": np.array([r.opacity for r in recs], float),
-    }
-    released = load_ridge(weights_dir, load_registry(registry))
-    sev, _ = out_of_group_severity(arrays["severity_features"], targets, groups, released)
+    sev, _ = severity_inputs(arrays, recs, groups, weights_dir, registry)
     with_sev = classifier_inputs(feats, sev["geographic_extent"], sev["opacity"])
     extent = sev["geographic_extent"]
     return {
@@ -124,7 +119,7 @@ def main(
         "C: A + severity extent and opacity totals (shipped, 3.2.0)": run(with_sev, y, src, groups, _lr),
         "D: A + LungNet class logits": run(np.c_[feats, arrays["logits"]], y, src, groups, _lr_raw),
         "E: severity totals alone (log)": run(transform(with_sev)[:, 8:], y, src, groups, _lr_plain),
-        "extent alone, no classifier": _scores_only(np.stack([-extent, extent, extent, extent], 1), y, src),
+        "extent alone, no classifier": _scores_only(extent_scores(extent), y, src),
     }
 
 
