@@ -272,8 +272,9 @@ class Ingest:
             logger.info("SOP instance %s already recorded", sop_instance_uid)
 
     # Start-up sweep -------------------------------------------------------------------
-    def sweep(self) -> int:
-        """Queue every stored instance whose analysis is not under way.
+    def sweep(self, at_start: bool = False) -> int:
+        """Queue every stored instance whose analysis is not under way; ``at_start`` (before
+        the SCP listens), also remove the partial writes a crash left in the spool.
 
         Covers a crash between the spool write and the queue, a broker that was
         down, files whose database row was never written, and jobs whose
@@ -282,8 +283,12 @@ class Ingest:
         queued or running for longer than ``stale_job_seconds``; tasks are
         idempotent, so a late original costs time, not correctness.
         Returns the count queued.
+
+        Partial writes are removed only at start: while the SCP runs, ``tmp/`` holds the
+        writes of associations in progress, which a periodic sweep must not pull from
+        under them.
         """
-        removed = self.spool.clean_tmp()
+        removed = self.spool.clean_tmp() if at_start else 0
         stale_before = utcnow() - timedelta(seconds=self.settings.stale_job_seconds)
         with session_scope() as session:
             known = {

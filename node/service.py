@@ -48,7 +48,7 @@ class Node:
         audit.record(EventKind.NODE_STARTED, Outcome.INFO, f"AE {self.settings.ae_title}")
         self.ingest.spool.ensure()
         stop_orphan_worker(self.worker_pid_file)  # before the sweep queues anything it could take
-        requeued = self.ingest.sweep()
+        requeued = self.ingest.sweep(at_start=True)  # before the SCP listens
         if requeued:
             logger.info("start-up sweep re-queued %d instance(s)", requeued)
         self.address = self.scp.start()

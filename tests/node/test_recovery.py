@@ -71,6 +71,20 @@ def test_unqueued_spool_files_are_queued_on_start(node_config, cr_chest: Path) -
     assert len(queued_messages(node_config)) == 2
 
 
+def test_periodic_sweep_leaves_writes_in_progress_alone(node_config) -> None:
+    """The sweep that runs beside the SCP must not delete an association's partial write
+    (found as a failed C-STORE when the sweep ran every 2 s during a burst)."""
+    upgrade()
+    ingest = Ingest(node_config)
+    ingest.spool.ensure()
+    in_progress = ingest.spool.tmp_dir / "writing.part"
+    in_progress.write_bytes(b"half of an instance")
+    ingest.sweep()
+    assert in_progress.exists()
+    ingest.sweep(at_start=True)  # a crash's leftovers, before the SCP listens
+    assert not in_progress.exists()
+
+
 def test_broker_down_keeps_instance_for_the_sweep(node_config, cr_chest: Path) -> None:
     from node.scu import send_datasets
     from node.settings import Destination, configure
