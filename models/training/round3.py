@@ -37,7 +37,7 @@ import numpy as np
 
 from models.evidence import FEATURES, OpacityClassifier, classifier_inputs, transform
 from models.result import CLASSES
-from models.training.sources import DEFAULT_DATA, SOURCES, dhash, hash_groups, index
+from models.training.sources import DEFAULT_DATA, SOURCES, Item, dhash, hash_groups, index
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,21 @@ def out_of_group_severity(
         else f"released ridge on {folds - refits} of {folds} folds (too few scored images)"
     )
     return totals, how
+
+
+def load_grouped(
+    cache: Path, data: Path
+) -> tuple[dict[str, np.ndarray], list[Item], np.ndarray, np.ndarray, np.ndarray]:
+    """The cache of :mod:`models.training.extract` with its images decoded, each image's
+    :class:`~models.training.sources.Item`, class (-1: unused), source and patient group."""
+    from models.training.extract import load
+
+    arrays = load(cache, images=True)
+    items = {it.file: it for it in index(data)}
+    recs = [items[str(f)] for f in arrays["files"]]
+    hashes = np.stack([dhash(im) for im in arrays["image"]])
+    groups = hash_groups([[r.patient] + ([r.link] if r.link else []) for r in recs], hashes)
+    return arrays, recs, np.array([r.label for r in recs]), np.array([r.source for r in recs]), groups
 
 
 def severity_inputs(
@@ -350,17 +365,10 @@ def main(
     """Choose and measure the classifier on ``cache`` (:mod:`models.training.extract`); with
     ``ship``, write it to ``weights_dir`` and register it in ``registry`` (default: the package's)."""
     from models.quality import check
-    from models.training.extract import load
 
     out.mkdir(parents=True, exist_ok=True)
-    arrays = load(cache, images=True)
-    items = {it.file: it for it in index(data)}
-    recs = [items[str(f)] for f in arrays["files"]]
-    y = np.array([r.label for r in recs])
-    src = np.array([r.source for r in recs])
+    arrays, recs, y, src, groups = load_grouped(cache, data)
     labelled = y >= 0
-    hashes = np.stack([dhash(im) for im in arrays["image"]])
-    groups = hash_groups([[r.patient] + ([r.link] if r.link else []) for r in recs], hashes)
     boxes = arrays["box"]
     qc = [check(arrays["image"][i], arrays["lungs"][i], _box(boxes[i])) for i in range(len(y))]
     assessable = np.array([q.assessable for q in qc])

@@ -22,13 +22,14 @@ from models.training.round3 import (
     auc,
     extent_scores,
     fit,
+    load_grouped,
     loso_matrix,
     sample_weights,
     severity_inputs,
     softmax,
     source_probe,
 )
-from models.training.sources import DEFAULT_DATA, SOURCES, dhash, hash_groups, index
+from models.training.sources import DEFAULT_DATA, SOURCES
 
 Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
 
@@ -100,15 +101,7 @@ def main(
     """Each variant on ``cache`` (made with the LungNet of ``registry``; default: the shipped
     one). The severity totals of C and E are refitted without each image's patient group
     (:func:`models.training.round3.severity_inputs`), as in round 3."""
-    from models.training.extract import load
-
-    arrays = load(cache, images=True)
-    items = {it.file: it for it in index(data)}
-    recs = [items[str(f)] for f in arrays["files"]]
-    y = np.array([r.label for r in recs])
-    src = np.array([r.source for r in recs])
-    hashes = np.stack([dhash(im) for im in arrays["image"]])
-    groups = hash_groups([[r.patient] + ([r.link] if r.link else []) for r in recs], hashes)
+    arrays, recs, y, src, groups = load_grouped(cache, data)
     feats = arrays["features"].astype(np.float64)
     sev, _ = severity_inputs(arrays, recs, groups, weights_dir, registry)
     with_sev = classifier_inputs(feats, sev["geographic_extent"], sev["opacity"])
