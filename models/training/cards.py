@@ -244,7 +244,13 @@ urgent on every held-out normal source; its probe is higher. E (the two totals a
 better worst case for COVID-19, but nothing to tell the three abnormal classes apart by pattern
 and an out-of-source ECE of 0.14 (C: 0.08): not shipped. "Extent alone" is the severity extent as
 the score, no class training: it still ranks COVID-19 above other hospitals' normals better than
-any classifier here, but cannot name a class. D looks strong on NIH and the NLM sources only
+any classifier here, but cannot name a class. F adds five measures of the outline's shape
+(left/right area, solidity, height/width, the gap between the lungs low down, as a proxy for the
+heart's width): it gains 0.01-0.02 on cxr-collection, hannover and covid-cxnet, loses 0.05 on
+covid-radiography (both columns) and Shenzhen and a little on NIH and Montgomery, and its probe
+rises (a likely reason, not measured: the outline's shape tells the projection, portable AP or
+PA, more than the disease); not shipped. G weighs up the source x class cells it fits worst (group
+DRO, 15 rounds); every worst case falls, and the probe rises; not shipped. D looks strong on NIH and the NLM sources only
 because LungNet's class head was trained on their labels (not out of source). The variants are
 compared before temperature scaling, so C's row differs from the table above in the third decimal.
 """

@@ -3,7 +3,10 @@
 Same cache, groups and split rules as :mod:`models.training.round3`; each variant is scored by
 its leave-one-source-out AUCs and a linear source probe on its inputs and outputs.
 
-    python -m models.training.variants --cache CACHE [--weights DIR --registry FILE]
+    python -m models.training.variants --cache CACHE [--weights DIR --registry FILE] [--record]
+
+``--record`` writes the table into the registry's classification entry
+(``metrics.model_selection``), where the classification card reads it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from models.evidence import classifier_inputs, transform
+from models.evidence import FEATURES, classifier_inputs, transform
 from models.training.round3 import (
+    C_REG,
     COVID,
     auc,
     extent_scores,
@@ -81,6 +85,83 @@ def _trees(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarra
     return predict
 
 
+def _lr_extra(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Logistic regression on C's design (:data:`FEATURES`, logged) and extra columns as given."""
+    n = len(FEATURES)
+
+    def design(q: np.ndarray) -> np.ndarray:
+        return np.c_[transform(q[:, :n]), q[:, n:]]
+
+    predict = _lr_plain(design(x), y, src)
+    return lambda q: predict(design(q))
+
+
+def _group_dro(eta: float, rounds: int = 15) -> Fitter:
+    """C's logistic regression with group DRO over the source x class cells (Sagawa et al. 2020,
+    as sample weights): after each fit, every cell's weight is multiplied by
+    ``exp(eta * its mean log loss)`` and the model refitted, so the worst cells count most."""
+
+    def fitter(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        from sklearn.linear_model import LogisticRegression
+
+        z = transform(x)
+        mean, scale = z.mean(0), z.std(0) + 1e-6
+        z = (z - mean) / scale
+        base = sample_weights(y, src)
+        cells = [(src == s) & (y == c) for s in np.unique(src) for c in np.unique(y)]
+        cells = [m for m in cells if m.any()]
+        q = np.full(len(cells), 1.0 / len(cells))
+        for _ in range(rounds):
+            w = base.copy()
+            for k, m in enumerate(cells):
+                w[m] *= q[k] * len(cells)
+            lr = LogisticRegression(C=C_REG, max_iter=2000).fit(z, y, sample_weight=w)
+            nll = -np.log(lr.predict_proba(z)[np.arange(len(y)), np.searchsorted(lr.classes_, y)] + 1e-12)
+            q = q * np.exp(eta * np.array([nll[m].mean() for m in cells]))
+            q /= q.sum()
+
+        def predict(qx: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(qx), 4))
+            out[:, lr.classes_] = lr.predict_proba((transform(qx) - mean) / scale)
+            return out
+
+        return predict
+
+    return fitter
+
+
+def lung_shape(lungs: np.ndarray) -> np.ndarray:
+    """Five measures of the outline (no opacity) of one image's cleaned lungs (2, H, W):
+    log(smaller / larger lung area), the lower and the mean of the two lungs' solidity (area /
+    convex hull), log(height / width) of both lungs together, and the widest gap between the
+    lungs in their lower 40 % as a share of the width across them (a cardiothoracic-ratio proxy)."""
+    from skimage.morphology import convex_hull_image
+
+    lungs = np.asarray(lungs, bool)
+    areas = lungs.sum((1, 2)).astype(float)
+    if areas.min() < 50:
+        return np.zeros(5)
+    union: np.ndarray = np.asarray(lungs.any(0))
+    rows, cols = np.nonzero(union.any(1))[0], np.nonzero(union.any(0))[0]
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    solidity = [float(lung.sum() / max(convex_hull_image(lung).sum(), 1)) for lung in lungs]
+    gaps = []
+    for r in range(rows[0] + int(0.6 * height), rows[-1] + 1):
+        a, b = np.nonzero(lungs[0, r])[0], np.nonzero(lungs[1, r])[0]
+        if len(a) and len(b):
+            left, right = (a, b) if a.mean() < b.mean() else (b, a)
+            gaps.append((right.min() - left.max() - 1) / (right.max() - left.min() + 1))
+    return np.array(
+        [
+            np.log(areas.min() / areas.max()),
+            min(solidity),
+            float(np.mean(solidity)),
+            np.log(height / width),
+            max(gaps) if gaps else 0.0,
+        ]
+    )
+
+
 def run(x: np.ndarray, y: np.ndarray, src: np.ndarray, groups: np.ndarray, fitter: Fitter) -> dict[str, Any]:
     labelled = y >= 0
     p = np.zeros((len(y), 4))
@@ -112,6 +193,10 @@ def main(
         "C: A + severity extent and opacity totals (shipped, 3.2.0)": run(with_sev, y, src, groups, _lr),
         "D: A + LungNet class logits": run(np.c_[feats, arrays["logits"]], y, src, groups, _lr_raw),
         "E: severity totals alone (log)": run(transform(with_sev)[:, 8:], y, src, groups, _lr_plain),
+        "F: C + lung shape (left/right area, solidity, height/width, gap between the lungs)": run(
+            np.c_[with_sev, np.stack([lung_shape(m) for m in arrays["lungs"]])], y, src, groups, _lr_extra
+        ),
+        "G: C with group DRO over source x class (eta 0.3)": run(with_sev, y, src, groups, _group_dro(0.3)),
         "extent alone, no classifier": _scores_only(extent_scores(extent), y, src),
     }
 
@@ -130,14 +215,37 @@ def _scores_only(p: np.ndarray, y: np.ndarray, src: np.ndarray) -> dict[str, Any
     }
 
 
+COMMAND = "python -m models.training.variants --cache CACHE (the cache of models.training.extract)"
+NOTE = (
+    "leave-one-source-out, same groups; COVID-19 vs every out-of-source normal (cxr-collection, "
+    "covid-radiography, hannover, covid-cxnet) and abnormal vs own normals (covid-radiography, NIH, "
+    "Montgomery, Shenzhen); linear source probe on the raw inputs and outputs; the severity totals of "
+    "C, E, F and G from a ridge refitted without each image's patient group"
+)
+
+
+def record(variants: dict[str, Any], registry: Path | None = None) -> None:
+    """Write the table into the classification entry's ``metrics.model_selection`` (every other
+    key and role kept)."""
+    from models.registry import entry, load_registry, update_registry
+
+    classification = entry("classification", load_registry(registry))
+    classification["metrics"]["model_selection"] = {"command": COMMAND, "note": NOTE, "variants": variants}
+    update_registry({"classification": classification}, registry)
+
+
 def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped)")
     p.add_argument("--registry", type=Path, default=None, help="registry (default: the shipped)")
+    p.add_argument("--record", action="store_true", help="write the table into the registry")
     a = p.parse_args()
-    print(json.dumps(main(a.cache, a.data, a.weights, a.registry), indent=1))
+    result = main(a.cache, a.data, a.weights, a.registry)
+    print(json.dumps(result, indent=1))
+    if a.record:
+        record(result, a.registry)
 
 
 if __name__ == "__main__":

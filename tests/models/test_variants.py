@@ -1,0 +1,66 @@
+"""Model selection's own pieces: the lung-shape measures, group DRO and the record it leaves in
+the registry (:mod:`models.training.variants`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from models.registry import REGISTRY_PATH, load_registry
+from models.training import variants
+
+
+def _lungs(right_width: int, left_width: int, gap: int) -> np.ndarray:
+    """Two rectangular lungs (rows 40-199) side by side, ``gap`` columns apart."""
+    lungs = np.zeros((2, 256, 256), bool)
+    lungs[0, 40:200, 30 : 30 + right_width] = True
+    start = 30 + right_width + gap
+    lungs[1, 40:200, start : start + left_width] = True
+    return lungs
+
+
+def test_lung_shape_of_two_rectangles() -> None:
+    ratio, low_solidity, mean_solidity, aspect, gap = variants.lung_shape(_lungs(80, 80, 40))
+    assert ratio == 0.0  # equal areas
+    assert low_solidity == mean_solidity == 1.0  # a rectangle is its own convex hull
+    assert np.isclose(aspect, np.log(160 / 200))
+    assert np.isclose(gap, 40 / 200)  # the gap over the width across both lungs
+
+
+def test_lung_shape_sees_a_small_lung_and_a_wide_heart() -> None:
+    small = variants.lung_shape(_lungs(80, 40, 40))
+    assert np.isclose(small[0], np.log(0.5))
+    wide = variants.lung_shape(_lungs(60, 60, 80))
+    assert wide[4] > variants.lung_shape(_lungs(60, 60, 40))[4]
+    assert not variants.lung_shape(np.zeros((2, 256, 256), bool)).any()  # no lungs: zeros, no error
+
+
+def test_group_dro_weighs_up_the_worst_cell() -> None:
+    """Two sources; source 1's normals look like source 0's COVID-19. Plain weighting gives up
+    on them; group DRO gives them more weight and so gets more of them right."""
+    rng = np.random.default_rng(0)
+    x0 = np.r_[rng.normal(0, 1, (200, 10)), rng.normal(2, 1, (200, 10))]
+    x1 = np.r_[rng.normal(1.6, 1, (60, 10)), rng.normal(3, 1, (200, 10))]
+    x = np.abs(np.r_[x0, x1])
+    y = np.r_[np.zeros(200), np.full(200, 3), np.zeros(60), np.full(200, 3)].astype(int)
+    src = np.r_[np.zeros(400), np.ones(260)].astype(str)
+    hard = (src == "1.0") & (y == 0)
+    plain = variants._group_dro(0.0)(x, y, src)(x)
+    dro = variants._group_dro(3.0)(x, y, src)(x)
+    assert (dro[hard].argmax(1) == 0).mean() > (plain[hard].argmax(1) == 0).mean()
+
+
+def test_record_writes_the_table_and_keeps_the_rest(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    shutil.copy(REGISTRY_PATH, registry)
+    before = load_registry(registry)
+    table = {"Z: a variant": {"covid19_vs_normal": [0.5], "abnormal_vs_normal": [0.5]}}
+    variants.record(table, registry)
+    after = load_registry(registry)
+    selection = after["models"]["classification"]["metrics"].pop("model_selection")
+    before["models"]["classification"]["metrics"].pop("model_selection", None)
+    assert selection["variants"] == table and selection["command"] == variants.COMMAND
+    assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
