@@ -8,9 +8,12 @@ atomically in the spool, record it, apply the routing rules and queue it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 
@@ -33,6 +36,33 @@ from node.spool import Spool, is_valid_uid
 logger = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
+
+
+class KeyedLocks:
+    """One lock per key, held only while someone uses it (no table that grows for ever)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._held.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._held[key]
+
+
+# Per SOP Instance UID, across the associations and the sweep of this process (the one SCP):
+# storing, recording and routing one instance is never interleaved with another copy of it.
+INSTANCE_LOCKS = KeyedLocks()
 
 
 @dataclass(frozen=True)
@@ -132,34 +162,50 @@ class Ingest:
                 f"Affected SOP Class UID {affected_sop_class_uid}"
             )
         uids = instance_uids(ds)
-        path, created = self.spool.store(sop_instance_uid, data)
-        elapsed_ms = (time.monotonic() - started) * 1000
-        if not created:
-            if not audit.record(
-                EventKind.INSTANCE_DUPLICATE,
-                Outcome.WARNING,
-                "already received; kept the stored copy",
-                calling_ae=calling_ae,
-                peer=peer,
-                duration_ms=elapsed_ms,
-                **uids,
-            ):
-                raise DatabaseUnavailableError(f"could not record duplicate SOP instance {sop_instance_uid}")
-            return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path, duplicate=True)
+        with INSTANCE_LOCKS.hold(sop_instance_uid):
+            # A second copy waits here until the first is recorded (or refused and removed),
+            # so it is never acknowledged as a duplicate of a file about to be taken back.
+            path, created = self.spool.store(sop_instance_uid, data)
+            elapsed_ms = (time.monotonic() - started) * 1000
+            if not created and self._recorded(sop_instance_uid):
+                if not audit.record(
+                    EventKind.INSTANCE_DUPLICATE,
+                    Outcome.WARNING,
+                    "already received; kept the stored copy",
+                    calling_ae=calling_ae,
+                    peer=peer,
+                    duration_ms=elapsed_ms,
+                    **uids,
+                ):
+                    raise DatabaseUnavailableError(
+                        f"could not record duplicate SOP instance {sop_instance_uid}"
+                    )
+                return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path, duplicate=True)
+            # New, or a file a crash left without its row: recorded as this association's.
+            try:
+                self._record_received(ds, uids, path, len(data), calling_ae, peer, elapsed_ms)
+            except SQLAlchemyError as exc:
+                # Not recorded, so not acknowledged: the modality keeps the instance and
+                # retries (0xA700), and the spool holds nothing the audit cannot account for.
+                if created:
+                    path.unlink(missing_ok=True)
+                logger.error("database unavailable, refusing SOP instance %s: %s", sop_instance_uid, exc)
+                raise DatabaseUnavailableError(f"audit database unavailable: {type(exc).__name__}") from exc
+            try:
+                return self.route(ds, path, calling_ae=calling_ae)
+            except SQLAlchemyError:
+                # Recorded as RECEIVED: the sweep routes and queues it once the database is back.
+                logger.exception("database unavailable after recording SOP instance %s", sop_instance_uid)
+                return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path)
+
+    @staticmethod
+    def _recorded(sop_instance_uid: str) -> bool:
+        """Whether the instance has its row (raises SQLAlchemyError when the database is away)."""
         try:
-            self._record_received(ds, uids, path, len(data), calling_ae, peer, elapsed_ms)
+            with session_scope() as session:
+                return session.get(Instance, sop_instance_uid) is not None
         except SQLAlchemyError as exc:
-            # Not recorded, so not acknowledged: the modality keeps the instance and
-            # retries (0xA700), and the spool holds nothing the audit cannot account for.
-            path.unlink(missing_ok=True)
-            logger.error("database unavailable, refusing SOP instance %s: %s", sop_instance_uid, exc)
             raise DatabaseUnavailableError(f"audit database unavailable: {type(exc).__name__}") from exc
-        try:
-            return self.route(ds, path, calling_ae=calling_ae)
-        except SQLAlchemyError:
-            # Recorded as RECEIVED: the sweep routes and queues it once the database is back.
-            logger.exception("database unavailable after recording SOP instance %s", sop_instance_uid)
-            return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path)
 
     def _record_received(
         self,
@@ -263,6 +309,9 @@ class Ingest:
                 instance = session.get(Instance, sop_instance_uid)
                 if instance is None:
                     session.add(_instance_row(ds, uids, path, state, reason, calling_ae))
+                elif instance.state != InstanceState.RECEIVED:
+                    # Routed already (queued, analysed, ...): a late second routing changes nothing.
+                    logger.info("SOP instance %s already %s", sop_instance_uid, instance.state)
                 else:
                     instance.state = state
                     instance.reason = reason
@@ -270,6 +319,24 @@ class Ingest:
         except IntegrityError:
             # Another association recorded the same instance a moment ago.
             logger.info("SOP instance %s already recorded", sop_instance_uid)
+
+    @staticmethod
+    def _state(sop_instance_uid: str) -> tuple[str | None, datetime | None]:
+        with session_scope() as session:
+            row = session.get(Instance, sop_instance_uid)
+            return (row.state, row.updated_at) if row is not None else (None, None)
+
+    @staticmethod
+    def _wants_sweep(state: tuple[str | None, datetime | None], stale_before: datetime) -> bool:
+        """No row, recorded but never queued, or queued or running for too long (lost message)."""
+        name, updated_at = state
+        if name in (None, InstanceState.RECEIVED):
+            return True
+        return (
+            name in (InstanceState.QUEUED, InstanceState.RUNNING)
+            and updated_at is not None
+            and updated_at < stale_before
+        )
 
     # Start-up sweep -------------------------------------------------------------------
     def sweep(self, at_start: bool = False) -> int:
@@ -299,24 +366,26 @@ class Ingest:
             }
         queued = 0
         for sop_instance_uid in self.spool.stored_uids():
-            state, updated_at = known.get(sop_instance_uid, (None, None))
-            stale = state in (InstanceState.QUEUED, InstanceState.RUNNING) and (
-                updated_at is not None and updated_at < stale_before
-            )
-            if state not in (None, InstanceState.RECEIVED) and not stale:
+            if not self._wants_sweep(known.get(sop_instance_uid, (None, None)), stale_before):
                 continue
-            path = self.spool.path_for(sop_instance_uid)
-            try:
-                ds = dcmread(path, stop_before_pixels=True, force=True)
-            except Exception as exc:
-                logger.error("spool file for %s is unreadable: %s", sop_instance_uid, exc)
-                continue
-            if stale:
-                self.queue(sop_instance_uid, path, instance_uids(ds), None)
-                queued += 1
-                continue
-            result = self.route(ds, path, calling_ae=None)
-            queued += int(result.queued)
+            with INSTANCE_LOCKS.hold(sop_instance_uid):
+                # The listing is older than this moment: an association may have recorded and
+                # queued the instance since, and a worker analysed it. Look again, under its lock.
+                state = self._state(sop_instance_uid)
+                if not self._wants_sweep(state, stale_before):
+                    continue
+                path = self.spool.path_for(sop_instance_uid)
+                try:
+                    ds = dcmread(path, stop_before_pixels=True, force=True)
+                except Exception as exc:
+                    logger.error("spool file for %s is unreadable: %s", sop_instance_uid, exc)
+                    continue
+                if state[0] in (InstanceState.QUEUED, InstanceState.RUNNING):  # stale
+                    self.queue(sop_instance_uid, path, instance_uids(ds), None)
+                    queued += 1
+                    continue
+                result = self.route(ds, path, calling_ae=None)
+                queued += int(result.queued)
         audit.record(
             EventKind.SPOOL_SWEPT,
             Outcome.SUCCESS,

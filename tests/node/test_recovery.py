@@ -156,3 +156,90 @@ def test_database_down_refuses_so_the_modality_retries(node_config, cr_chest: Pa
     result = ingest.receive(buffer.getvalue())
     assert result.status == 0x0000 and result.queued and not result.duplicate
     assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(settings)] == [ds.SOPInstanceUID]
+
+
+def _encoded(ds) -> bytes:  # type: ignore[no-untyped-def]
+    from io import BytesIO
+
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_copy_during_a_failing_record_is_not_acknowledged_as_a_duplicate(
+    node_config, cr_chest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A modality that times out resends on a new association while the first copy's database
+    write is stalled. The second copy waits for the first: when the first is refused and its
+    file removed, the second is stored and recorded in its own right, never acknowledged as a
+    duplicate of a file that is about to go."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    upgrade()
+    ingest = Ingest(node_config)
+    ingest.spool.ensure()
+    ds = make_dx(cr_chest)
+    data = _encoded(ds)
+    stalled, fail_now = threading.Event(), threading.Event()
+    original = Ingest._record_received
+    calls = []
+
+    def record(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:  # the first copy: its commit stalls, then fails
+            stalled.set()
+            fail_now.wait(10)
+            raise OperationalError("COMMIT", {}, Exception("database is locked"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ingest, "_record_received", record)
+    outcome: dict[str, object] = {}
+
+    def send(name: str) -> None:
+        try:
+            outcome[name] = ingest.receive(data)
+        except Exception as exc:
+            outcome[name] = exc
+
+    first = threading.Thread(target=send, args=("first",), name="first")
+    first.start()
+    assert stalled.wait(10)
+    second = threading.Thread(target=send, args=("second",), name="second")
+    second.start()
+    second.join(0.5)
+    fail_now.set()
+    first.join(10)
+    second.join(10)
+
+    assert type(outcome["first"]).__name__ == "DatabaseUnavailableError"
+    result = outcome["second"]
+    assert getattr(result, "status", None) == 0x0000 and not result.duplicate  # type: ignore[union-attr]
+    assert ingest.spool.contains(ds.SOPInstanceUID)
+    with session_scope() as session:
+        assert session.get(Instance, ds.SOPInstanceUID) is not None
+
+
+def test_sweep_leaves_an_instance_routed_since_its_listing_alone(node_config, cr_chest: Path) -> None:
+    """The sweep lists the rows, then works through the spool. An instance whose association
+    recorded and queued it in between, and which a worker has finished since, is neither
+    queued again nor set back from done."""
+    upgrade()
+    ingest = Ingest(node_config)
+    ingest.spool.ensure()
+    ds = make_dx(cr_chest)
+    listed = ingest.spool.stored_uids
+
+    def stored_uids():  # type: ignore[no-untyped-def]
+        # after the sweep's listing of rows: the association stores and queues, a worker finishes
+        ingest.receive(_encoded(ds))
+        with session_scope() as session:
+            session.get(Instance, ds.SOPInstanceUID).state = InstanceState.DONE
+        yield from listed()
+
+    ingest.spool.stored_uids = stored_uids  # type: ignore[method-assign]
+    assert ingest.sweep() == 0
+    with session_scope() as session:
+        assert session.get(Instance, ds.SOPInstanceUID).state == InstanceState.DONE
+    assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(node_config)] == [ds.SOPInstanceUID]
