@@ -21,7 +21,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from models.result import AnalysisResult, CaseContext, Triage
 from node import archive, routing, triage
@@ -294,8 +294,13 @@ def _heatmap_png(result: AnalysisResult, path: Path) -> Path:
 def _set_state(sop_instance_uid: str, state: str, reason: str | None = None) -> None:
     with session_scope() as session:
         instance = session.get(Instance, sop_instance_uid)
-        if instance is not None:
-            instance.state, instance.reason, instance.updated_at = state, reason, utcnow()
+        if instance is None:
+            return
+        if state == InstanceState.FAILED and instance.state == InstanceState.DONE:
+            # A second delivery that failed does not undo the results the first one sent.
+            logger.warning("SOP instance %s is done; a later failure leaves it so", sop_instance_uid)
+            return
+        instance.state, instance.reason, instance.updated_at = state, reason, utcnow()
 
 
 def already_done(sop_instance_uid: str) -> bool:
@@ -355,6 +360,13 @@ def _process(
     except OperationalError as exc:  # database locked or briefly away
         audit.record(EventKind.JOB_RETRIED, Outcome.WARNING, f"database: {exc.orig}", **uids)
         raise TemporaryError(str(exc.orig)) from exc
+    except IntegrityError as exc:
+        # Another delivery of this task (a sweep's re-queue beside a late original) wrote the
+        # same outbox or archive row first: the retry finds the instance done, or adds nothing.
+        audit.record(
+            EventKind.JOB_RETRIED, Outcome.WARNING, "another delivery of this task ran at once", **uids
+        )
+        raise TemporaryError(f"concurrent delivery: {type(exc.orig).__name__}") from exc
     except PermanentError as exc:
         _fail(sop_instance_uid, uids["study_instance_uid"], str(exc), started)
         return None

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 
 from node.db.audit import events
@@ -101,3 +102,47 @@ def test_each_destination_gets_its_own_row(node_config, tmp_path: Path, cr_chest
     assert add_to_outbox([output_file(tmp_path, cr_chest)], settings) == 2
     assert sorted(r.destination for r in outbox_rows()) == ["A@127.0.0.1:1", "B@127.0.0.1:2"]
     assert dcmread(outbox_rows()[0].path).SOPInstanceUID
+
+
+def test_concurrent_delivery_of_one_task_is_retried_not_failed(
+    node_config, cr_chest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two deliveries of one task (a sweep's re-queue beside a late original) can both get past
+    "already done"; the second to write the outbox row meets the unique constraint. That is a
+    retry (which then finds the instance done), not a failed job; and a failure never undoes
+    a done instance."""
+    from io import BytesIO
+
+    from sqlalchemy.exc import IntegrityError
+
+    from node.db.engine import session_scope
+    from node.db.tables import Instance, InstanceState
+    from node.ingest import Ingest
+    from workers import pipeline
+    from workers.exceptions import TemporaryError
+
+    upgrade()
+    ingest = Ingest(node_config)
+    ingest.spool.ensure()
+    ds = make_dx(cr_chest)
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    received = ingest.receive(buffer.getvalue())
+    uid = str(ds.SOPInstanceUID)
+
+    def first_wrote_it(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise IntegrityError("INSERT INTO outbox", {}, Exception("UNIQUE constraint failed"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "add_to_outbox", first_wrote_it)
+        with pytest.raises(TemporaryError):
+            pipeline.process_instance(uid, str(received.path))
+    with session_scope() as session:
+        assert session.get(Instance, uid).state != InstanceState.FAILED
+    assert not [e for e in events(kind="job.failed") if e.sop_instance_uid == uid]
+    assert [e for e in events(kind="job.retried") if e.sop_instance_uid == uid]
+
+    assert pipeline.process_instance(uid, str(received.path)) is not None  # the retry
+    pipeline._set_state(uid, InstanceState.FAILED, "a late second delivery failed")
+    with session_scope() as session:
+        assert session.get(Instance, uid).state == InstanceState.DONE
