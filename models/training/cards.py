@@ -253,6 +253,35 @@ PA, more than the disease); not shipped. G weighs up the source x class cells it
 DRO, 15 rounds); every worst case falls, and the probe rises; not shipped. D looks strong on NIH and the NLM sources only
 because LungNet's class head was trained on their labels (not out of source). The variants are
 compared before temperature scaling, so C's row differs from the table above in the third decimal.
+{_in_source(sel.get("in_source_cv") or {}, sel["variants"])}"""
+
+
+def _in_source(rows: dict[str, Any], variants: dict[str, Any]) -> str:
+    """C trained and tested within each source, beside its leave-one-source-out AUC."""
+    if not rows:
+        return ""
+    shipped = next(r for name, r in variants.items() if "shipped" in name)
+    normal_sources = ("covid-radiography", "nih", "montgomery", "shenzhen")
+    out_of_source = dict(zip(normal_sources, shipped["abnormal_vs_normal"], strict=True))
+    lines = []
+    for s, row in rows.items():
+        cov = row.get("covid19_vs_own_normals")
+        covid = f"COVID-19 vs its normals {cov:.3f}, " if cov is not None else ""
+        lines.append(
+            f"| {card3.NAMES[s]} | {covid}abnormal vs normal {row['abnormal_vs_normal']:.3f} "
+            f"| {out_of_source[s]:.3f} |"
+        )
+    return f"""
+**Within each source** (C's inputs, trained and tested inside one source, patient-grouped 5-fold
+CV): not a transfer measure, but what these inputs tell apart with no shift of source at all, a
+reference for the leave-one-source-out numbers. It is not a strict ceiling (a left-out model
+trains on more images, and Montgomery's does better). Where the two are close, as on
+covid-radiography, a better classifier on these inputs is unlikely to help much; a better
+opacity map (LungNet) is what would.
+
+| source | within the source | abnormal vs normal, left out (C) |
+|---|---|---|
+{chr(10).join(lines)}
 """
 
 

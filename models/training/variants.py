@@ -180,14 +180,15 @@ def main(
     cache: Path, data: Path, weights_dir: Path | None = None, registry: Path | None = None
 ) -> dict[str, Any]:
     """Each variant on ``cache`` (made with the LungNet of ``registry``; default: the shipped
-    one). The severity totals of C and E are refitted without each image's patient group
+    one), and C within each source (:func:`in_source_cv`). The severity totals of C, E, F and G
+    are refitted without each image's patient group
     (:func:`models.training.round3.severity_inputs`), as in round 3."""
     arrays, recs, y, src, groups = load_grouped(cache, data)
     feats = arrays["features"].astype(np.float64)
     sev, _ = severity_inputs(arrays, recs, groups, weights_dir, registry)
     with_sev = classifier_inputs(feats, sev["geographic_extent"], sev["opacity"])
     extent = sev["geographic_extent"]
-    return {
+    variants = {
         "A: logistic regression, 8 opacity features (3.1.0)": run(feats, y, src, groups, _lr),
         "B: boosted trees, 8 opacity features": run(feats, y, src, groups, _trees),
         "C: A + severity extent and opacity totals (shipped, 3.2.0)": run(with_sev, y, src, groups, _lr),
@@ -199,6 +200,31 @@ def main(
         "G: C with group DRO over source x class (eta 0.3)": run(with_sev, y, src, groups, _group_dro(0.3)),
         "extent alone, no classifier": _scores_only(extent_scores(extent), y, src),
     }
+    return {"variants": variants, "in_source_cv": in_source_cv(with_sev, y, src, groups)}
+
+
+def in_source_cv(
+    x: np.ndarray, y: np.ndarray, src: np.ndarray, groups: np.ndarray, folds: int = 5
+) -> dict[str, dict[str, float | None]]:
+    """C's design trained and tested inside each source with >= 50 normals (patient-grouped
+    ``folds``-fold CV): what its inputs can tell apart where the source is no shift at all. Not a
+    transfer measure; the ceiling the leave-one-source-out numbers are read against."""
+    from sklearn.model_selection import GroupKFold
+
+    out: dict[str, dict[str, float | None]] = {}
+    for s in SOURCES:
+        m = (src == s) & (y >= 0)
+        if ((y == 0) & m).sum() < 50 or not ((y != 0) & m).any():
+            continue
+        xs, ys, gs, ss = transform(x[m]), y[m], groups[m], src[m]
+        p = np.zeros((len(ys), 4))
+        for train, test in GroupKFold(folds).split(xs, ys, gs):
+            p[test] = _lr_plain(xs[train], ys[train], ss[train])(xs[test])
+        row = {"abnormal_vs_normal": auc(1 - p[ys != 0, 0], 1 - p[ys == 0, 0])}
+        if (ys == COVID).any():
+            row["covid19_vs_own_normals"] = auc(p[ys == COVID, COVID], p[ys == 0, COVID])
+        out[s] = row
+    return out
 
 
 def _scores_only(p: np.ndarray, y: np.ndarray, src: np.ndarray) -> dict[str, Any]:
@@ -224,13 +250,13 @@ NOTE = (
 )
 
 
-def record(variants: dict[str, Any], registry: Path | None = None) -> None:
-    """Write the table into the classification entry's ``metrics.model_selection`` (every other
-    key and role kept)."""
+def record(result: dict[str, Any], registry: Path | None = None) -> None:
+    """Write :func:`main`'s result into the classification entry's ``metrics.model_selection``
+    (every other key and role kept)."""
     from models.registry import entry, load_registry, update_registry
 
     classification = entry("classification", load_registry(registry))
-    classification["metrics"]["model_selection"] = {"command": COMMAND, "note": NOTE, "variants": variants}
+    classification["metrics"]["model_selection"] = {"command": COMMAND, "note": NOTE, **result}
     update_registry({"classification": classification}, registry)
 
 

@@ -58,9 +58,29 @@ def test_record_writes_the_table_and_keeps_the_rest(tmp_path: Path) -> None:
     shutil.copy(REGISTRY_PATH, registry)
     before = load_registry(registry)
     table = {"Z: a variant": {"covid19_vs_normal": [0.5], "abnormal_vs_normal": [0.5]}}
-    variants.record(table, registry)
+    variants.record({"variants": table, "in_source_cv": {}}, registry)
     after = load_registry(registry)
     selection = after["models"]["classification"]["metrics"].pop("model_selection")
     before["models"]["classification"]["metrics"].pop("model_selection", None)
     assert selection["variants"] == table and selection["command"] == variants.COMMAND
     assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
+
+
+def test_in_source_cv_reads_each_source_alone() -> None:
+    """Within a source whose classes differ the AUC is high, within one whose classes look
+    alike it is near chance, whatever the other source shows; a source with too few normals
+    has no row."""
+    rng = np.random.default_rng(1)
+    n = 120
+    apart = np.r_[rng.normal(0.1, 0.05, (n, 10)), rng.normal(0.6, 0.05, (n, 10))]
+    alike = rng.normal(0.3, 0.1, (2 * n, 10))
+    few = rng.normal(0.3, 0.1, (40, 10))
+    x = np.abs(np.r_[apart, alike, few])
+    pair = (np.zeros(n), np.full(n, 3))
+    y = np.r_[pair[0], pair[1], pair[0], pair[1], np.zeros(20), np.full(20, 3)].astype(int)
+    src = np.array(["montgomery"] * (2 * n) + ["shenzhen"] * (2 * n) + ["nih"] * 40)
+    groups = np.arange(len(y))
+    rows = variants.in_source_cv(x, y, src, groups)
+    assert set(rows) == {"montgomery", "shenzhen"}
+    assert rows["montgomery"]["covid19_vs_own_normals"] > 0.95
+    assert abs(rows["shenzhen"]["abnormal_vs_normal"] - 0.5) < 0.15
