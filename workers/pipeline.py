@@ -361,6 +361,9 @@ def _process(
         audit.record(EventKind.JOB_RETRIED, Outcome.WARNING, f"database: {exc.orig}", **uids)
         raise TemporaryError(str(exc.orig)) from exc
     except IntegrityError as exc:
+        if attempt > 1:  # not a race that one retry settles: a fault to look at, not to loop on
+            _fail(sop_instance_uid, uids["study_instance_uid"], f"database constraint: {exc.orig}", started)
+            return None
         # Another delivery of this task (a sweep's re-queue beside a late original) wrote the
         # same outbox or archive row first: the retry finds the instance done, or adds nothing.
         audit.record(

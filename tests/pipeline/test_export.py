@@ -137,10 +137,17 @@ def test_concurrent_delivery_of_one_task_is_retried_not_failed(
         patch.setattr(pipeline, "add_to_outbox", first_wrote_it)
         with pytest.raises(TemporaryError):
             pipeline.process_instance(uid, str(received.path))
-    with session_scope() as session:
-        assert session.get(Instance, uid).state != InstanceState.FAILED
-    assert not [e for e in events(kind="job.failed") if e.sop_instance_uid == uid]
-    assert [e for e in events(kind="job.retried") if e.sop_instance_uid == uid]
+        with session_scope() as session:
+            assert session.get(Instance, uid).state != InstanceState.FAILED
+        assert not [e for e in events(kind="job.failed") if e.sop_instance_uid == uid]
+        assert [e for e in events(kind="job.retried") if e.sop_instance_uid == uid]
+        # The same clash on the retry is no race: the job fails, with the reason, and is not
+        # retried (or re-queued by the sweep) for ever.
+        assert pipeline.process_instance(uid, str(received.path), attempt=2) is None
+        with session_scope() as session:
+            assert session.get(Instance, uid).state == InstanceState.FAILED
+        failed = [e for e in events(kind="job.failed") if e.sop_instance_uid == uid]
+        assert failed and "constraint" in failed[-1].message
 
     assert pipeline.process_instance(uid, str(received.path)) is not None  # the retry
     pipeline._set_state(uid, InstanceState.FAILED, "a late second delivery failed")
