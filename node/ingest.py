@@ -198,12 +198,11 @@ class Ingest:
                 logger.exception("database unavailable after recording SOP instance %s", sop_instance_uid)
                 return ReceiveResult(STATUS_SUCCESS, sop_instance_uid, path)
 
-    @staticmethod
-    def _recorded(sop_instance_uid: str) -> bool:
-        """Whether the instance has its row (raises SQLAlchemyError when the database is away)."""
+    @classmethod
+    def _recorded(cls, sop_instance_uid: str) -> bool:
+        """Whether the instance has its row (DatabaseUnavailableError when the database is away)."""
         try:
-            with session_scope() as session:
-                return session.get(Instance, sop_instance_uid) is not None
+            return cls._state(sop_instance_uid)[0] is not None
         except SQLAlchemyError as exc:
             raise DatabaseUnavailableError(f"audit database unavailable: {type(exc).__name__}") from exc
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,13 @@ def with_new_uids(ds: Dataset) -> Dataset:
 def write(ds: Dataset, path: Path) -> Path:
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def encoded(ds: Dataset) -> bytes:
+    """The data set as a modality sends it: Part 10 bytes with its file meta."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def _dx(pixels: np.ndarray, *, view: str = "PA", age: str | None = "045Y") -> Dataset:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from models.evidence import FEATURES, classifier_inputs, transform
+from models.evidence import FEATURES, OPACITY_FEATURES, classifier_inputs, transform
 from models.training.round3 import (
     C_REG,
     COVID,
@@ -43,14 +43,18 @@ def _lr(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray],
     return lambda z: softmax(model.logits(z))
 
 
-def _lr_raw(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Logistic regression on standardised extra columns appended to the eight features."""
+def _lr_appended(n: int) -> Fitter:
+    """Logistic regression on the first ``n`` columns logged (:func:`transform`) and the
+    columns after them as given, all standardised."""
 
-    def design(q: np.ndarray) -> np.ndarray:
-        return np.c_[transform(q[:, :8]), q[:, 8:]]
+    def fitter(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        def design(q: np.ndarray) -> np.ndarray:
+            return np.c_[transform(q[:, :n]), q[:, n:]]
 
-    predict = _lr_plain(design(x), y, src)
-    return lambda q: predict(design(q))
+        predict = _lr_plain(design(x), y, src)
+        return lambda q: predict(design(q))
+
+    return fitter
 
 
 def _lr_plain(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -83,17 +87,6 @@ def _trees(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarra
         return out
 
     return predict
-
-
-def _lr_extra(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Logistic regression on C's design (:data:`FEATURES`, logged) and extra columns as given."""
-    n = len(FEATURES)
-
-    def design(q: np.ndarray) -> np.ndarray:
-        return np.c_[transform(q[:, :n]), q[:, n:]]
-
-    predict = _lr_plain(design(x), y, src)
-    return lambda q: predict(design(q))
 
 
 def _group_dro(eta: float, rounds: int = 15) -> Fitter:
@@ -188,14 +181,16 @@ def main(
     sev, _ = severity_inputs(arrays, recs, groups, weights_dir, registry)
     with_sev = classifier_inputs(feats, sev["geographic_extent"], sev["opacity"])
     extent = sev["geographic_extent"]
+    after_opacity, after_totals = _lr_appended(len(OPACITY_FEATURES)), _lr_appended(len(FEATURES))
+    shape = np.stack([lung_shape(m) for m in arrays["lungs"]])
     variants = {
         "A: logistic regression, 8 opacity features (3.1.0)": run(feats, y, src, groups, _lr),
         "B: boosted trees, 8 opacity features": run(feats, y, src, groups, _trees),
         "C: A + severity extent and opacity totals (shipped, 3.2.0)": run(with_sev, y, src, groups, _lr),
-        "D: A + LungNet class logits": run(np.c_[feats, arrays["logits"]], y, src, groups, _lr_raw),
+        "D: A + LungNet class logits": run(np.c_[feats, arrays["logits"]], y, src, groups, after_opacity),
         "E: severity totals alone (log)": run(transform(with_sev)[:, 8:], y, src, groups, _lr_plain),
         "F: C + lung shape (left/right area, solidity, height/width, gap between the lungs)": run(
-            np.c_[with_sev, np.stack([lung_shape(m) for m in arrays["lungs"]])], y, src, groups, _lr_extra
+            np.c_[with_sev, shape], y, src, groups, after_totals
         ),
         "G: C with group DRO over source x class (eta 0.3)": run(with_sev, y, src, groups, _group_dro(0.3)),
         "extent alone, no classifier": _scores_only(extent_scores(extent), y, src),

@@ -12,7 +12,7 @@ from node.db.engine import session_scope, upgrade
 from node.db.tables import Instance, InstanceState
 from node.ingest import Ingest
 from node.service import Node
-from tests.helpers import make_dx, queued_messages, with_new_uids, write
+from tests.helpers import encoded, make_dx, queued_messages, with_new_uids, write
 
 
 def test_unqueued_spool_files_are_queued_on_start(node_config, cr_chest: Path) -> None:
@@ -137,8 +137,6 @@ def test_stale_queued_job_is_requeued(node_config, cr_chest: Path) -> None:
 def test_database_down_refuses_so_the_modality_retries(node_config, cr_chest: Path) -> None:
     """An instance the audit cannot record is refused (0xA700 at the SCP), not acknowledged
     and left unaccounted for; the spool keeps nothing of it, and the retry succeeds."""
-    from io import BytesIO
-
     from node.exceptions import DatabaseUnavailableError
     from node.settings import configure
 
@@ -146,24 +144,15 @@ def test_database_down_refuses_so_the_modality_retries(node_config, cr_chest: Pa
     ingest = Ingest(settings)
     ingest.spool.ensure()
     ds = make_dx(cr_chest)
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    data = encoded(ds)
     with pytest.raises(DatabaseUnavailableError):
-        ingest.receive(buffer.getvalue())
+        ingest.receive(data)
     assert not ingest.spool.contains(ds.SOPInstanceUID)
     # Once the database is there, the modality's retry is stored, recorded and queued.
     upgrade(settings.db_url)
-    result = ingest.receive(buffer.getvalue())
+    result = ingest.receive(data)
     assert result.status == 0x0000 and result.queued and not result.duplicate
     assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(settings)] == [ds.SOPInstanceUID]
-
-
-def _encoded(ds) -> bytes:  # type: ignore[no-untyped-def]
-    from io import BytesIO
-
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def test_copy_during_a_failing_record_is_not_acknowledged_as_a_duplicate(
@@ -181,7 +170,7 @@ def test_copy_during_a_failing_record_is_not_acknowledged_as_a_duplicate(
     ingest = Ingest(node_config)
     ingest.spool.ensure()
     ds = make_dx(cr_chest)
-    data = _encoded(ds)
+    data = encoded(ds)
     stalled, fail_now = threading.Event(), threading.Event()
     original = Ingest._record_received
     calls = []
@@ -233,7 +222,7 @@ def test_sweep_leaves_an_instance_routed_since_its_listing_alone(node_config, cr
 
     def stored_uids():  # type: ignore[no-untyped-def]
         # after the sweep's listing of rows: the association stores and queues, a worker finishes
-        ingest.receive(_encoded(ds))
+        ingest.receive(encoded(ds))
         with session_scope() as session:
             session.get(Instance, ds.SOPInstanceUID).state = InstanceState.DONE
         yield from listed()

@@ -14,7 +14,7 @@ from node.db.engine import upgrade
 from node.db.tables import OutboxState
 from node.export import OutputFile, add_to_outbox, backoff_seconds, deliver_due, outbox_rows
 from node.settings import configure
-from tests.helpers import make_dx, wait_until, write
+from tests.helpers import encoded, make_dx, wait_until, write
 from tests.orthanc import Orthanc
 
 
@@ -111,8 +111,6 @@ def test_concurrent_delivery_of_one_task_is_retried_not_failed(
     "already done"; the second to write the outbox row meets the unique constraint. That is a
     retry (which then finds the instance done), not a failed job; and a failure never undoes
     a done instance."""
-    from io import BytesIO
-
     from sqlalchemy.exc import IntegrityError
 
     from node.db.engine import session_scope
@@ -125,9 +123,7 @@ def test_concurrent_delivery_of_one_task_is_retried_not_failed(
     ingest = Ingest(node_config)
     ingest.spool.ensure()
     ds = make_dx(cr_chest)
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    received = ingest.receive(buffer.getvalue())
+    received = ingest.receive(encoded(ds))
     uid = str(ds.SOPInstanceUID)
 
     def first_wrote_it(*args, **kwargs):  # type: ignore[no-untyped-def]
