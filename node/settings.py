@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     stale_job_seconds: float = Field(
         900.0, gt=0, description="re-queue a queued/running instance untouched for this long"
     )
+    max_lost_starts: int = Field(
+        3,
+        ge=1,
+        description="fail an instance whose analysis started this many times in a row and never "
+        "ended (the worker was lost each time, e.g. killed for memory by this image)",
+    )
     model_queue: str = "models"
 
     # GPU workers (workers/batching.py): with `--pool threads -c N`, studies that

@@ -21,6 +21,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from models.result import AnalysisResult, CaseContext, Triage
@@ -28,7 +29,7 @@ from node import archive, routing, triage
 from node.db import audit
 from node.db.audit import EventKind, InstanceUIDs, Outcome, instance_uids
 from node.db.engine import session_scope
-from node.db.tables import Instance, InstanceState, utcnow
+from node.db.tables import AuditEvent, Instance, InstanceState, utcnow
 from node.export import OutputFile, add_to_outbox, deliver_due
 from node.settings import Settings, get_settings
 from workers.batching import MicroBatcher
@@ -303,6 +304,33 @@ def _set_state(sop_instance_uid: str, state: str, reason: str | None = None) -> 
         instance.state, instance.reason, instance.updated_at = state, reason, utcnow()
 
 
+# Events that end a started analysis (INSTANCE_INELIGIBLE: the rules changed since it was queued).
+_ENDS = (EventKind.JOB_RETRIED, EventKind.JOB_SUCCEEDED, EventKind.JOB_FAILED, EventKind.INSTANCE_INELIGIBLE)
+
+
+def lost_starts(sop_instance_uid: str) -> int:
+    """How many of the instance's latest ``job.started`` events in a row have no end after them.
+
+    A worker killed in the middle of a task (out of memory on this image, a crash in a
+    decoder) records its start and nothing else. Celery then delivers the task again (acks
+    late, rejected when the worker is lost) and the sweep re-queues it, so without a bound
+    one such image would take a worker down for ever.
+    """
+    kinds = [str(k) for k in (EventKind.JOB_STARTED, *_ENDS)]
+    with session_scope() as session:
+        rows = session.scalars(
+            select(AuditEvent.kind)
+            .where(AuditEvent.sop_instance_uid == sop_instance_uid, AuditEvent.kind.in_(kinds))
+            .order_by(AuditEvent.id.desc())
+        )
+        lost = 0
+        for kind in rows:
+            if kind != EventKind.JOB_STARTED:
+                break
+            lost += 1
+    return lost
+
+
 def already_done(sop_instance_uid: str) -> bool:
     with session_scope() as session:
         instance = session.get(Instance, sop_instance_uid)
@@ -339,6 +367,19 @@ def _process(
     """read -> start -> eligible? -> analyse -> SR out first, then SC/SEG -> archive and done."""
     started = time.monotonic()
     stages: dict[str, float] = {}
+    try:
+        lost = lost_starts(sop_instance_uid)
+    except OperationalError as exc:
+        raise TemporaryError(str(exc.orig)) from exc
+    if lost >= settings.max_lost_starts:
+        _fail(
+            sop_instance_uid,
+            None,
+            f"analysis started {lost} times and never ended: the worker was lost each time "
+            "(for example killed for memory by this image); not tried again",
+            started,
+        )
+        return None
     ds = _read_spooled(sop_instance_uid, path, started, stages)
     if ds is None:
         return None
