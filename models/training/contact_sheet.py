@@ -1,8 +1,18 @@
-"""Contact sheet of lung outlines on portable/ICU films, before (LungNet's raw outline) and after
-(the refined outline the node reports, green when the quality check passes, orange with its
-reason when it does not).
+"""Contact sheets from the cache of :mod:`models.training.extract`.
+
+- Lung outlines on portable/ICU films, before (LungNet's raw outline) and after (the refined
+  outline the node reports, green when the quality check passes, orange with its reason when it
+  does not)::
 
     python -m models.training.contact_sheet --cache /work/cache15 --out models/cards/img/lung-outlines-ap.png
+
+- ``--low-evidence``: covid-radiography's COVID-19 films that the node reads as (nearly) clear,
+  severity extent under :data:`models.training.variants.LOW_EXTENT`, drawn at random, with the
+  refined outline and the extent, so that a reader can see what the classifier is asked to
+  call COVID-19 there::
+
+    python -m models.training.contact_sheet --cache /work/cache15 --low-evidence \
+        --out models/cards/img/covid-radiography-clear-covid19.png
 """
 
 from __future__ import annotations
@@ -66,8 +76,38 @@ def main(cache: Path, out: Path, data: Path, n_per_source: int = 24, seed: int =
         sheet.paste(before, (x0, r * TILE))
         sheet.paste(after, (x0 + TILE, r * TILE))
         listing.append(f"{k + 1}\t{files[i]}\t{'passed' if qc.assessable else ','.join(qc.reasons)}")
+    _save(sheet, out)
+    return listing
+
+
+def _save(sheet: Image.Image, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)  # ~5x smaller
+
+
+def low_evidence(cache: Path, out: Path, n: int = 24, seed: int = 0) -> list[str]:
+    """``n`` random covid-radiography COVID-19 films whose extent, as the shipped severity ridge
+    reads it from the cache, is under :data:`~models.training.variants.LOW_EXTENT`."""
+    from models.registry import load_ridge
+    from models.training.extract import load
+    from models.training.variants import LOW_EXTENT
+
+    arrays = load(cache, ("covid-radiography",), images=True)
+    extent = load_ridge().predict(arrays["severity_features"])["geographic_extent"]["total"]
+    files = [str(f) for f in arrays["files"]]
+    covid = [i for i, f in enumerate(files) if f.startswith("covid-radiography/images/covid19/")]
+    low = [i for i in covid if extent[i] < LOW_EXTENT]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(low, min(n, len(low)), replace=False).tolist())
+    cols = 6
+    sheet = Image.new("RGB", (cols * TILE, -(-len(chosen) // cols) * TILE), (0, 0, 0))
+    listing = [f"{len(low)} of {len(covid)} COVID-19 films with extent < {LOW_EXTENT}"]
+    for k, i in enumerate(chosen):
+        label = f"{k + 1} extent {extent[i]:.1f}"
+        r, c = divmod(k, cols)
+        sheet.paste(tile(arrays["image"][i], arrays["lungs"][i], (60, 220, 60), label), (c * TILE, r * TILE))
+        listing.append(f"{k + 1}\t{files[i]}\t{extent[i]:.2f}")
+    _save(sheet, out)
     return listing
 
 
@@ -76,8 +116,9 @@ def cli() -> None:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--low-evidence", action="store_true", help="covid-radiography's clear COVID-19 films")
     a = p.parse_args()
-    print("\n".join(main(a.cache, a.out, a.data)))
+    print("\n".join(low_evidence(a.cache, a.out) if a.low_evidence else main(a.cache, a.out, a.data)))
 
 
 if __name__ == "__main__":

@@ -84,3 +84,24 @@ def test_in_source_cv_reads_each_source_alone() -> None:
     assert set(rows) == {"montgomery", "shenzhen"}
     assert rows["montgomery"]["covid19_vs_own_normals"] > 0.95
     assert abs(rows["shenzhen"]["abnormal_vs_normal"] - 0.5) < 0.15
+
+
+def test_low_evidence_counts_the_clear_films_of_each_class_and_source() -> None:
+    extent = np.array([0.0, 0.4, 3.0, 6.0, 0.1, 2.0, 0.0, 5.0])
+    y = np.array([3, 3, 3, 3, 0, 0, 0, 2])
+    src = np.array(["covid-radiography"] * 6 + ["nih"] * 2)
+    rows = variants.low_evidence(extent, y, src, below=0.5)
+    assert rows["below"] == 0.5
+    assert rows["covid-radiography"]["covid19"] == {"n": 4, "share": 0.5}
+    assert rows["covid-radiography"]["normal"] == {"n": 2, "share": 0.5}
+    assert rows["nih"] == {"normal": {"n": 1, "share": 1.0}}  # other disease is neither row
+    assert "hannover" not in rows  # no films, no row
+
+
+def test_card_shows_the_low_evidence_table() -> None:
+    from models.training import cards
+
+    rows = {"below": 0.5, "covid-radiography": {"covid19": {"n": 640, "share": 0.153}}}
+    text = cards._low_evidence(rows)
+    assert "| covid-radiography | 15.3 % of 640 | – |" in text
+    assert cards._low_evidence({}) == ""
