@@ -233,9 +233,10 @@ def _from_archive(ds: Dataset, result: AnalysisResult, settings: Settings, conte
         if day is not None:
             others = [r for r in own if r.study_instance_uid != str(ds.StudyInstanceUID)]
             context.course = [_prior(r) for r in _earlier(others, day, clock)]
-            if context.course:
+            if context.course and result.quality.assessable:  # no change from a withheld score
                 context.changes = _changes(result, day, context.course)
-        if settings.similar_cases > 0 and result.embedding is not None:
+        # The embedding is pooled over the lung outline: none to search by when the outline failed.
+        if settings.similar_cases > 0 and result.embedding is not None and result.quality.assessable:
             model = result.models.get("retrieval", "")
             index = embedding_index(settings, model, int(result.embedding.shape[0]))
             index.sync(session)
@@ -254,8 +255,12 @@ def _from_archive(ds: Dataset, result: AnalysisResult, settings: Settings, conte
 
 
 def record(session: Session, ds: Dataset, result: AnalysisResult, settings: Settings) -> None:
-    """Add (or, for a redelivered task, refresh) the image's archive row in ``session``."""
-    if result.embedding is None:
+    """Add (or, for a redelivered task, refresh) the image's archive row in ``session``.
+
+    An image whose lung outline failed the quality check is not archived: its scores were
+    withheld, so it is no baseline for a later study's change (or a change rule's trigger), and
+    its class and scores are no similar case to show."""
+    if result.embedding is None or not result.quality.assessable:
         return
     sop = str(ds.SOPInstanceUID)
     row = session.scalars(select(ArchivedAnalysis).where(ArchivedAnalysis.sop_instance_uid == sop)).first()

@@ -551,16 +551,18 @@ def _export_now(settings: Settings, sop_instance_uid: str, stages: dict[str, flo
 
 def _notify_urgent(url: str, decision: Triage, result: AnalysisResult, uids: InstanceUIDs) -> None:
     """POST the urgent study to the webhook (UIDs and results, no patient data); audited."""
-    payload = {
+    payload: dict[str, Any] = {
         "event": "cxr-node.triage.urgent",
         **uids,
         "reasons": list(decision.reasons),
         "rule": decision.rule,
-        "predicted_class": result.predicted_class,
-        "covid19_probability": round(result.classification["covid19"], 4),
-        "geographic_extent": round(result.severity.geographic_extent, 2),
-        "opacity": round(result.severity.opacity, 2),
     }
+    if result.quality.lungs_found:  # only what the SR reports: nothing the quality check withheld
+        payload["predicted_class"] = result.predicted_class
+        payload["covid19_probability"] = round(result.classification["covid19"], 4)
+    if result.quality.assessable:
+        payload["geographic_extent"] = round(result.severity.geographic_extent, 2)
+        payload["opacity"] = round(result.severity.opacity, 2)
     try:
         triage.notify(url, payload)
     except OSError as exc:

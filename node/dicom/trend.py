@@ -25,9 +25,10 @@ FONT = 1 / 60  # of the rows
 
 
 def trend_points(result: AnalysisResult, today: date | None) -> list[tuple[date, float, float]]:
-    """(date, extent, opacity) of the dated earlier studies and of this image, oldest first."""
+    """(date, extent, opacity) of the dated earlier studies and of this image, oldest first;
+    none when this image's scores were withheld (no point to draw for it)."""
     context = result.context
-    if context is None or not context.course or today is None:
+    if context is None or not context.course or today is None or not result.quality.assessable:
         return []
     points = [(c.study_date, c.geographic_extent, c.opacity) for c in context.course if c.study_date]
     points.append((today, result.severity.geographic_extent, result.severity.opacity))

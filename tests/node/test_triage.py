@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import numpy as np
 import pytest
 
-from models.result import AnalysisResult, LungSeverity, PriorCase, Severity, SeverityChange
+from models.result import AnalysisResult, LungSeverity, PriorCase, Quality, Severity, SeverityChange
 from node import settings as node_settings
 from node.triage import evaluate, notify, parse_rule
 
@@ -92,3 +93,29 @@ def test_webhook_posts_json() -> None:
     assert received == [{"event": "x", "sop_instance_uid": "1.2"}]
     with pytest.raises(OSError):
         notify(f"http://127.0.0.1:{server.server_port}/hook", {}, timeout=2)  # nobody listens now
+
+
+@pytest.mark.parametrize(
+    ("quality", "sent"),
+    [
+        (Quality(), {"predicted_class", "covid19_probability", "geographic_extent", "opacity"}),
+        (Quality(assessable=False, reasons=("shape",)), {"predicted_class", "covid19_probability"}),
+        (Quality(assessable=False, lungs_found=False, reasons=("no_lungs",)), set()),
+    ],
+)
+def test_webhook_carries_only_what_was_not_withheld(
+    quality: Quality, sent: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import pipeline
+
+    posted: list[dict[str, Any]] = []
+    monkeypatch.setattr(pipeline.triage, "notify", lambda url, payload: posted.append(payload))
+    monkeypatch.setattr(pipeline.audit, "record", lambda *args, **kwargs: True)
+    decision = evaluate("covid19 >= auto", result(covid=0.5), [], 0.076)
+    assert decision is not None
+    uids = {"study_instance_uid": "1.2", "series_instance_uid": "1.3", "sop_instance_uid": "1.4"}
+    pipeline._notify_urgent(
+        "http://hook", decision, replace(result(covid=0.5, extent=6.0), quality=quality), uids
+    )  # type: ignore[arg-type]
+    scores = {"predicted_class", "covid19_probability", "geographic_extent", "opacity"}
+    assert set(posted[0]) & scores == sent

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import date
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from io import BytesIO
 from pathlib import Path
@@ -28,7 +29,7 @@ from sqlalchemy import func, select
 from node import settings as node_settings
 from node.db.engine import session_scope, upgrade
 from node.db.tables import ArchivedAnalysis, AuditEvent
-from node.dicom.trend import EXTENT_RGB
+from node.dicom.trend import EXTENT_RGB, trend_points
 from tests.e2e import NodeProcess, has_results
 from tests.helpers import dciodvfy_errors, dx_from_picture, storescu, wait_until, write
 from tests.orthanc import Orthanc
@@ -171,10 +172,46 @@ def test_course_similar_cases_and_triage(node_config, shared_data: Path, tmp_pat
 
     assert trend_pixels(now) > 50 and trend_pixels(first) < trend_pixels(now) / 5
 
-    # Asked to, the patient's own earlier images are similar cases too.
+    # Asked to, the patient's own earlier images are similar cases too. (Day 13's own film fails
+    # the outline check, and a film whose scores are withheld searches nothing: day 11's again.)
     node_settings.configure(similar_same_patient=True)
-    later = _process(_study(shared_data, COURSE.format(13), "P205", "20200313", tmp_path))
+    later = _process(_study(shared_data, COURSE.format(11), "P205", "20200313", tmp_path))
     assert own & {c["sop_instance_uid"] for c in later.as_json()["similar_cases"]}
+
+
+def test_withheld_scores_are_no_baseline_and_no_similar_case(
+    node_config, shared_data: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A film whose scores the quality check withheld (here a blank grey film filed as the
+    patient's day-6 study) shows no change, no trend point and no similar cases, and is kept
+    out of the archive: the next study's change is measured from the last scored one, and
+    nobody is shown it as a similar case."""
+    from PIL import Image
+
+    upgrade()
+    first = _process(_study(shared_data, COURSE.format(1), "P205", "20200301", tmp_path))
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((600, 500), 128, np.uint8)).save(grey)
+    blank = _process(
+        write(dx_from_picture(grey, patient_id="P205", study_date="20200306"), tmp_path / "blank.dcm")
+    )
+    later = _process(_study(shared_data, COURSE.format(11), "P205", "20200311", tmp_path))
+
+    withheld = blank.as_json()
+    assert not withheld["quality"]["assessable"]
+    assert withheld["longitudinal"]["earlier_studies"] == 1  # the course is listed ...
+    assert withheld["longitudinal"]["changes"] == []  # ... but nothing is measured against it
+    assert withheld["similar_cases"] == []
+    assert not withheld["triage"]["urgent"]
+    assert "change since previous study" not in _groups(_sr(blank))
+    assert blank.result is not None and trend_points(blank.result, date(2020, 3, 6)) == []  # no "(now)"
+
+    report = later.as_json()
+    assert [c["sop_instance_uid"] for c in report["longitudinal"]["changes"]] == [first.sop_instance_uid]
+    assert blank.sop_instance_uid not in {c["sop_instance_uid"] for c in report["similar_cases"]}
+    with session_scope() as session:
+        archived = set(session.scalars(select(ArchivedAnalysis.sop_instance_uid)))
+    assert archived == {first.sop_instance_uid, later.sop_instance_uid}
 
 
 def test_analyze_reads_the_archive_without_writing_it(node_config, shared_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
