@@ -331,10 +331,21 @@ def lost_starts(sop_instance_uid: str) -> int:
     return lost
 
 
-def already_done(sop_instance_uid: str) -> bool:
+def already_ended(sop_instance_uid: str) -> str | None:
+    """``done`` or ``failed`` when the instance's analysis has ended, else None. A task delivered
+    again after that (the sweep's re-queue beside a redelivery) does nothing: a failed image is
+    not started again by a stray copy of its task (an image that kills its worker would then
+    take down another one)."""
     with session_scope() as session:
         instance = session.get(Instance, sop_instance_uid)
-        return instance is not None and instance.state == InstanceState.DONE
+        if instance is not None and instance.state in (InstanceState.DONE, InstanceState.FAILED):
+            return str(instance.state)
+        return None
+
+
+def give_up(sop_instance_uid: str, message: str) -> None:
+    """Fail the job after its retries are spent (audited ``job.failed`` with ``message``)."""
+    _fail(sop_instance_uid, None, message, time.monotonic())
 
 
 def process_instance(
@@ -375,8 +386,9 @@ def _process(
         _fail(
             sop_instance_uid,
             None,
-            f"analysis started {lost} times and never ended: the worker was lost each time "
-            "(for example killed for memory by this image); not tried again",
+            f"analysis started {lost} times in a row with no end recorded: the worker was lost "
+            "each time (for example killed for memory by this image), or the database could not "
+            "record the end; not tried again",
             started,
         )
         return None

@@ -192,10 +192,10 @@ def warm_up() -> float:
     )
     # The task's own modules (imported on its first run) and the database: engine, connection,
     # the first compiled query.
-    from workers.pipeline import already_done
+    from workers.pipeline import already_ended
 
     try:
-        already_done("2.25.0")
+        already_ended("2.25.0")
     except Exception as exc:  # the task will report a database that is away
         logger.warning("warm-up could not reach the database: %s", exc)
     return time.perf_counter() - started

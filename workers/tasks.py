@@ -15,13 +15,22 @@ logger = logging.getLogger(__name__)
 def analyze_instance(self, sop_instance_uid: str, path: str) -> None:  # type: ignore[no-untyped-def]
     """Analyse one stored instance and export the results (workers.pipeline)."""
     from workers.exceptions import TemporaryError
-    from workers.pipeline import already_done, process_instance
+    from workers.pipeline import already_ended, give_up, process_instance
 
-    if already_done(sop_instance_uid):
-        # A re-queued duplicate (sweep after a lost message): results exist already.
-        logger.info("SOP instance %s already analysed; skipping", sop_instance_uid)
+    ended = already_ended(sop_instance_uid)
+    if ended:
+        # A re-queued duplicate (sweep after a lost message, a redelivery): done or failed already.
+        logger.info("SOP instance %s already %s; skipping", sop_instance_uid, ended)
         return
+    attempt = self.request.retries + 1
     try:
-        process_instance(sop_instance_uid, path, attempt=self.request.retries + 1)
+        process_instance(sop_instance_uid, path, attempt=attempt)
     except TemporaryError as exc:
+        if self.request.retries >= self.max_retries:
+            # Retries spent on a fault that did not clear: failed with its reason, not left
+            # running for the sweep to re-queue for ever. (If the database itself is away, the
+            # failure cannot be written: the instance stays running, and the sweep re-queues it
+            # once the database is back, as it should.)
+            give_up(sop_instance_uid, f"gave up after {attempt} attempts: {exc}")
+            return
         raise self.retry(exc=exc, countdown=min(60, 5 * 2**self.request.retries)) from exc

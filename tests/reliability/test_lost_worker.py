@@ -1,11 +1,14 @@
 """An image that kills the worker analysing it is failed with its reason after a few tries,
-not delivered again for ever; one that killed a worker once or twice is still analysed."""
+not delivered again for ever; one that killed a worker once or twice is still analysed. A job
+whose retries are spent fails with its reason; a failed job is not started again."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 from pathlib import Path
+
+import pytest
 
 from node.db.audit import events
 from node.db.engine import session_scope, upgrade
@@ -63,7 +66,7 @@ def test_an_image_that_kills_its_worker_each_time_is_failed_and_kept(node_config
     assert pipeline.process_instance(uid, path) is None
     assert _state(uid) == InstanceState.FAILED
     failed = [e for e in events(kind="job.failed") if e.sop_instance_uid == uid]
-    assert failed and "started 3 times and never ended" in failed[-1].message
+    assert failed and "started 3 times in a row with no end recorded" in failed[-1].message
     assert len([e for e in events(kind="job.started") if e.sop_instance_uid == uid]) == 3
     assert Path(path).is_file()  # received, so kept
     assert not outbox_rows()
@@ -75,3 +78,49 @@ def test_an_image_that_killed_fewer_workers_is_analysed(node_config, cr_chest: P
     assert pipeline.process_instance(uid, path) is not None
     assert _state(uid) == InstanceState.DONE
     assert pipeline.lost_starts(uid) == 0  # ended by job.succeeded
+
+
+def _task(uid: str, path: str) -> None:
+    """One delivery of the Celery task, run here (its own retries included)."""
+    from workers.app import get_app
+    from workers.tasks import analyze_instance
+
+    get_app()
+    analyze_instance.apply(kwargs={"sop_instance_uid": uid, "path": path})
+
+
+def _kinds(uid: str) -> list[str]:
+    return [e.kind for e in events(sop_instance_uid=uid) if e.kind.startswith("job.")]
+
+
+def test_a_failed_image_is_not_started_again_by_a_stray_delivery(node_config, cr_chest: Path) -> None:
+    uid, path = _received(node_config, cr_chest)
+    _kill_workers(uid, path, node_config.max_lost_starts)
+    _task(uid, path)  # fails it, without starting it
+    assert _state(uid) == InstanceState.FAILED
+    _task(uid, path)  # a second copy of the message (the sweep's re-queue beside a redelivery)
+    assert _kinds(uid).count("job.started") == node_config.max_lost_starts
+    assert _kinds(uid).count("job.failed") == 1
+
+
+def test_a_fault_that_outlasts_the_retries_fails_the_job(
+    node_config, cr_chest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database error on this instance alone that does not clear (e.g. a statement timeout on
+    its archive query): after Celery's retries the job fails with the reason, instead of staying
+    running for the sweep to re-queue for ever."""
+    from sqlalchemy.exc import OperationalError
+
+    uid, path = _received(node_config, cr_chest)
+
+    def timeout(*args: object, **kwargs: object) -> None:
+        raise OperationalError("SELECT", {}, Exception("canceling statement due to statement timeout"))
+
+    monkeypatch.setattr(pipeline.archive, "case_context", timeout)
+    _task(uid, path)
+    assert _state(uid) == InstanceState.FAILED
+    kinds = _kinds(uid)
+    assert kinds.count("job.started") == kinds.count("job.retried") == 6  # max_retries 5, + the first
+    failed = [e for e in events(kind="job.failed") if e.sop_instance_uid == uid]
+    assert len(failed) == 1 and "gave up after 6 attempts" in failed[0].message
+    assert "statement timeout" in failed[0].message
