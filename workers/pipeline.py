@@ -21,7 +21,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from models.result import AnalysisResult, CaseContext, Triage
@@ -343,9 +343,31 @@ def already_ended(sop_instance_uid: str) -> str | None:
         return None
 
 
+RETRIES_SPENT = "retries spent"  # how a job.retried event that ends a task's retries begins
+
+
 def give_up(sop_instance_uid: str, message: str) -> None:
-    """Fail the job after its retries are spent (audited ``job.failed`` with ``message``)."""
-    _fail(sop_instance_uid, None, message, time.monotonic())
+    """A task's retries are spent on ``message``. The first time, the instance is left running
+    (audited ``job.retried``) for the sweep to re-queue after ``stale_job_seconds``, so that a
+    fault that clears (a database outage longer than the retries) costs time, not the result.
+    The second time, the fault did not clear: the job fails with it (``job.failed``)."""
+    with session_scope() as session:
+        before = session.scalar(
+            select(func.count()).where(
+                AuditEvent.sop_instance_uid == sop_instance_uid,
+                AuditEvent.kind == str(EventKind.JOB_RETRIED),
+                AuditEvent.message.startswith(RETRIES_SPENT),
+            )
+        )
+    if before:
+        _fail(sop_instance_uid, None, f"{RETRIES_SPENT} twice: {message}", time.monotonic())
+    else:
+        audit.record(
+            EventKind.JOB_RETRIED,
+            Outcome.WARNING,
+            f"{RETRIES_SPENT}; the sweep re-queues it once: {message}"[:512],
+            sop_instance_uid=sop_instance_uid,
+        )
 
 
 def process_instance(

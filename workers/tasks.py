@@ -27,10 +27,9 @@ def analyze_instance(self, sop_instance_uid: str, path: str) -> None:  # type: i
         process_instance(sop_instance_uid, path, attempt=attempt)
     except TemporaryError as exc:
         if self.request.retries >= self.max_retries:
-            # Retries spent on a fault that did not clear: failed with its reason, not left
-            # running for the sweep to re-queue for ever. (If the database itself is away, the
-            # failure cannot be written: the instance stays running, and the sweep re-queues it
-            # once the database is back, as it should.)
-            give_up(sop_instance_uid, f"gave up after {attempt} attempts: {exc}")
+            # Retries spent: the sweep re-queues it once; spent again, the job fails with the
+            # fault instead of running for ever. (With the database away nothing can be written:
+            # the instance stays running, and the sweep re-queues it once the database is back.)
+            give_up(sop_instance_uid, f"{attempt} attempts, the last: {exc}")
             return
         raise self.retry(exc=exc, countdown=min(60, 5 * 2**self.request.retries)) from exc
