@@ -399,6 +399,8 @@ def export_retry(
 
     count = retry_dead(ids or (), all_dead=not ids)
     typer.echo(f"{count} export(s) queued for delivery")
+    if ids and count < len(ids):
+        typer.echo(f"{len(ids) - count} left as they are: sent, being sent, or no such row")
 
 
 # `train` and `eval` live with the models; models.training.cli imports torch only inside its commands.

@@ -241,14 +241,17 @@ def _finish(
 
 
 def retry_dead(ids: Iterable[int] = (), *, all_dead: bool = False) -> int:
-    """Give dead (or the named) rows a fresh set of attempts. Returns how many."""
+    """Give dead rows (every one, or the named ones that are dead or waiting for their next
+    attempt) a fresh set of attempts, due now. Returns how many. A row being sent at this moment
+    is left alone: reset, it would be claimed again and sent twice."""
     ids = list(ids)
     with session_scope() as session:
-        query = update(OutboxItem).where(OutboxItem.state != OutboxState.SENT)
         if ids:
-            query = query.where(OutboxItem.id.in_(ids))
+            query = update(OutboxItem).where(
+                OutboxItem.id.in_(ids), OutboxItem.state.in_((OutboxState.DEAD, OutboxState.PENDING))
+            )
         elif all_dead:
-            query = query.where(OutboxItem.state == OutboxState.DEAD)
+            query = update(OutboxItem).where(OutboxItem.state == OutboxState.DEAD)
         else:
             return 0
         result = session.execute(

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from sqlalchemy import select
 
 from node.db.audit import events
 from node.db.engine import upgrade
 from node.db.tables import OutboxState
-from node.export import OutputFile, add_to_outbox, backoff_seconds, deliver_due, outbox_rows
+from node.export import OutputFile, add_to_outbox, backoff_seconds, deliver_due, outbox_rows, retry_dead
 from node.settings import configure
 from tests.helpers import encoded, make_dx, wait_until, write
 from tests.orthanc import Orthanc
@@ -86,6 +87,31 @@ def test_dead_letter_and_retry_command(node_config, orthanc: Orthanc, tmp_path: 
     orthanc.start()
     assert deliver_due(settings) == {"sent": 1}
     assert outbox_rows()[0].state == OutboxState.SENT
+
+
+def test_retry_by_id_leaves_a_row_being_sent_alone(node_config, tmp_path: Path, cr_chest: Path) -> None:
+    """`cxr-node export retry ID` on a row in flight would have it claimed again and sent twice;
+    only dead rows (and rows waiting for their next attempt) get fresh attempts."""
+    from node.db.engine import session_scope
+    from node.db.tables import OutboxItem
+
+    settings = configure(destinations=["A@127.0.0.1:1", "B@127.0.0.1:2", "C@127.0.0.1:3", "D@127.0.0.1:4"])
+    upgrade()
+    add_to_outbox([output_file(tmp_path, cr_chest)], settings)
+    states = (OutboxState.SENDING, OutboxState.SENT, OutboxState.DEAD, OutboxState.PENDING)
+    with session_scope() as session:
+        rows = list(session.scalars(select(OutboxItem).order_by(OutboxItem.id)))
+        for row, state in zip(rows, states, strict=True):
+            row.state, row.attempts = state, 3
+        ids = [row.id for row in rows]
+    assert retry_dead(ids) == 2
+    after = {row.destination: (row.state, row.attempts) for row in outbox_rows()}
+    assert after == {
+        "A@127.0.0.1:1": (OutboxState.SENDING, 3),
+        "B@127.0.0.1:2": (OutboxState.SENT, 3),
+        "C@127.0.0.1:3": (OutboxState.PENDING, 0),
+        "D@127.0.0.1:4": (OutboxState.PENDING, 0),
+    }
 
 
 def test_unreadable_output_goes_dead_at_once(node_config, orthanc: Orthanc, tmp_path: Path) -> None:
