@@ -41,7 +41,7 @@ def build_outputs(
     algorithm_name, algorithm_version
         From the model registry; the version also enters every output UID.
     include_seg
-        Also build the lung Segmentation.
+        Also build the lung Segmentation (only of an outline that passed the quality check).
     kinds
         Which of them to build (the worker builds and sends the SR first).
     sc_max_size, sc_transfer_syntax_uid
@@ -69,7 +69,7 @@ def build_outputs(
             max_size=sc_max_size,
             transfer_syntax_uid=sc_transfer_syntax_uid,
         )
-    if include_seg and "seg" in kinds:
+    if include_seg and "seg" in kinds and result.quality.assessable:  # no outline that failed the check
         try:
             outputs["seg"] = build_seg(source, result, algorithm_name, algorithm_version)
         except (ValueError, TypeError, AttributeError):

@@ -66,6 +66,7 @@ HEADER_FONT = 1 / 40
 FOOTER_FONT = 1 / 52
 MAX_TEXT_WIDTH = 0.9  # fraction of the columns a text box may cover
 SCALE_SUFFIX = "high;  green: lung outline"
+SCALE_HIGH = "high"  # the scale's end when no outline is drawn
 
 
 def _colormap(values: np.ndarray) -> np.ndarray:
@@ -252,8 +253,8 @@ def footer_lines(result: AnalysisResult, algorithm_name: str, algorithm_version:
         f"R lung: extent {severity.right.extent:.1f}/4  opacity {severity.right.opacity:.1f}/3   "
         f"L lung: extent {severity.left.extent:.1f}/4  opacity {severity.left.opacity:.1f}/3"
         if quality.assessable
-        else "Lung scores withheld",
-        f"Heatmap ({result.heatmap_method}): low",
+        else "Lung scores and outlines withheld",
+        f"Heatmap ({result.heatmap_method}): low" if quality.lungs_found else "Heatmap withheld",
         f"{_product(algorithm_name)} {algorithm_version} - AI result, not verified",
     ]
 
@@ -285,18 +286,19 @@ def _text_box(
     top: bool,
     colours: list[tuple[int, int, int]],
     scale_line: str | None = None,
+    suffix: str = SCALE_SUFFIX,
 ) -> tuple[int, int, int, int]:
     """Draw lines of text on a black box in the top or the bottom left corner.
 
     On ``scale_line`` a gap for the heatmap's colour bar follows the text,
-    then ``SCALE_SUFFIX``. Returns the bar's (left, top, right, bottom), all
+    then ``suffix``. Returns the bar's (left, top, right, bottom), all
     zero without a scale line.
     """
     draw = ImageDraw.Draw(canvas)
     columns, rows = canvas.size
     size = round(size)
     bar_chars = 6  # the colour bar is as wide as six font sizes
-    sized = [line + " " * bar_chars * 2 + SCALE_SUFFIX if line == scale_line else line for line in lines]
+    sized = [line + " " * bar_chars * 2 + suffix if line == scale_line else line for line in lines]
     font = _fitted_font(draw, sized, size, MAX_TEXT_WIDTH * columns)
     size = _font_size(font)
     margin = max(2, size // 3)
@@ -305,7 +307,7 @@ def _text_box(
     widths = [draw.textlength(line, font=font) for line in lines]
     if scale_line is not None:
         i = lines.index(scale_line)
-        widths[i] += 2 * margin + bar_width + draw.textlength(SCALE_SUFFIX, font=font)
+        widths[i] += 2 * margin + bar_width + draw.textlength(suffix, font=font)
     right = min(columns - 1, round(3 * margin + max(widths)))
     height = min(rows - 1 - 2 * margin, 2 * margin + line_height * len(lines))
     y0 = margin if top else rows - 1 - margin - height
@@ -317,13 +319,17 @@ def _text_box(
         if line == scale_line:
             x = round(2 * margin + draw.textlength(line, font=font) + margin)
             bar = (x, y + size // 5, x + bar_width, y + size)
-            draw.text((x + bar_width + margin, y), SCALE_SUFFIX, fill=colour, font=font)
+            draw.text((x + bar_width + margin, y), suffix, fill=colour, font=font)
         y += line_height
     return bar
 
 
 def draw_legend(
-    rgb: np.ndarray, header: list[str], footer: list[str], scale_line: str | None = None
+    rgb: np.ndarray,
+    header: list[str],
+    footer: list[str],
+    scale_line: str | None = None,
+    scale_suffix: str = SCALE_SUFFIX,
 ) -> np.ndarray:
     """Burn the header (top left, larger) and the footer (bottom left) into the image."""
     canvas = Image.fromarray(rgb)
@@ -332,7 +338,7 @@ def draw_legend(
     footer_size = max(MIN_FONT, round(rows * FOOTER_FONT))
     colours = [WARNING_RGB] + [URGENT_RGB if line.startswith(URGENT) else TEXT_RGB for line in header[1:]]
     _text_box(canvas, header, header_size, True, colours)
-    bar = _text_box(canvas, footer, footer_size, False, [TEXT_RGB] * len(footer), scale_line)
+    bar = _text_box(canvas, footer, footer_size, False, [TEXT_RGB] * len(footer), scale_line, scale_suffix)
     out = np.asarray(canvas).copy()
     rows, columns = out.shape[:2]
     left, top, right, bottom = bar
@@ -359,15 +365,28 @@ def render(
         raise ResultMismatchError(f"result.image must be 2-D uint8, got {image.dtype} {image.shape}")
     if window_from_lungs:
         image = lung_window(image, [np.asarray(result.right_lung), np.asarray(result.left_lung)])
-    rgb = blend_heatmap(image, np.asarray(result.heatmap))
-    rgb = draw_outlines(rgb, [np.asarray(result.right_lung), np.asarray(result.left_lung)])
+    quality = result.quality
+    # What the quality check withholds is not drawn either: no heatmap where no lungs were found
+    # (it would explain a class that is not reported), no outline that failed the check (as in
+    # the SR).
+    rgb = (
+        blend_heatmap(image, np.asarray(result.heatmap)) if quality.lungs_found else np.stack([image] * 3, -1)
+    )
+    if quality.assessable:
+        rgb = draw_outlines(rgb, [np.asarray(result.right_lung), np.asarray(result.left_lung)])
     footer = footer_lines(result, algorithm_name, algorithm_version)
     points = trend_points(result, today)
     if len(points) > 1:
         canvas = Image.fromarray(rgb)
         draw_trend(canvas, points)
         rgb = np.asarray(canvas).copy()
-    return draw_legend(rgb, header_lines(result), footer, scale_line=footer[2])
+    return draw_legend(
+        rgb,
+        header_lines(result),
+        footer,
+        scale_line=footer[2] if quality.lungs_found else None,
+        scale_suffix=SCALE_SUFFIX if quality.assessable else SCALE_HIGH,
+    )
 
 
 def fit_to_size(result: AnalysisResult, max_size: int) -> AnalysisResult:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from models.result import Quality
 from node.dicom import codes as cxr_codes
-from node.dicom.sc import header_lines
+from node.dicom.outputs import build_outputs
+from node.dicom.sc import OUTLINE_RGB, header_lines, render
 from node.dicom.sr import TRACKING_IMAGE, TRACKING_LEFT, TRACKING_LEFT_OUTLINE, build_sr
 from node.triage import evaluate
 from tests.node.dicom.fakes import (
@@ -88,3 +90,33 @@ def test_passed_check_reports_as_before(cr_source: Dataset) -> None:
     assert TRACKING_LEFT in groups
     triage = evaluate(RULE, result, [], 0.5)
     assert triage is not None and triage.urgent
+
+
+def _drawn(result: object) -> tuple[int, int]:
+    """(outline pixels, coloured pixels) of the SC's image area, legend boxes left out."""
+    rgb = render(result, ALGORITHM_NAME, ALGORITHM_VERSION).astype(int)  # type: ignore[arg-type]
+    rows = rgb.shape[0]
+    middle = rgb[rows // 4 : rows * 3 // 4]
+    outline = int((np.abs(middle - np.array(OUTLINE_RGB)).sum(-1) < 30).sum())
+    coloured = int((middle.max(-1) - middle.min(-1) > 40).sum())
+    return outline, coloured
+
+
+def test_the_sc_and_seg_draw_nothing_the_check_withheld(cr_source: Dataset) -> None:
+    """No outline that failed the check (as in the SR) and no SEG of it; no heatmap where no
+    lungs were found (it would explain a class that is not reported)."""
+    passed = make_result(cr_source)
+    outline, coloured = _drawn(passed)
+    assert outline > 100 and coloured > outline  # the outline and the heat
+    assert "seg" in build_outputs(cr_source, passed, ALGORITHM_NAME, ALGORITHM_VERSION)
+
+    failed = make_result(cr_source)
+    failed.quality = Quality(False, True, ("shape",), "lung outline implausible in shape")
+    outline, coloured = _drawn(failed)
+    assert outline == 0 and coloured > 100  # the heat explains the class, which stands
+    assert "seg" not in build_outputs(cr_source, failed, ALGORITHM_NAME, ALGORITHM_VERSION)
+
+    nothing = make_result(cr_source)
+    nothing.quality = Quality(False, False, ("noise",), "no radiographic structure (noise)")
+    assert _drawn(nothing) == (0, 0)
+    assert set(build_outputs(cr_source, nothing, ALGORITHM_NAME, ALGORITHM_VERSION)) == {"sr", "sc"}
