@@ -138,8 +138,8 @@ class Analyzer:
         from models.evidence import resolution_chain
 
         norms = [normalize(loaded.pixels) for loaded in images]
-        prepared = [
-            model_square(loaded.pixels, SEG_SIZE, normalized=norm)
+        prepared = [  # each film the usual way round (LoadedImage.flips); maps flipped back in _results
+            model_square(loaded.upright(loaded.pixels), SEG_SIZE, normalized=loaded.upright(norm))
             for loaded, norm in zip(images, norms, strict=True)
         ]
         geoms = [geom for _, geom in prepared]
@@ -218,9 +218,9 @@ class Analyzer:
                 AnalysisResult(
                     classification={c: float(p) for c, p in zip(CLASSES, b.probs[i], strict=True)},
                     severity=b.severities[i],
-                    right_lung=b.geoms[i].to_input(b.lungs[i][0].astype(np.float32)) > 0.5,
-                    left_lung=b.geoms[i].to_input(b.lungs[i][1].astype(np.float32)) > 0.5,
-                    heatmap=b.heats[i],
+                    right_lung=loaded.upright(b.geoms[i].to_input(b.lungs[i][0].astype(np.float32))) > 0.5,
+                    left_lung=loaded.upright(b.geoms[i].to_input(b.lungs[i][1].astype(np.float32))) > 0.5,
+                    heatmap=np.ascontiguousarray(loaded.upright(b.heats[i])),
                     image=display_uint8(loaded.pixels, normalized=b.norms[i]),
                     models=self.model_ids(),
                     pixel_spacing_mm=loaded.pixel_spacing_mm,

@@ -26,11 +26,38 @@ INTENSITY_RANGE = 1024.0
 
 @dataclass
 class LoadedImage:
-    """A decoded image in display orientation (bright = dense)."""
+    """A decoded image in display orientation (bright = dense).
+
+    ``flips`` (up-down, left-right): how the pixels differ from a chest film's usual display,
+    patient's right on the viewer's left and head at the top (Patient Orientation ``L\\F``), as
+    the DICOM header says (:func:`header_flips`). The models read the film the usual way round and
+    hand their maps back in the pixels' own frame, so a mirrored film's right lung stays the
+    patient's right lung."""
 
     pixels: np.ndarray  # float32 (rows, cols)
     pixel_spacing_mm: tuple[float, float] | None
     source: str
+    flips: tuple[bool, bool] = (False, False)
+
+    def upright(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (in the pixels' frame) the usual way round; its own inverse."""
+        up_down, left_right = self.flips
+        out = image[::-1] if up_down else image
+        return out[:, ::-1] if left_right else out
+
+
+def header_flips(ds: Any) -> tuple[bool, bool]:
+    """(up-down, left-right) from Patient Orientation (0020,0020): rows running towards the
+    patient's right (``R``) are a mirrored film, columns running towards the head (``H``) an
+    upside-down one. Anything else (absent, a lateral's ``A``/``P``, a film on its side) is left
+    as it is; the quality check catches a film turned on its side."""
+    value = ds.get("PatientOrientation")
+    if not value or len(value) != 2:
+        return (False, False)
+    rows, columns = (str(v).upper()[:1] for v in value)
+    if rows not in ("L", "R") or columns not in ("F", "H"):
+        return (False, False)
+    return (columns == "H", rows == "R")
 
 
 @dataclass(frozen=True)
@@ -187,7 +214,7 @@ def _from_dataset(ds: Any, source: str) -> LoadedImage:
         arr = float(arr.max()) + float(arr.min()) - arr
     if arr.ndim != 2 or min(arr.shape) < 8:
         raise ImageError(f"{source}: expected a 2-D image, got shape {arr.shape}")
-    return LoadedImage(pixels=arr, pixel_spacing_mm=_spacing(ds), source=source)
+    return LoadedImage(pixels=arr, pixel_spacing_mm=_spacing(ds), source=source, flips=header_flips(ds))
 
 
 def load_image(path_or_dataset: Any) -> LoadedImage:

@@ -96,7 +96,7 @@ def _dx(pixels: np.ndarray, *, view: str = "PA", age: str | None = "045Y") -> Da
     ds.BodyPartExamined, ds.ViewPosition = "CHEST", view
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.PatientOrientation = ["R", "F"] if view != "LL" else ["A", "F"]
+    ds.PatientOrientation = ["L", "F"] if view != "LL" else ["A", "F"]  # the usual display
     ds.ImagerPixelSpacing = [0.4, 0.4]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape

@@ -155,7 +155,7 @@ def _synthetic_source(rows: int, columns: int) -> Any:
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260101", "120000", "", "1"
     ds.ReferringPhysicianName = ""
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "DX", 1, 1
-    ds.BodyPartExamined, ds.ViewPosition, ds.PatientOrientation = "CHEST", "PA", ["R", "F"]
+    ds.BodyPartExamined, ds.ViewPosition, ds.PatientOrientation = "CHEST", "PA", ["L", "F"]
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.Rows, ds.Columns, ds.ImagerPixelSpacing = rows, columns, [0.4, 0.4]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

@@ -94,3 +94,30 @@ def test_heatmap_stays_on_the_lung_crop(analyzer, heldout_slice) -> None:
         pad = max(lungs.shape) // 5
         heat[max(rows[0] - pad, 0) : rows[-1] + pad, max(cols[0] - pad, 0) : cols[-1] + pad] = 0
         assert heat.max() == 0.0
+
+
+@pytest.mark.parametrize(("orientation", "axis"), [(("R", "F"), 1), (("L", "H"), 0)])
+def test_a_film_stored_mirrored_or_upside_down_is_read_by_its_header(
+    analyzer, cr_chest_dicom: Path, orientation: tuple[str, str], axis: int
+) -> None:
+    """The same film stored mirrored (Patient Orientation R\\F) or upside down (L\\H): its
+    lungs and scores are the patient's own, not swapped, in the stored pixels' frame."""
+    import pydicom
+
+    ds = pydicom.dcmread(cr_chest_dicom)
+    usual = analyzer.analyze(load_image(ds))
+    ds.PixelData = np.ascontiguousarray(np.flip(ds.pixel_array, axis)).tobytes()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.PatientOrientation = list(orientation)
+    stored = analyzer.analyze(load_image(ds))
+    assert stored.quality.assessable
+    for lung in ("right", "left"):
+        assert getattr(stored.severity, lung).extent == pytest.approx(
+            getattr(usual.severity, lung).extent, abs=0.15
+        )
+    for flipped, own in ((stored.right_lung, usual.right_lung), (stored.left_lung, usual.left_lung)):
+        back = np.flip(flipped, axis)
+        assert 2 * (back & own).sum() / (back.sum() + own.sum()) > 0.97  # the same lung, same place
+    if axis == 1:  # mirrored: the patient's right lung is now on the image's right
+        cols = np.arange(stored.right_lung.shape[1])
+        assert cols[stored.right_lung.any(0)].mean() > cols[stored.left_lung.any(0)].mean()
