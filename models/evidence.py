@@ -118,6 +118,10 @@ class OpacityClassifier:
     the opacity inside the lungs and the severity totals.
 
     ``p = softmax(((transform(f) - mean) / scale) @ coef.T + intercept) / temperature)``.
+
+    ``without_totals``: the same regression on the eight opacity measures alone, for a film whose
+    severity totals the quality check withheld (its lung outline failed): its class is then read
+    without the withheld numbers (``predict_proba(..., withheld=...)``).
     """
 
     training = False  # like the torch models: never in training mode at inference
@@ -130,6 +134,7 @@ class OpacityClassifier:
         intercept: np.ndarray,
         temperature: float = 1.0,
         features: tuple[str, ...] = FEATURES,
+        without_totals: OpacityClassifier | None = None,
     ) -> None:
         self.mean = np.asarray(mean, np.float64)
         self.scale = np.asarray(scale, np.float64)
@@ -137,20 +142,32 @@ class OpacityClassifier:
         self.intercept = np.asarray(intercept, np.float64)
         self.temperature = float(temperature)
         self.features = tuple(features)
+        self.without_totals = without_totals
+
+    def logits_with(self, feats: np.ndarray, withheld: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`logits`, those of the ``withheld`` rows (severity totals withheld) from
+        :attr:`without_totals` on the opacity measures alone."""
+        feats = np.atleast_2d(feats)
+        out = self.logits(feats)
+        if withheld is not None and self.without_totals is not None and np.any(withheld):
+            rows = np.asarray(withheld, bool)
+            out[rows] = self.without_totals.logits(feats[rows][:, : len(OPACITY_FEATURES)])
+        return out
 
     def logits(self, feats: np.ndarray) -> np.ndarray:
         z = (transform(np.atleast_2d(feats)) - self.mean) / self.scale
         return z @ self.coef.T + self.intercept
 
-    def predict_proba(self, feats: np.ndarray) -> np.ndarray:
-        lg = self.logits(feats) / self.temperature
+    def predict_proba(self, feats: np.ndarray, withheld: np.ndarray | None = None) -> np.ndarray:
+        lg = self.logits_with(feats, withheld) / self.temperature
         lg -= lg.max(1, keepdims=True)
         e = np.exp(lg)
         return e / e.sum(1, keepdims=True)
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "kind": "multinomial logistic regression on lung-restricted opacity and the severity totals",
+        d: dict[str, object] = {
+            "kind": "multinomial logistic regression on lung-restricted opacity"
+            + (" and the severity totals" if self.features == FEATURES else ""),
             "features": list(self.features),
             "transform": "log(max(x, 0) + 0.01) on all features but peripheral_minus_central and "
             "zones_involved, then (x - mean) / scale",
@@ -160,16 +177,22 @@ class OpacityClassifier:
             "intercept": self.intercept.tolist(),
             "temperature": self.temperature,
         }
+        if self.without_totals is not None:
+            d["without_totals"] = self.without_totals.to_json()
+        return d
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> OpacityClassifier:
-        feats = d.get("features") or FEATURES
-        if tuple(feats) != FEATURES:  # type: ignore[arg-type]
-            raise ValueError(f"classifier features {feats} do not match this code's {FEATURES}")
+    def from_json(cls, d: dict[str, object], features: tuple[str, ...] = FEATURES) -> OpacityClassifier:
+        feats = d.get("features") or features
+        if tuple(feats) != features:  # type: ignore[arg-type]
+            raise ValueError(f"classifier features {feats} do not match this code's {features}")
+        sub = d.get("without_totals")
         return cls(
             np.array(d["mean"]),
             np.array(d["scale"]),
             np.array(d["coef"]),
             np.array(d["intercept"]),
             float(d.get("temperature", 1.0)),  # type: ignore[arg-type]
+            features,
+            cls.from_json(sub, OPACITY_FEATURES) if isinstance(sub, dict) else None,
         )

@@ -177,7 +177,9 @@ class Analyzer:
             np.array([s.geographic_extent for s in b.severities]),
             np.array([s.opacity for s in b.severities]),
         )
-        b.probs = self.model("classification").predict_proba(b.features)
+        # A film whose outline failed the check has its totals withheld: its class is read without them.
+        withheld = np.array([not c.assessable for c in b.checks])
+        b.probs = self.model("classification").predict_proba(b.features, withheld=withheld)
 
     def _severity(self, b: _Batch) -> None:
         """Cohen's scores per lung and in total, and the retrieval embedding."""

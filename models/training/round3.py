@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from models.evidence import FEATURES, OpacityClassifier, classifier_inputs, transform
+from models.evidence import FEATURES, OPACITY_FEATURES, OpacityClassifier, classifier_inputs, transform
 from models.result import CLASSES
 from models.training.sources import DEFAULT_DATA, SOURCES, Item, dhash, hash_groups, index
 
@@ -45,11 +45,12 @@ PROTOCOL = (
     "leave one source out (7 sources): trained on the patient groups with no image in the held-out "
     "source, tested on it; groups: ids where they exist + 256-bit dHash near-duplicates (<= 12 bits); "
     "temperature fitted on the out-of-source logits; severity totals (classifier inputs, triage, "
-    "ICU check) from a ridge refitted without the image's patient group"
+    "ICU check) from a ridge refitted without the image's patient group; a film whose outline fails "
+    "the quality check (totals withheld, lungs found) is read by the fold's twin without the totals"
 )
 NORMAL, OTHER, PNEUMONIA, COVID = (CLASSES.index(c) for c in CLASSES)
 TARGET_SENSITIVITY = 0.97  # the auto threshold's sensitivity on the sources it is fitted on
-VERSION = "3.2.0"  # on lung-net@3.0.0, with the severity totals as inputs
+VERSION = "3.3.0"  # 3.2.0 (on lung-net@3.0.0, the severity totals as inputs) + its twin without the totals
 EXTENT_URGENT = 4.0
 MIN_CELL = 20  # source x class cells smaller than this weigh as if they had this many images
 C_REG = 1.0
@@ -79,7 +80,16 @@ def fit(x: np.ndarray, y: np.ndarray, src: np.ndarray, c: float = C_REG) -> Opac
     inter = np.full(len(CLASSES), -30.0)  # a class absent from training is never predicted
     for k, cls in enumerate(lr.classes_):
         coef[cls], inter[cls] = lr.coef_[k], lr.intercept_[k]
-    return OpacityClassifier(mean, scale, coef, inter)
+    features = FEATURES if z.shape[1] == len(FEATURES) else OPACITY_FEATURES
+    return OpacityClassifier(mean, scale, coef, inter, features=features)
+
+
+def fit_pair(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> OpacityClassifier:
+    """:func:`fit` on every input, with its ``without_totals`` twin fitted on the same images'
+    opacity measures alone (for films whose severity totals are withheld)."""
+    model = fit(x, y, src)
+    model.without_totals = fit(x[:, : len(OPACITY_FEATURES)], y, src)
+    return model
 
 
 def out_of_group_severity(
@@ -168,19 +178,26 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
 
 
 def loso(
-    x: np.ndarray, y: np.ndarray, src: np.ndarray, groups: np.ndarray, labelled: np.ndarray
+    x: np.ndarray,
+    y: np.ndarray,
+    src: np.ndarray,
+    groups: np.ndarray,
+    labelled: np.ndarray,
+    withheld: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Out-of-source logits for every image (trained without its source and its groups), and
-    the training mask of each fold."""
+    the training mask of each fold; ``withheld`` images (severity totals withheld by the quality
+    check) read by the fold's twin without the totals, as the node reads them."""
     logits = np.full((len(y), len(CLASSES)), np.nan)
     masks = {}
+    withheld = np.zeros(len(y), bool) if withheld is None else withheld
     for s in SOURCES:
         test = src == s
         touched = np.isin(groups, np.unique(groups[test]))
         train = labelled & ~touched
         masks[s] = train
-        model = fit(x[train], y[train], src[train])
-        logits[test] = model.logits(x[test])
+        model = fit_pair(x[train], y[train], src[train])
+        logits[test] = model.logits_with(x[test], withheld[test])
     return logits, masks
 
 
@@ -293,8 +310,10 @@ def triage(
 ) -> dict[str, Any]:
     """The default rule ``covid19 >= auto or extent >= 4`` per held-out source, with ``auto``
     fitted without that source (nested leave-one-source-out), and the quality check's say:
-    no class when nothing lung-like was found, no extent when the outline is not assessable."""
+    no class when nothing lung-like was found, no extent when the outline is not assessable
+    (and the class then read without the totals)."""
     out: dict[str, Any] = {}
+    withheld = found & ~assessable
     for s in SOURCES:
         test = src == s
         outer_train = labelled & ~np.isin(groups, np.unique(groups[test]))
@@ -306,11 +325,11 @@ def triage(
             if not tt.any():
                 continue
             train = outer_train & ~np.isin(groups, np.unique(groups[src == t]))
-            model = fit(x[train], y[train], src[train])
-            inner_scores.append(softmax(model.logits(x[tt]), temperature)[:, COVID])
+            model = fit_pair(x[train], y[train], src[train])
+            inner_scores.append(softmax(model.logits_with(x[tt], withheld[tt]), temperature)[:, COVID])
         thr = threshold_at(np.concatenate(inner_scores))
-        model = fit(x[outer_train], y[outer_train], src[outer_train])
-        p = softmax(model.logits(x[test]), temperature)[:, COVID]
+        model = fit_pair(x[outer_train], y[outer_train], src[outer_train])
+        p = softmax(model.logits_with(x[test], withheld[test]), temperature)[:, COVID]
         by_class = (p >= thr) & found[test]
         by_extent = (extent[test] >= EXTENT_URGENT) & assessable[test]
         urgent = by_class | by_extent
@@ -388,7 +407,7 @@ def main(
     cross = sum(len(set(src[groups == g])) > 1 for g in np.unique(groups))
     report["groups"]["groups_spanning_sources"] = int(cross)
 
-    logits, _ = loso(x, y, src, groups, labelled)
+    logits, _ = loso(x, y, src, groups, labelled, found & ~assessable)
     w = sample_weights(y[labelled], src[labelled])
     temperature = fit_temperature(logits[labelled], y[labelled], w)
     p = softmax(logits, temperature)
@@ -412,7 +431,7 @@ def main(
     report["confusion_out_of_source"] = [
         [int(((y[labelled] == a) & (pred == b)).sum()) for b in range(4)] for a in range(4)
     ]
-    final = fit(x[labelled], y[labelled], src[labelled])
+    final = fit_pair(x[labelled], y[labelled], src[labelled])
     final.temperature = temperature
     shipped_p = softmax(logits, temperature)[:, COVID]
     report["auto_threshold"] = round(threshold_at(shipped_p[labelled & (y == COVID)]), 4)
@@ -498,6 +517,7 @@ def release(
     """Copy the coefficients into ``weights_dir`` and update the classification entry only."""
     import shutil
 
+    from models.exceptions import RegistryError
     from models.registry import WEIGHTS_DIR, sha256_file, update_registry
 
     weights = Path(weights_dir or WEIGHTS_DIR)
@@ -509,7 +529,11 @@ def release(
         "version": VERSION,
         "file": name,
         "sha256": sha256_file(weights / name),
-        "arch": {"class": "OpacityLogistic", "features": list(FEATURES)},
+        "arch": {
+            "class": "OpacityLogistic",
+            "features": list(FEATURES),
+            "without_totals": list(OPACITY_FEATURES),  # for films whose totals are withheld
+        },
         "input_size": 256,
         "labels": list(CLASSES),
         "thresholds": {"covid19": report["auto_threshold"]},
@@ -527,10 +551,21 @@ def release(
             "after one resolution chain (256 -> 224 -> 256); features: LungNet's opacity inside the "
             "refined lungs and the severity ridge's two totals (each image's from a ridge refitted "
             "without its patient group); class- and source-balanced weights",
-            "previous": "opacity-classifier@3.1.0 (the 8 opacity features only); 3.0.0 (on lung-net@2.0.0)",
+            "previous": "opacity-classifier@3.2.0 (the same without the twin: a film whose totals were "
+            "withheld was classified on them); 3.1.0 (the 8 opacity features only); "
+            "3.0.0 (on lung-net@2.0.0)",
         },
         "metrics": report,
     }
+    # The model-selection table has its own writer (models.training.variants --record): kept.
+    from models.registry import load_registry
+
+    try:
+        previous = load_registry(registry)["models"]["classification"]["metrics"]
+    except (KeyError, RegistryError):
+        previous = {}
+    if "model_selection" in previous:
+        entry["metrics"] = {**report, "model_selection": previous["model_selection"]}
     update_registry({"classification": entry}, registry)
 
 

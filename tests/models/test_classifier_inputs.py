@@ -3,12 +3,20 @@ from a ridge that never saw its patient group (round 3's split rule for severity
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import pytest
 
-from models.evidence import FEATURES, LOGGED, OpacityClassifier, classifier_inputs, transform
+from models.evidence import (
+    FEATURES,
+    LOGGED,
+    OPACITY_FEATURES,
+    OpacityClassifier,
+    classifier_inputs,
+    transform,
+)
 from models.registry import build_model
 from models.training import round3
 
@@ -88,5 +96,27 @@ def test_shipped_classifier_reads_the_severity_totals() -> None:
 def test_a_classifier_of_other_features_is_refused() -> None:
     d: dict[str, Any] = OpacityClassifier(np.zeros(8), np.ones(8), np.zeros((4, 8)), np.zeros(4)).to_json()
     d["features"] = list(FEATURES[:8])
+    with pytest.raises(ValueError, match="do not match"):
+        OpacityClassifier.from_json(d)
+
+
+def test_a_film_whose_totals_were_withheld_is_classified_without_them() -> None:
+    """The shipped classifier carries a twin on the eight opacity measures alone; a film whose
+    totals the quality check withheld gets its class from the twin, whatever the withheld totals
+    say (a failed outline can make them anything)."""
+    clf = build_model("classification", "cpu")
+    assert clf.without_totals is not None and clf.without_totals.features == OPACITY_FEATURES
+    opacity = np.full((2, 8), 0.05)
+    low = classifier_inputs(opacity, np.array([0.0, 0.0]), np.array([0.0, 0.0]))
+    high = classifier_inputs(opacity, np.array([8.0, 8.0]), np.array([6.0, 6.0]))
+    withheld = np.array([False, True])
+    p_low, p_high = clf.predict_proba(low, withheld=withheld), clf.predict_proba(high, withheld=withheld)
+    assert p_high[0, 0] < p_low[0, 0]  # read with its totals, more extent is less normal
+    np.testing.assert_allclose(p_high[1], p_low[1])  # read without them, the totals do not count
+    # The twin survives the JSON, and one of other features is refused.
+    again = OpacityClassifier.from_json(json.loads(json.dumps(clf.to_json())))
+    np.testing.assert_allclose(again.predict_proba(high, withheld=withheld), p_high)
+    d = clf.to_json()
+    d["without_totals"]["features"] = list(FEATURES)  # type: ignore[index]
     with pytest.raises(ValueError, match="do not match"):
         OpacityClassifier.from_json(d)

@@ -105,3 +105,22 @@ def test_card_shows_the_low_evidence_table() -> None:
     text = cards._low_evidence(rows)
     assert "| covid-radiography | 15.3 % of 640 | – |" in text
     assert cards._low_evidence({}) == ""
+
+
+def test_shipping_the_classifier_keeps_the_model_selection_table(tmp_path: Path) -> None:
+    """round3 --ship rewrites the classification entry; the table variants --record wrote stays."""
+    from models.training import round3
+
+    registry = tmp_path / "registry.json"
+    shutil.copy(REGISTRY_PATH, registry)
+    table = {"variants": {"Z": {"covid19_vs_normal": [0.5], "abnormal_vs_normal": [0.5]}}, "in_source_cv": {}}
+    variants.record(table, registry)
+    out, weights = tmp_path / "out", tmp_path / "weights"
+    out.mkdir()
+    weights.mkdir()
+    (out / "opacity-classifier.json").write_text("{}")
+    np.savez(out / "loso.npz", logits=np.zeros((1, 4)))
+    report = {"auto_threshold": 0.1, "temperature": 1.0, "labelled": {"cxr": {"covid19": 1}}, "x": 1}
+    round3.release(out, report, weights, registry)
+    metrics = load_registry(registry)["models"]["classification"]["metrics"]
+    assert metrics["x"] == 1 and metrics["model_selection"]["variants"] == table["variants"]
