@@ -135,8 +135,9 @@ class Settings(BaseSettings):
     max_lost_starts: int = Field(
         3,
         ge=1,
-        description="fail an instance whose analysis started this many times in a row and never "
-        "ended (the worker was lost each time, e.g. killed for memory by this image)",
+        description="an instance whose analysis started this many times in a row and never ended "
+        "(the worker was lost each time, e.g. killed for memory by this image) is tried once more "
+        "alone in its worker process, and failed if that start is lost too",
     )
     model_queue: str = "models"
 

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -308,27 +309,69 @@ def _set_state(sop_instance_uid: str, state: str, reason: str | None = None) -> 
 _ENDS = (EventKind.JOB_RETRIED, EventKind.JOB_SUCCEEDED, EventKind.JOB_FAILED, EventKind.INSTANCE_INELIGIBLE)
 
 
-def lost_starts(sop_instance_uid: str) -> int:
-    """How many of the instance's latest ``job.started`` events in a row have no end after them.
+ALONE = "alone in its worker process"  # in the job.started of a suspect's last try
+
+
+def lost_starts(sop_instance_uid: str) -> tuple[int, bool]:
+    """How many of the instance's latest ``job.started`` events in a row have no end after them,
+    and whether the latest of those ran alone in its worker process (:data:`ALONE`).
 
     A worker killed in the middle of a task (out of memory on this image, a crash in a
     decoder) records its start and nothing else. Celery then delivers the task again (acks
     late, rejected when the worker is lost) and the sweep re-queues it, so without a bound
-    one such image would take a worker down for ever.
+    one such image would take a worker down for ever. With a threads pool (GPU hosts) every
+    task in flight in the process dies with it, so a lost start alone does not name the image:
+    a suspect runs once more alone (:data:`SLOTS`), and only a start lost alone fails it.
     """
     kinds = [str(k) for k in (EventKind.JOB_STARTED, *_ENDS)]
     with session_scope() as session:
-        rows = session.scalars(
-            select(AuditEvent.kind)
+        rows = session.execute(
+            select(AuditEvent.kind, AuditEvent.message)
             .where(AuditEvent.sop_instance_uid == sop_instance_uid, AuditEvent.kind.in_(kinds))
             .order_by(AuditEvent.id.desc())
         )
-        lost = 0
-        for kind in rows:
+        lost, alone = 0, False
+        for kind, message in rows:
             if kind != EventKind.JOB_STARTED:
                 break
+            alone = alone or (lost == 0 and ALONE in (message or ""))
             lost += 1
-    return lost
+    return lost, alone
+
+
+class Slots:
+    """The tasks in flight in this worker process (one with prefork, several with a threads
+    pool). ``hold(alone=True)`` waits until no other task runs and lets none start until it
+    is done: a suspect's last try cannot take an innocent neighbour down with it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._suspects = 0  # waiting to run alone: no new task starts meanwhile
+        self._alone = False
+
+    @contextmanager
+    def hold(self, alone: bool) -> Iterator[None]:
+        with self._cond:
+            if alone:
+                self._suspects += 1
+                self._cond.wait_for(lambda: not self._alone and self._running == 0)
+                self._suspects -= 1
+                self._alone = True
+            else:
+                self._cond.wait_for(lambda: not self._alone and self._suspects == 0)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                if alone:
+                    self._alone = False
+                self._cond.notify_all()
+
+
+SLOTS = Slots()
 
 
 def already_ended(sop_instance_uid: str) -> str | None:
@@ -383,11 +426,27 @@ def process_instance(
     the instance marked failed.
     """
     settings = settings or get_settings()
+    try:
+        lost, lost_alone = lost_starts(sop_instance_uid)
+    except OperationalError as exc:
+        raise TemporaryError(str(exc.orig)) from exc
+    if lost >= settings.max_lost_starts and lost_alone:
+        _fail(
+            sop_instance_uid,
+            None,
+            f"analysis started {lost} times in a row with no end recorded, the last time alone "
+            "in its worker process: the worker was lost each time (for example killed for memory "
+            "by this image), or the database could not record the end; not tried again",
+            time.monotonic(),
+        )
+        return None
+    alone = lost >= settings.max_lost_starts  # a suspect: one more try, alone
     batcher = model_batcher(settings)
-    if batcher is None:
-        return _process(sop_instance_uid, path, attempt, settings, None)
-    with batcher.task():
-        return _process(sop_instance_uid, path, attempt, settings, batcher)
+    with SLOTS.hold(alone):
+        if batcher is None:
+            return _process(sop_instance_uid, path, attempt, settings, None, alone)
+        with batcher.task():
+            return _process(sop_instance_uid, path, attempt, settings, batcher, alone)
 
 
 def _process(
@@ -396,24 +455,11 @@ def _process(
     attempt: int,
     settings: Settings,
     batcher: MicroBatcher[Any, AnalysisResult] | None,
+    alone: bool = False,
 ) -> Analysis | None:
     """read -> start -> eligible? -> analyse -> SR out first, then SC/SEG -> archive and done."""
     started = time.monotonic()
     stages: dict[str, float] = {}
-    try:
-        lost = lost_starts(sop_instance_uid)
-    except OperationalError as exc:
-        raise TemporaryError(str(exc.orig)) from exc
-    if lost >= settings.max_lost_starts:
-        _fail(
-            sop_instance_uid,
-            None,
-            f"analysis started {lost} times in a row with no end recorded: the worker was lost "
-            "each time (for example killed for memory by this image), or the database could not "
-            "record the end; not tried again",
-            started,
-        )
-        return None
     ds = _read_spooled(sop_instance_uid, path, started, stages)
     if ds is None:
         return None
@@ -421,7 +467,8 @@ def _process(
     try:
         with _timed(stages, "database"):
             _set_state(sop_instance_uid, InstanceState.RUNNING)
-            audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}", **uids)
+            note = f"; {ALONE} (lost {settings.max_lost_starts} times)" if alone else ""
+            audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}{note}", **uids)
         if not _still_eligible(ds, settings, sop_instance_uid, uids):
             return None
         t = time.monotonic()

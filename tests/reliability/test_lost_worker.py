@@ -60,16 +60,68 @@ def test_an_image_that_kills_its_worker_each_time_is_failed_and_kept(node_config
     uid, path = _received(node_config, cr_chest)
     _kill_workers(uid, path, node_config.max_lost_starts)
     assert _state(uid) == InstanceState.RUNNING
-    assert pipeline.lost_starts(uid) == node_config.max_lost_starts
+    assert pipeline.lost_starts(uid) == (node_config.max_lost_starts, False)
+    # A suspect now: tried once more, alone in its worker process; and lost again.
+    _kill_workers(uid, path, 1)
+    started = [e for e in events(kind="job.started") if e.sop_instance_uid == uid]
+    assert pipeline.ALONE in started[-1].message and pipeline.ALONE not in started[0].message
+    assert pipeline.lost_starts(uid) == (node_config.max_lost_starts + 1, True)
 
     # The next delivery (Celery's redelivery or the sweep's re-queue) does not start it again.
     assert pipeline.process_instance(uid, path) is None
     assert _state(uid) == InstanceState.FAILED
     failed = [e for e in events(kind="job.failed") if e.sop_instance_uid == uid]
-    assert failed and "started 3 times in a row with no end recorded" in failed[-1].message
-    assert len([e for e in events(kind="job.started") if e.sop_instance_uid == uid]) == 3
+    assert (
+        failed and "started 4 times in a row with no end recorded, the last time alone" in failed[-1].message
+    )
+    assert len([e for e in events(kind="job.started") if e.sop_instance_uid == uid]) == 4
     assert Path(path).is_file()  # received, so kept
     assert not outbox_rows()
+
+
+def test_an_image_lost_beside_a_killer_is_analysed_when_tried_alone(node_config, cr_chest: Path) -> None:
+    """With a threads pool every task in flight dies with the process: an innocent image lost
+    that way as often as a killer is tried once more alone, and analysed."""
+    uid, path = _received(node_config, cr_chest)
+    _kill_workers(uid, path, node_config.max_lost_starts)  # as if beside the killer each time
+    assert pipeline.process_instance(uid, path) is not None
+    assert _state(uid) == InstanceState.DONE
+    started = [e for e in events(kind="job.started") if e.sop_instance_uid == uid]
+    assert pipeline.ALONE in started[-1].message
+
+
+def test_a_suspect_runs_alone_in_its_worker_process() -> None:
+    """:class:`workers.pipeline.Slots`: a suspect waits for the tasks in flight, and none starts
+    beside it."""
+    import threading
+    import time
+
+    slots, log = pipeline.Slots(), []
+    first_in, release = threading.Event(), threading.Event()
+
+    def task(name: str, alone: bool, hold: threading.Event | None = None) -> None:
+        with slots.hold(alone):
+            log.append(f"{name} in")
+            if hold is not None:
+                first_in.set()
+                hold.wait(5)
+            time.sleep(0.05)
+            log.append(f"{name} out")
+
+    a = threading.Thread(target=task, args=("a", False, release))
+    a.start()
+    assert first_in.wait(5)
+    suspect = threading.Thread(target=task, args=("suspect", True))
+    suspect.start()
+    time.sleep(0.1)
+    late = threading.Thread(target=task, args=("late", False))
+    late.start()
+    time.sleep(0.1)
+    assert log == ["a in"]  # the suspect waits for a; the late one waits for the suspect
+    release.set()
+    for t in (a, suspect, late):
+        t.join(5)
+    assert log == ["a in", "a out", "suspect in", "suspect out", "late in", "late out"]
 
 
 def test_an_image_that_killed_fewer_workers_is_analysed(node_config, cr_chest: Path) -> None:
@@ -77,7 +129,7 @@ def test_an_image_that_killed_fewer_workers_is_analysed(node_config, cr_chest: P
     _kill_workers(uid, path, node_config.max_lost_starts - 1)
     assert pipeline.process_instance(uid, path) is not None
     assert _state(uid) == InstanceState.DONE
-    assert pipeline.lost_starts(uid) == 0  # ended by job.succeeded
+    assert pipeline.lost_starts(uid) == (0, False)  # ended by job.succeeded
 
 
 def _task(uid: str, path: str) -> None:
@@ -95,11 +147,11 @@ def _kinds(uid: str) -> list[str]:
 
 def test_a_failed_image_is_not_started_again_by_a_stray_delivery(node_config, cr_chest: Path) -> None:
     uid, path = _received(node_config, cr_chest)
-    _kill_workers(uid, path, node_config.max_lost_starts)
+    _kill_workers(uid, path, node_config.max_lost_starts + 1)  # the last time alone
     _task(uid, path)  # fails it, without starting it
     assert _state(uid) == InstanceState.FAILED
     _task(uid, path)  # a second copy of the message (the sweep's re-queue beside a redelivery)
-    assert _kinds(uid).count("job.started") == node_config.max_lost_starts
+    assert _kinds(uid).count("job.started") == node_config.max_lost_starts + 1
     assert _kinds(uid).count("job.failed") == 1
 
 
