@@ -117,8 +117,10 @@ def _dx(pixels: np.ndarray, *, view: str = "PA", age: str | None = "045Y") -> Da
 
 def make_dx(source: Path, *, view: str = "PA", age: str | None = "045Y") -> Dataset:
     """A DX For Presentation chest image built with pydicom from a real CR chest's pixels."""
-    pixels = dcmread(source).pixel_array[::4, ::4]
-    return _dx((pixels.max() - pixels).astype(np.uint16), view=view, age=age)  # MONOCHROME2
+    pixels = dcmread(source).pixel_array[::4, ::4].astype(np.float64)
+    inverted = pixels.max() - pixels  # MONOCHROME2
+    # Into the 12 bits the DX stores (the CR's 15 would wrap round: a banded, unreadable film).
+    return _dx(np.round(inverted * 4095 / inverted.max()).astype(np.uint16), view=view, age=age)
 
 
 def dcmtk(tool: str) -> str:
