@@ -334,7 +334,8 @@ def lost_starts(sop_instance_uid: str) -> tuple[int, bool]:
         for kind, message in rows:
             if kind != EventKind.JOB_STARTED:
                 break
-            alone = alone or (lost == 0 and ALONE in (message or ""))
+            if lost == 0:  # the latest start
+                alone = ALONE in (message or "")
             lost += 1
     return lost, alone
 
@@ -440,13 +441,13 @@ def process_instance(
             time.monotonic(),
         )
         return None
-    alone = lost >= settings.max_lost_starts  # a suspect: one more try, alone
+    suspect = lost if lost >= settings.max_lost_starts else 0  # a suspect: one more try, alone
     batcher = model_batcher(settings)
-    with SLOTS.hold(alone):
+    with SLOTS.hold(alone=bool(suspect)):
         if batcher is None:
-            return _process(sop_instance_uid, path, attempt, settings, None, alone)
+            return _process(sop_instance_uid, path, attempt, settings, None, suspect)
         with batcher.task():
-            return _process(sop_instance_uid, path, attempt, settings, batcher, alone)
+            return _process(sop_instance_uid, path, attempt, settings, batcher, suspect)
 
 
 def _process(
@@ -455,7 +456,7 @@ def _process(
     attempt: int,
     settings: Settings,
     batcher: MicroBatcher[Any, AnalysisResult] | None,
-    alone: bool = False,
+    suspect: int = 0,
 ) -> Analysis | None:
     """read -> start -> eligible? -> analyse -> SR out first, then SC/SEG -> archive and done."""
     started = time.monotonic()
@@ -467,7 +468,7 @@ def _process(
     try:
         with _timed(stages, "database"):
             _set_state(sop_instance_uid, InstanceState.RUNNING)
-            note = f"; {ALONE} (lost {settings.max_lost_starts} times)" if alone else ""
+            note = f"; {ALONE} (lost {suspect} times)" if suspect else ""
             audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}{note}", **uids)
         if not _still_eligible(ds, settings, sop_instance_uid, uids):
             return None

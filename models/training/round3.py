@@ -518,7 +518,8 @@ def release(
     import shutil
 
     from models.exceptions import RegistryError
-    from models.registry import WEIGHTS_DIR, sha256_file, update_registry
+    from models.registry import WEIGHTS_DIR, load_registry, sha256_file, update_registry
+    from models.registry import entry as registered
 
     weights = Path(weights_dir or WEIGHTS_DIR)
     name = "opacity-classifier.json"
@@ -558,11 +559,9 @@ def release(
         "metrics": report,
     }
     # The model-selection table has its own writer (models.training.variants --record): kept.
-    from models.registry import load_registry
-
     try:
-        previous = load_registry(registry)["models"]["classification"]["metrics"]
-    except (KeyError, RegistryError):
+        previous = registered("classification", load_registry(registry)).get("metrics", {})
+    except RegistryError:
         previous = {}
     if "model_selection" in previous:
         entry["metrics"] = {**report, "model_selection": previous["model_selection"]}
