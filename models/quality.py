@@ -48,10 +48,23 @@ REASONS = {
     "no_lungs": "lung fields not found",
     "lung_area": "lung fields implausibly large",
     "left_right_ratio": "left/right lung sizes implausible",
-    "orientation": "lungs not in chest position (rotated or not a frontal chest film)",
+    "orientation": "lungs not in chest position (film turned or not a chest PA/AP)",
     "image_edge": "lung outline runs along the image edge",
     "outside_body": "lung outline outside the body",
     "shape": "lung outline implausible in shape",
+}
+# Each reason in at most 27 characters: the line a viewer writes under "not assessable" (dcmtk's
+# ``dsrdump`` cuts a TEXT there).
+SHORT_REASONS = {
+    "blank": "Blank image",
+    "no_structure": "Noise, no anatomy",
+    "no_lungs": "No lungs found",
+    "lung_area": "Lungs implausibly large",
+    "left_right_ratio": "Lung sizes implausible",
+    "orientation": "Turned or not a chest film",
+    "image_edge": "Outline at the image edge",
+    "outside_body": "Outline outside the body",
+    "shape": "Outline shape implausible",
 }
 # Reasons after which nothing lung-like was found: the classification is not reported either.
 NOTHING_FOUND = ("blank", "no_structure", "no_lungs", "orientation")

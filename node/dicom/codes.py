@@ -13,6 +13,8 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
+from models import quality
+
 # Re-exported: the builders name the node through this module.
 from node.dicom.provenance import MANUFACTURER as MANUFACTURER
 
@@ -98,4 +100,10 @@ LABEL_ANCHOR = _private("LABELANCHOR", "Where a viewer writes the group's text")
 
 # The anatomical quality check (models/quality.py, issue 15): a result the node withholds.
 ASSESSMENT = _private("ASSESSMENT", "Assessment by the algorithm")
-NOT_ASSESSABLE = _private("NOTASSESSABLE", "Not assessable: lung outline failed the quality check")
+NOT_ASSESSABLE = _private("NOTASSESSABLE", "Not assessable")
+# Why: one coded reason per failed check (a blank or noise film is not a failed outline).
+NOT_ASSESSABLE_REASON = _private("NAREASON", "Reason not assessable")
+QC_REASONS = {
+    reason: _private("QC" + reason.replace("_", "").upper(), text[:1].upper() + text[1:])
+    for reason, text in quality.REASONS.items()
+}

@@ -79,6 +79,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from skimage.measure import approximate_polygon, find_contours
 
+from models.quality import SHORT_REASONS
 from models.result import CLASSES, AnalysisResult, PriorCase
 from models.severity import PER_LUNG_MAX
 from node.dicom import codes as cxr_codes
@@ -284,9 +285,14 @@ def _anchor(source: Dataset, point: np.ndarray) -> CoordinatesForMeasurement:
     )
 
 
-def _not_assessable() -> list[QualitativeEvaluation]:
-    """The coded "not assessable" a group carries instead of numbers the quality check withholds."""
-    return [QualitativeEvaluation(name=cxr_codes.ASSESSMENT, value=cxr_codes.NOT_ASSESSABLE)]
+def _not_assessable(reasons: tuple[str, ...]) -> list[QualitativeEvaluation]:
+    """The coded "not assessable" a group carries instead of numbers the quality check withholds,
+    and why: one coded reason per failed check (:data:`models.quality.REASONS`)."""
+    return [QualitativeEvaluation(name=cxr_codes.ASSESSMENT, value=cxr_codes.NOT_ASSESSABLE)] + [
+        QualitativeEvaluation(name=cxr_codes.NOT_ASSESSABLE_REASON, value=cxr_codes.QC_REASONS[reason])
+        for reason in reasons
+        if reason in cxr_codes.QC_REASONS
+    ]
 
 
 def score_text(name: str, value: float, maximum: float) -> str:
@@ -393,7 +399,8 @@ def image_anchor(source: Dataset) -> np.ndarray:
 
 def image_comments(result: AnalysisResult) -> list[str]:
     """The whole image in words, one short line each (dcmtk's ``dsrdump`` cuts a TEXT at 27
-    characters): the triage decision, the most likely class, the quality check."""
+    characters): the triage decision, the most likely class, the quality check and, when it
+    failed, its first reason."""
     quality = result.quality
     comments = []
     context = result.context
@@ -403,6 +410,7 @@ def image_comments(result: AnalysisResult) -> list[str]:
         comments.append(f"{cxr_codes.CLASS_LABELS[result.predicted_class]} most likely")
     if not quality.assessable:
         comments.append("Severity not assessable")
+        comments += [SHORT_REASONS[r] for r in quality.reasons[:1] if r in SHORT_REASONS]
     return comments
 
 
@@ -432,7 +440,7 @@ def image_group(
             )
         )
     if not quality.assessable:  # the numbers the quality check withholds are left out
-        evaluations += _not_assessable()
+        evaluations += _not_assessable(quality.reasons)
     context = result.context
     if context is not None and context.triage is not None:
         urgent = context.triage.urgent

@@ -35,6 +35,10 @@ def _coded_values(group: Dataset) -> list[tuple[str, str]]:
     ]
 
 
+def _comments(group: Dataset) -> list[str]:
+    return [str(c.TextValue) for c in group.ContentSequence if c.ValueType == "TEXT"]
+
+
 def _numbers(group: Dataset) -> list[tuple[str, str]]:
     return [concept(c) for c in group.ContentSequence if c.ValueType == "NUM"]
 
@@ -46,6 +50,7 @@ def _code(concept_: object) -> tuple[str, str]:
 SCORES = {_code(cxr_codes.GEOGRAPHIC_EXTENT), _code(cxr_codes.OPACITY), _code(cxr_codes.AREA)}
 PROBABILITIES = {_code(c) for c in cxr_codes.CLASS_PROBABILITY.values()}
 CLASSIFICATION = _code(cxr_codes.CLASSIFICATION)
+REASON = _code(cxr_codes.NOT_ASSESSABLE_REASON)
 
 
 def _evaluations(group: Dataset) -> list[tuple[str, str]]:
@@ -58,6 +63,8 @@ def test_severity_not_assessable(cr_source: Dataset) -> None:
     groups = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
     image = groups[TRACKING_IMAGE]
     assert NOT_ASSESSABLE in _coded_values(image)
+    assert ("99CXRNODE", "QCOUTSIDEBODY") in _coded_values(image)  # and why
+    assert "Outline outside the body" in _comments(image)
     assert not SCORES & set(_numbers(image))  # no extent, opacity nor area
     assert TRACKING_LEFT not in groups and TRACKING_LEFT_OUTLINE not in groups  # nor per-lung ones
     assert CLASSIFICATION in _evaluations(image)  # the class still stands
@@ -75,6 +82,8 @@ def test_nothing_lung_like_withholds_the_class(cr_source: Dataset) -> None:
     groups = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
     image = groups[TRACKING_IMAGE]
     assert NOT_ASSESSABLE in _coded_values(image)
+    reasons = [c for c in image.ContentSequence if c.ValueType == "CODE" and concept(c) == REASON]
+    assert [r.ConceptCodeSequence[0].CodeMeaning for r in reasons] == ["No image content"]
     assert CLASSIFICATION not in _evaluations(image)
     assert _numbers(image) == []
     assert any(line == "Class: not assessable" for line in header_lines(result))
