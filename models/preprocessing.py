@@ -1,8 +1,9 @@
 """Image loading and the preprocessing shared by training and inference.
 
 DICOM pixels go through the Modality LUT and VOI LUT (PS3.3 C.11.1, C.11.2),
-MONOCHROME1 is inverted so that bright means dense, black borders and burned-in
-text margins are cropped (Keidar et al.), CLAHE is optional, the image is
+MONOCHROME1 is inverted so that bright means dense, constant margins (padding,
+shutters) whatever their width and black borders and burned-in text margins up to
+a fifth of each side are cropped (Keidar et al.), CLAHE is optional, the image is
 resized keeping its aspect ratio and padded to a square, and intensities are
 scaled to [-1024, 1024] (Cohen et al.). PNG and JPEG take the same path.
 """
@@ -50,7 +51,8 @@ def header_flips(ds: Any) -> tuple[bool, bool]:
     """(up-down, left-right) from Patient Orientation (0020,0020): rows running towards the
     patient's right (``R``) are a mirrored film, columns running towards the head (``H``) an
     upside-down one. Anything else (absent, a lateral's ``A``/``P``, a film on its side) is left
-    as it is; the quality check catches a film turned on its side."""
+    as it is; the quality check catches a film turned on its side, and about half of those upside
+    down."""
     value = ds.get("PatientOrientation")
     if not value or len(value) != 2:
         return (False, False)
@@ -287,11 +289,31 @@ def _border(profile_mean: np.ndarray, profile_std: np.ndarray, limit: int) -> tu
     return start, end
 
 
+CONSTANT_LINE = 0.01  # std of a line (normalised 0-1) below which it is padding or a shutter
+
+
+def _not_constant(profile_std: np.ndarray) -> tuple[int, int]:
+    """First and last-plus-one index of the lines that are not constant."""
+    varied = np.nonzero(profile_std > CONSTANT_LINE)[0]
+    return (int(varied[0]), int(varied[-1]) + 1) if len(varied) else (0, len(profile_std))
+
+
 def crop_box(norm: np.ndarray, max_fraction: float = 0.2) -> tuple[int, int, int, int]:
-    """Crop box removing black borders and uniform burned-in text margins (Keidar et al.)."""
+    """Crop box removing black borders and uniform burned-in text margins (Keidar et al.).
+
+    A margin of constant lines (padding, a collimator's shutter, a film pasted into a larger
+    frame) goes whatever its width, as long as a third of each side is left; then dark or
+    uniform lines, at most ``max_fraction`` of each side (a bright abdomen's rows are uniform
+    too, and must not take the lung bases with them)."""
     rows, cols = norm.shape
-    r0, r1 = _border(norm.mean(axis=1), norm.std(axis=1), int(rows * max_fraction))
-    c0, c1 = _border(norm.mean(axis=0), norm.std(axis=0), int(cols * max_fraction))
+    row_mean, row_std = norm.mean(axis=1), norm.std(axis=1)
+    col_mean, col_std = norm.mean(axis=0), norm.std(axis=0)
+    (p0, p1), (q0, q1) = _not_constant(row_std), _not_constant(col_std)
+    if (p0, p1, q0, q1) != (0, rows, 0, cols) and p1 - p0 >= rows / 3 and q1 - q0 >= cols / 3:
+        r0, r1, c0, c1 = crop_box(norm[p0:p1, q0:q1], max_fraction)
+        return p0 + r0, p0 + r1, q0 + c0, q0 + c1
+    r0, r1 = _border(row_mean, row_std, int(rows * max_fraction))
+    c0, c1 = _border(col_mean, col_std, int(cols * max_fraction))
     if r1 - r0 < rows // 2 or c1 - c0 < cols // 2:
         return 0, rows, 0, cols
     return r0, r1, c0, c1

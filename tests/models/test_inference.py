@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.preprocessing import load_image
+from models.preprocessing import LoadedImage, load_image
 from models.result import CLASSES, AnalysisResult
 
 
@@ -121,3 +121,20 @@ def test_a_film_stored_mirrored_or_upside_down_is_read_by_its_header(
     if axis == 1:  # mirrored: the patient's right lung is now on the image's right
         cols = np.arange(stored.right_lung.shape[1])
         assert cols[stored.right_lung.any(0)].mean() > cols[stored.left_lung.any(0)].mean()
+
+
+@pytest.mark.parametrize("edge", ["black", "white"])
+def test_a_film_inside_a_wide_constant_border_is_read_as_without_it(
+    analyzer, cr_chest_dicom: Path, edge: str
+) -> None:
+    """The CR pasted into a frame twice its size (a quarter of each side constant): its outline
+    passes the check and its scores stay near the film's own (they failed on shape before)."""
+    loaded = load_image(cr_chest_dicom)
+    pixels = loaded.pixels
+    value = pixels.min() if edge == "black" else pixels.max()
+    rows, cols = (s // 2 for s in pixels.shape)
+    framed = np.pad(pixels, ((rows, rows), (cols, cols)), constant_values=value)
+    own = analyzer.analyze(loaded)
+    result = analyzer.analyze(LoadedImage(framed, None, "framed"))
+    assert result.quality.assessable, result.quality.reasons
+    assert result.severity.geographic_extent == pytest.approx(own.severity.geographic_extent, abs=0.6)

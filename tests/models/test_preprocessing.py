@@ -65,6 +65,26 @@ def test_black_border_and_text_margin_cropped() -> None:
     assert (r0, r1, c0, c1) == (40, 260, 60, 360)
 
 
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_a_constant_margin_goes_whatever_its_width(value: float) -> None:
+    """Padding or a shutter (constant lines, black or white) wider than the 20 % that dark or
+    uniform lines may take: removed all the same, and the film inside is cropped as on its own."""
+    rng = np.random.default_rng(0)
+    film = np.zeros((300, 400), np.float32)
+    film[20:290, 30:380] = rng.uniform(0.2, 1.0, (270, 350))
+    padded = np.pad(film, ((150, 120), (200, 160)), constant_values=value)
+    r0, r1, c0, c1 = crop_box(film)
+    assert crop_box(padded) == (150 + r0, 150 + r1, 200 + c0, 200 + c1)
+
+
+def test_a_uniform_bright_margin_takes_at_most_a_fifth() -> None:
+    """Uniform but not constant lines (a bright abdomen under the lungs) go only up to the limit."""
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.2, 1.0, (400, 300)).astype(np.float32)
+    img[200:] = 0.9 + rng.uniform(-0.03, 0.03, (200, 300))  # std 0.017: uniform, not constant
+    assert crop_box(img) == (0, 320, 0, 300)
+
+
 def test_preprocess_range_and_geometry_round_trip() -> None:
     rng = np.random.default_rng(1)
     img = rng.uniform(0, 4095, (300, 200)).astype(np.float32)
