@@ -148,9 +148,9 @@ class Analyzer:
 
     def _segment(self, b: _Batch) -> None:
         """LungNet, the refined lungs and the quality check; a film LungNet is unsure of is
-        also read turned by 90 and 270 degrees (a film turned on its side)."""
+        also read turned by 90, 180 and 270 degrees (a film on its side or upside down)."""
         from models.networks import V7_LEFT, V7_RIGHT
-        from models.quality import CONFIDENT, check, lung_confidence, refine_lungs
+        from models.quality import CONFIDENT, TURNS, check, lung_confidence, refine_lungs
         from models.segmentation import lungnet_outputs
 
         seg = self.model("segmentation")
@@ -161,8 +161,8 @@ class Analyzer:
         confidence = [lung_confidence(b.net_out["maps"][i][[V7_RIGHT, V7_LEFT]]) for i in range(b.n)]
         turned: list[float | None] = [None] * b.n
         for i in [int(j) for j in np.nonzero(np.array(confidence) < CONFIDENT)[0]]:
-            both = np.stack([np.rot90(b.img8[i], k).copy() for k in (1, 3)])
-            maps = lungnet_outputs(seg, network_input(both).to(self.device))
+            turns = np.stack([np.rot90(b.img8[i], k).copy() for k in TURNS])
+            maps = lungnet_outputs(seg, network_input(turns).to(self.device))
             turned[i] = max(lung_confidence(m[[V7_RIGHT, V7_LEFT]]) for m in maps["maps"])
         b.checks = [check(b.img8[i], lungs[i], boxes[i], confidence[i], turned[i]) for i in range(b.n)]
 

@@ -12,7 +12,7 @@ Two verdicts (:class:`LungQC`):
   above :data:`MAX_LUNGS` of the content), ``left_right_ratio`` (one lung over
   :data:`MAX_RATIO` times the other), ``orientation`` (the patient's right lung not on the
   image's left, or the lungs not side by side, or LungNet clearly more confident of the lungs
-  with the film turned 90 degrees: :func:`lung_confidence`),
+  with the film turned 90 or 180 degrees: :func:`lung_confidence`),
   ``image_edge`` (more than :data:`MAX_EDGE` of the outline on the image's edge),
   ``outside_body`` (more than :data:`MAX_OUTSIDE` of the lung pixels in the air around the
   body), ``shape`` (a lung's solidity below :data:`MIN_SOLIDITY`: an outline that loops out).
@@ -39,8 +39,9 @@ MAX_RATIO = 3.0
 MAX_EDGE = 0.25
 MAX_OUTSIDE = 0.05
 MIN_SOLIDITY = 0.80
-CONFIDENT = 0.8  # lung_confidence below which the film is also read turned 90 degrees both ways
+CONFIDENT = 0.8  # lung_confidence below which the film is also read turned (:data:`TURNS`)
 TURNED_MARGIN = 0.1  # a turned reading this much more confident (and confident): the film is turned
+TURNS = (1, 2, 3)  # quarter turns (np.rot90) of the readings of a film LungNet is unsure of
 
 REASONS = {
     "blank": "no image content",
@@ -139,7 +140,7 @@ def check(
     """Quality verdict for one 256-px uint8 square ``img8`` and its lungs (2, H, W) (patient right,
     left); ``box`` (r0, r1, c0, c1): the part of the square that holds the image (default all);
     ``confidence``: :func:`lung_confidence` of the film as given, ``turned_confidence``: the
-    higher of the film turned 90 degrees either way (None: not read turned)."""
+    highest of the film turned by each of :data:`TURNS` (None: not read turned)."""
     img8 = np.asarray(img8)
     lungs = np.asarray(lungs, bool)
     h, w = img8.shape

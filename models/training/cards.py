@@ -209,7 +209,8 @@ def _turned(m: dict[str, Any]) -> str:
         return ""
     return (
         f"Turned-film test (`{o['protocol']}`): false alarms {100 * o['all']['false_alarm']:.0f} %, "
-        f"turned films caught {100 * o['all']['turned_caught']:.0f} % of {o['all']['n']}; {o['note']}."
+        f"films turned 90 degrees caught {100 * o['all']['turned_caught']:.0f} %, upside down "
+        f"{100 * o['all'].get('upside_down_caught', 0.0):.0f} %, of {o['all']['n']}; {o['note']}."
     )
 
 

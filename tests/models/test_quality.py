@@ -1,5 +1,6 @@
-"""The anatomical quality check owns nonsense input: blank, noise and a film turned 90 degrees
-come out as "not assessable", never as a finding; an upright chest film passes."""
+"""The anatomical quality check owns nonsense input: blank, noise, a film turned 90 degrees and
+one upside down (with no Patient Orientation to say so) come out as "not assessable", never as
+a finding; an upright chest film passes."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_upright_chest_film_passes(analyzer, jpeg_path) -> None:
     assert res.quality.assessable and res.quality.lungs_found, res.quality
 
 
-@pytest.mark.parametrize("kind", ["blank", "noise", "rotated90", "rotated270"])
+@pytest.mark.parametrize("kind", ["blank", "noise", "rotated90", "rotated270", "upside_down"])
 def test_nonsense_is_not_assessable(analyzer, jpeg_path, kind: str) -> None:
     rng = np.random.default_rng(0)
     film = load_image(jpeg_path).pixels
@@ -29,6 +30,7 @@ def test_nonsense_is_not_assessable(analyzer, jpeg_path, kind: str) -> None:
         "noise": rng.uniform(0, 255, (512, 512)),
         "rotated90": np.rot90(film).copy(),
         "rotated270": np.rot90(film, 3).copy(),
+        "upside_down": film[::-1].copy(),  # caught by its reading turned 180 degrees
     }[kind]
     res = analyzer.analyze(_loaded(pixels))
     assert not res.quality.assessable and not res.quality.lungs_found, res.quality
