@@ -13,6 +13,12 @@
 
     python -m models.training.contact_sheet --cache /work/cache15 --low-evidence \
         --out models/cards/img/covid-radiography-clear-covid19.png
+
+- ``--withheld-normals``: normal films whose outline the quality check rejects (its false
+  alarms on the classifier's measure), drawn at random, with the rejected outline and reason::
+
+    python -m models.training.contact_sheet --cache /work/cache15 --withheld-normals \
+        --out models/cards/img/withheld-normals.png
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from scipy import ndimage
 from models.training.sources import DEFAULT_DATA, index
 
 TILE = 160
+NORMAL_SOURCES = ("cxr", "covid-radiography", "nih", "montgomery", "shenzhen")
 
 
 def _outline(rgb: np.ndarray, lungs: np.ndarray, colour: tuple[int, int, int]) -> None:
@@ -45,8 +52,7 @@ def tile(img8: np.ndarray, lungs: np.ndarray, colour: tuple[int, int, int], labe
 
 
 def main(cache: Path, out: Path, data: Path, n_per_source: int = 24, seed: int = 0) -> list[str]:
-    from models.quality import check
-    from models.training.extract import load
+    from models.training.extract import load, quality_check
 
     arrays = load(cache, ("hannover", "covid-radiography"), images=True)
     items = {it.file: it for it in index(data)}
@@ -62,8 +68,7 @@ def main(cache: Path, out: Path, data: Path, n_per_source: int = 24, seed: int =
     sheet = Image.new("RGB", (cols * 2 * TILE + (cols - 1) * 8, rows * TILE), (0, 0, 0))
     listing = []
     for k, i in enumerate(chosen):
-        box = tuple(int(v) for v in arrays["box"][i])
-        qc = check(arrays["image"][i], arrays["lungs"][i], box)  # type: ignore[arg-type]
+        qc = quality_check(arrays, i)
         before = tile(arrays["image"][i], arrays["raw_lungs"][i], (255, 60, 60), f"{k + 1} before")
         after = tile(
             arrays["image"][i],
@@ -99,16 +104,46 @@ def low_evidence(cache: Path, out: Path, n: int = 24, seed: int = 0) -> list[str
     low = [i for i in covid if extent[i] < LOW_EXTENT]
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(low, min(n, len(low)), replace=False).tolist())
-    cols = 6
-    sheet = Image.new("RGB", (cols * TILE, -(-len(chosen) // cols) * TILE), (0, 0, 0))
-    listing = [f"{len(low)} of {len(covid)} COVID-19 films with extent < {LOW_EXTENT}"]
-    for k, i in enumerate(chosen):
-        label = f"{k + 1} extent {extent[i]:.1f}"
+    tiles = [
+        tile(arrays["image"][i], arrays["lungs"][i], (60, 220, 60), f"{k + 1} extent {extent[i]:.1f}")
+        for k, i in enumerate(chosen)
+    ]
+    _save(_grid(tiles), out)
+    return [f"{len(low)} of {len(covid)} COVID-19 films with extent < {LOW_EXTENT}"] + [
+        f"{k + 1}\t{files[i]}\t{extent[i]:.2f}" for k, i in enumerate(chosen)
+    ]
+
+
+def _grid(tiles: list[Image.Image], cols: int = 6) -> Image.Image:
+    sheet = Image.new("RGB", (cols * TILE, -(-len(tiles) // cols) * TILE), (0, 0, 0))
+    for k, im in enumerate(tiles):
         r, c = divmod(k, cols)
-        sheet.paste(tile(arrays["image"][i], arrays["lungs"][i], (60, 220, 60), label), (c * TILE, r * TILE))
-        listing.append(f"{k + 1}\t{files[i]}\t{extent[i]:.2f}")
-    _save(sheet, out)
-    return listing
+        sheet.paste(im, (c * TILE, r * TILE))
+    return sheet
+
+
+def withheld_normals(cache: Path, out: Path, data: Path, n: int = 24, seed: int = 0) -> list[str]:
+    """``n`` random normal films (every source with normals) whose refined outline the quality
+    check rejects, with that outline and the reason: the check's "false alarms", for a reader to
+    judge whether the outline it withheld was right."""
+    from models.training.extract import load, quality_check
+
+    arrays = load(cache, NORMAL_SOURCES, images=True)
+    items = {it.file: it for it in index(data)}
+    files = [str(f) for f in arrays["files"]]
+    normals = [i for i, f in enumerate(files) if items[f].label == 0]
+    checks = {i: quality_check(arrays, i) for i in normals}
+    withheld = [i for i in normals if not checks[i].assessable]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(withheld, min(n, len(withheld)), replace=False).tolist())
+    tiles = [
+        tile(arrays["image"][i], arrays["lungs"][i], (255, 160, 0), f"{k + 1} " + ",".join(checks[i].reasons))
+        for k, i in enumerate(chosen)
+    ]
+    _save(_grid(tiles), out)
+    return [f"{len(withheld)} of {len(normals)} normal films withheld"] + [
+        f"{k + 1}\t{files[i]}\t{','.join(checks[i].reasons)}" for k, i in enumerate(chosen)
+    ]
 
 
 def cli() -> None:
@@ -116,9 +151,17 @@ def cli() -> None:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--low-evidence", action="store_true", help="covid-radiography's clear COVID-19 films")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--low-evidence", action="store_true", help="covid-radiography's clear COVID-19 films")
+    kind.add_argument("--withheld-normals", action="store_true", help="normal films the check withholds")
     a = p.parse_args()
-    print("\n".join(low_evidence(a.cache, a.out) if a.low_evidence else main(a.cache, a.out, a.data)))
+    if a.low_evidence:
+        listing = low_evidence(a.cache, a.out)
+    elif a.withheld_normals:
+        listing = withheld_normals(a.cache, a.out, a.data)
+    else:
+        listing = main(a.cache, a.out, a.data)
+    print("\n".join(listing))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import numpy as np
 
 from models.evidence import opacity_features, resolution_chain
 from models.preprocessing import load_image, model_square, network_input
+from models.quality import LungQC
 from models.training.corpus import decode_jpeg, encode_jpeg
 from models.training.sources import DEFAULT_DATA, SOURCES, Item, index
 
@@ -104,6 +105,14 @@ def extract(
         arrays["files"] = np.array([it.file for it in chosen])
         np.savez_compressed(out / f"{source}.npz", **arrays)  # type: ignore[arg-type]
         logger.info("%s: %d images in %.0fs", source, len(chosen), time.time() - t0)
+
+
+def quality_check(arrays: dict[str, np.ndarray], i: int) -> LungQC:
+    """The node's quality check of cached image ``i`` (its refined lungs in its content box)."""
+    from models.quality import check
+
+    r0, r1, c0, c1 = (int(v) for v in arrays["box"][i])
+    return check(arrays["image"][i], arrays["lungs"][i], (r0, r1, c0, c1))
 
 
 def load(out: Path, sources: tuple[str, ...] = SOURCES, images: bool = False) -> dict[str, np.ndarray]:

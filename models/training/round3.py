@@ -50,7 +50,9 @@ PROTOCOL = (
 )
 NORMAL, OTHER, PNEUMONIA, COVID = (CLASSES.index(c) for c in CLASSES)
 TARGET_SENSITIVITY = 0.97  # the auto threshold's sensitivity on the sources it is fitted on
-VERSION = "3.3.0"  # 3.2.0 (on lung-net@3.0.0, the severity totals as inputs) + its twin without the totals
+# 3.2.0 (on lung-net@3.0.0, the severity totals as inputs) + its twin without the totals (3.3.0),
+# fitted on films whose constant margins (padding, shutters) are cropped whatever their width
+VERSION = "3.4.0"
 EXTENT_URGENT = 4.0
 MIN_CELL = 20  # source x class cells smaller than this weigh as if they had this many images
 C_REG = 1.0
@@ -383,13 +385,12 @@ def main(
 ) -> dict[str, Any]:
     """Choose and measure the classifier on ``cache`` (:mod:`models.training.extract`); with
     ``ship``, write it to ``weights_dir`` and register it in ``registry`` (default: the package's)."""
-    from models.quality import check
+    from models.training.extract import quality_check
 
     out.mkdir(parents=True, exist_ok=True)
     arrays, recs, y, src, groups = load_grouped(cache, data)
     labelled = y >= 0
-    boxes = arrays["box"]
-    qc = [check(arrays["image"][i], arrays["lungs"][i], _box(boxes[i])) for i in range(len(y))]
+    qc = [quality_check(arrays, i) for i in range(len(y))]
     assessable = np.array([q.assessable for q in qc])
     found = np.array([q.lungs_found for q in qc])
     sev, sev_how = severity_inputs(arrays, recs, groups, weights_dir, registry)
@@ -495,11 +496,6 @@ def hannover_icu(data: Path, files: np.ndarray, extent: np.ndarray, days: int = 
     }
 
 
-def _box(row: np.ndarray) -> tuple[int, int, int, int]:
-    r0, r1, c0, c1 = (int(v) for v in row)
-    return r0, r1, c0, c1
-
-
 def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     conf, pred = p.max(1), p.argmax(1)
     edges = np.linspace(0, 1, bins + 1)
@@ -552,19 +548,22 @@ def release(
             "after one resolution chain (256 -> 224 -> 256); features: LungNet's opacity inside the "
             "refined lungs and the severity ridge's two totals (each image's from a ridge refitted "
             "without its patient group); class- and source-balanced weights",
-            "previous": "opacity-classifier@3.2.0 (the same without the twin: a film whose totals were "
+            "previous": "opacity-classifier@3.3.0 (the same, on films whose constant margins were "
+            "cropped only up to a fifth of each side); "
+            "3.2.0 (the same without the twin: a film whose totals were "
             "withheld was classified on them); 3.1.0 (the 8 opacity features only); "
             "3.0.0 (on lung-net@2.0.0)",
         },
         "metrics": report,
     }
-    # The model-selection table has its own writer (models.training.variants --record): kept.
+    # The model-selection table and the turned-film test have their own writers
+    # (models.training.variants --record, models.training.orientation --record): kept.
     try:
         previous = registered("classification", load_registry(registry)).get("metrics", {})
     except RegistryError:
         previous = {}
-    if "model_selection" in previous:
-        entry["metrics"] = {**report, "model_selection": previous["model_selection"]}
+    kept = {k: previous[k] for k in ("model_selection", "orientation_test") if k in previous}
+    entry["metrics"] = {**report, **kept}
     update_registry({"classification": entry}, registry)
 
 
