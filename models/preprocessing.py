@@ -298,25 +298,41 @@ def _not_constant(profile_std: np.ndarray) -> tuple[int, int]:
     return (int(varied[0]), int(varied[-1]) + 1) if len(varied) else (0, len(profile_std))
 
 
+CONSTANT_PASSES = 3  # padding inside a shutter inside a frame; each pass is one such margin
+
+
+def _constant_margins(norm: np.ndarray) -> tuple[int, int, int, int]:
+    """The box inside margins of constant lines, at most :data:`CONSTANT_PASSES` nested margins
+    deep, and only while a third of each side of the whole image is left (a film is never that
+    small inside its frame; an image whose content is a staircase or a dot is not cropped to it)."""
+    rows, cols = norm.shape
+    box = (0, rows, 0, cols)
+    for _ in range(CONSTANT_PASSES):
+        r0, r1, c0, c1 = box
+        part = norm[r0:r1, c0:c1]
+        (p0, p1), (q0, q1) = _not_constant(part.std(axis=1)), _not_constant(part.std(axis=0))
+        inner = (r0 + p0, r0 + p1, c0 + q0, c0 + q1)
+        if inner == box or inner[1] - inner[0] < rows / 3 or inner[3] - inner[2] < cols / 3:
+            break
+        box = inner
+    return box
+
+
 def crop_box(norm: np.ndarray, max_fraction: float = 0.2) -> tuple[int, int, int, int]:
     """Crop box removing black borders and uniform burned-in text margins (Keidar et al.).
 
     A margin of constant lines (padding, a collimator's shutter, a film pasted into a larger
-    frame) goes whatever its width, as long as a third of each side is left; then dark or
-    uniform lines, at most ``max_fraction`` of each side (a bright abdomen's rows are uniform
-    too, and must not take the lung bases with them)."""
-    rows, cols = norm.shape
-    row_mean, row_std = norm.mean(axis=1), norm.std(axis=1)
-    col_mean, col_std = norm.mean(axis=0), norm.std(axis=0)
-    (p0, p1), (q0, q1) = _not_constant(row_std), _not_constant(col_std)
-    if (p0, p1, q0, q1) != (0, rows, 0, cols) and p1 - p0 >= rows / 3 and q1 - q0 >= cols / 3:
-        r0, r1, c0, c1 = crop_box(norm[p0:p1, q0:q1], max_fraction)
-        return p0 + r0, p0 + r1, q0 + c0, q0 + c1
-    r0, r1 = _border(row_mean, row_std, int(rows * max_fraction))
-    c0, c1 = _border(col_mean, col_std, int(cols * max_fraction))
+    frame) goes whatever its width (:func:`_constant_margins`); then dark or uniform lines, at
+    most ``max_fraction`` of each side of what is left (a bright abdomen's rows are uniform too,
+    and must not take the lung bases with them)."""
+    p0, p1, q0, q1 = _constant_margins(norm)
+    inner = norm[p0:p1, q0:q1]
+    rows, cols = inner.shape
+    r0, r1 = _border(inner.mean(axis=1), inner.std(axis=1), int(rows * max_fraction))
+    c0, c1 = _border(inner.mean(axis=0), inner.std(axis=0), int(cols * max_fraction))
     if r1 - r0 < rows // 2 or c1 - c0 < cols // 2:
-        return 0, rows, 0, cols
-    return r0, r1, c0, c1
+        r0, r1, c0, c1 = 0, rows, 0, cols
+    return p0 + r0, p0 + r1, q0 + c0, q0 + c1
 
 
 def preprocess(

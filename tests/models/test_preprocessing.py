@@ -77,6 +77,22 @@ def test_a_constant_margin_goes_whatever_its_width(value: float) -> None:
     assert crop_box(padded) == (150 + r0, 150 + r1, 200 + c0, 200 + c1)
 
 
+@pytest.mark.parametrize("shape", ["staircase", "dot"])
+def test_constant_margins_leave_a_third_of_the_whole_image(shape: str) -> None:
+    """Content that shrinks each time its constant lines go (a staircase: every row and column
+    has one constant line more than the last) or a single bright dot: the box keeps at least a
+    third of each side of the whole image, and is found at once (it once recursed line by line,
+    to a 1-pixel box, and at 1500 px past Python's recursion limit)."""
+    n = 1500
+    if shape == "staircase":
+        img = np.triu(np.ones((n, n), np.float32))
+    else:
+        img = np.zeros((n, n), np.float32)
+        img[700, 800] = 1.0
+    r0, r1, c0, c1 = crop_box(img)
+    assert r1 - r0 >= n / 3 and c1 - c0 >= n / 3
+
+
 def test_a_uniform_bright_margin_takes_at_most_a_fifth() -> None:
     """Uniform but not constant lines (a bright abdomen under the lungs) go only up to the limit."""
     rng = np.random.default_rng(0)
