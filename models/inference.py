@@ -147,10 +147,8 @@ class Analyzer:
         return _Batch(images, norms, geoms, img8, network_input(img8).to(self.device))
 
     def _segment(self, b: _Batch) -> None:
-        """LungNet, the refined lungs and the quality check; a film LungNet is unsure of is
-        also read turned by 90, 180 and 270 degrees (a film on its side or upside down)."""
-        from models.networks import V7_LEFT, V7_RIGHT
-        from models.quality import CONFIDENT, TURNS, check, lung_confidence, refine_lungs
+        """LungNet, the refined lungs, the orientation model and the quality check."""
+        from models.quality import check, refine_lungs
         from models.segmentation import lungnet_outputs
 
         seg = self.model("segmentation")
@@ -158,13 +156,10 @@ class Analyzer:
         boxes = [g.content_box for g in b.geoms]
         lungs = np.stack([refine_lungs(b.img8[i], b.net_out["lungs"][i], boxes[i]) for i in range(b.n)])
         b.net_out["lungs"] = b.lungs = lungs
-        confidence = [lung_confidence(b.net_out["maps"][i][[V7_RIGHT, V7_LEFT]]) for i in range(b.n)]
-        turned: list[float | None] = [None] * b.n
-        for i in [int(j) for j in np.nonzero(np.array(confidence) < CONFIDENT)[0]]:
-            turns = np.stack([np.rot90(b.img8[i], k).copy() for k in TURNS])
-            maps = lungnet_outputs(seg, network_input(turns).to(self.device))
-            turned[i] = max(lung_confidence(m[[V7_RIGHT, V7_LEFT]]) for m in maps["maps"])
-        b.checks = [check(b.img8[i], lungs[i], boxes[i], confidence[i], turned[i]) for i in range(b.n)]
+        orientation = self.model("orientation")
+        b.checks = [
+            check(b.img8[i], lungs[i], boxes[i], orientation.upright(b.img8[i], boxes[i])) for i in range(b.n)
+        ]
 
     def _classify(self, b: _Batch) -> None:
         """Class probabilities from the opacity measured inside the lungs and the severity totals."""

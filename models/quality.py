@@ -11,8 +11,8 @@ Two verdicts (:class:`LungQC`):
   ``no_lungs`` (either lung below :data:`MIN_LUNG` of the content), ``lung_area`` (both lungs
   above :data:`MAX_LUNGS` of the content), ``left_right_ratio`` (one lung over
   :data:`MAX_RATIO` times the other), ``orientation`` (the patient's right lung not on the
-  image's left, or the lungs not side by side, or LungNet clearly more confident of the lungs
-  with the film turned 90 or 180 degrees: :func:`lung_confidence`),
+  image's left, or the lungs not side by side, or the film not upright by the orientation
+  model, :mod:`models.orientation`: turned 90 or 180 degrees, or flipped top to bottom),
   ``image_edge`` (more than :data:`MAX_EDGE` of the outline on the image's edge),
   ``outside_body`` (more than :data:`MAX_OUTSIDE` of the lung pixels in the air around the
   body), ``shape`` (a lung's solidity below :data:`MIN_SOLIDITY`: an outline that loops out).
@@ -39,9 +39,7 @@ MAX_RATIO = 3.0
 MAX_EDGE = 0.25
 MAX_OUTSIDE = 0.05
 MIN_SOLIDITY = 0.80
-CONFIDENT = 0.8  # lung_confidence below which the film is also read turned (:data:`TURNS`)
-TURNED_MARGIN = 0.1  # a turned reading this much more confident (and confident): the film is turned
-TURNS = (1, 2, 3)  # quarter turns (np.rot90) of the readings of a film LungNet is unsure of
+MIN_UPRIGHT = 0.2  # the orientation model's probability of upright below which a film is turned
 
 REASONS = {
     "blank": "no image content",
@@ -121,26 +119,16 @@ def _solidity(lung: np.ndarray) -> float:
     return float(min(lung.sum() / max(hull, 1.0), 1.0))
 
 
-def lung_confidence(lung_prob: np.ndarray) -> float:
-    """How sure LungNet is of the lungs: of the pixels with lung probability > 0.2 (either lung,
-    (2, H, W) maps), the share above 0.8. Upright films score 0.8-0.93; the same film turned
-    90 degrees 0.4-0.7, and its reading turned back regains the upright score."""
-    p = np.asarray(lung_prob).max(0)
-    cand = p > 0.2
-    return float((p[cand] > 0.8).mean()) if cand.any() else 0.0
-
-
 def check(
     img8: np.ndarray,
     lungs: np.ndarray,
     box: tuple[int, int, int, int] | None = None,
-    confidence: float | None = None,
-    turned_confidence: float | None = None,
+    upright: float | None = None,
 ) -> LungQC:
     """Quality verdict for one 256-px uint8 square ``img8`` and its lungs (2, H, W) (patient right,
     left); ``box`` (r0, r1, c0, c1): the part of the square that holds the image (default all);
-    ``confidence``: :func:`lung_confidence` of the film as given, ``turned_confidence``: the
-    highest of the film turned by each of :data:`TURNS` (None: not read turned)."""
+    ``upright``: the orientation model's probability that the film is upright
+    (:meth:`models.orientation.OrientationModel.upright`; None: not asked)."""
     img8 = np.asarray(img8)
     lungs = np.asarray(lungs, bool)
     h, w = img8.shape
@@ -157,10 +145,14 @@ def check(
     m["neighbour_corr"] = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
     if m["neighbour_corr"] < MIN_NEIGHBOUR_CORR:
         return LungQC(False, False, ("no_structure",), m)
+    if upright is not None:
+        m["upright"] = float(upright)
+        if upright < MIN_UPRIGHT:
+            reasons.append("orientation")
     right, left = lungs[0], lungs[1]
     m["right_area"], m["left_area"] = float(right.sum()) / area, float(left.sum()) / area
     if min(m["right_area"], m["left_area"]) < MIN_LUNG:
-        return LungQC(False, False, ("no_lungs",), m)
+        return LungQC(False, False, (*reasons, "no_lungs"), m)
     if m["right_area"] + m["left_area"] > MAX_LUNGS:
         reasons.append("lung_area")
     ratio = m["right_area"] / m["left_area"]
@@ -173,14 +165,8 @@ def check(
     m["height_over_width"] = float((rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1))
     m["row_offset"] = float(abs(rr - lr) / (r1 - r0))
     m["solidity"] = min(_solidity(right), _solidity(left))
-    if turned_confidence is not None:
-        m["lung_confidence"], m["turned_confidence"] = float(confidence or 0.0), float(turned_confidence)
-    turned = (
-        turned_confidence is not None
-        and turned_confidence >= CONFIDENT
-        and turned_confidence > (confidence or 0.0) + TURNED_MARGIN
-    )
-    if rc >= lc or m["row_offset"] > 0.25 or m["height_over_width"] < 0.45 or turned:
+    misplaced = rc >= lc or m["row_offset"] > 0.25 or m["height_over_width"] < 0.45
+    if misplaced and "orientation" not in reasons:
         reasons.append("orientation")
     rim = union & ~ndimage.binary_erosion(union)
     inner = ndimage.binary_erosion(content, iterations=2)

@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 REGISTRY_PATH = PACKAGE_DIR / "registry.json"
 WEIGHTS_DIR = PACKAGE_DIR / "weights"
-ROLES = ("encoder", "segmentation", "classification", "severity", "retrieval")
+ROLES = ("encoder", "segmentation", "classification", "severity", "retrieval", "orientation")
 # Roles the node runs on every image (the encoder is shipped for provenance and fine-tuning).
-INFERENCE_ROLES = ("segmentation", "classification", "severity", "retrieval")
+INFERENCE_ROLES = ("segmentation", "classification", "severity", "retrieval", "orientation")
 
 
 def load_registry(path: Path | None = None) -> dict[str, Any]:
@@ -107,6 +107,8 @@ def build_model(
     cls = arch.pop("class")
     if cls == "OpacityLogistic":  # coefficients as JSON, no network
         return load_opacity_classifier(path)
+    if cls == "OrientationLogistic":
+        return load_orientation(path)
     widths = tuple(arch.get("widths", (32, 64, 128, 256)))
     model: torch.nn.Module
     if cls == "LungNet":
@@ -132,6 +134,16 @@ def load_opacity_classifier(path: Path) -> Any:
         return OpacityClassifier.from_json(json.loads(Path(path).read_text()))
     except (ValueError, KeyError, TypeError) as exc:
         raise RegistryError(f"cannot load classifier coefficients {path}: {exc}") from exc
+
+
+def load_orientation(path: Path) -> Any:
+    """The film-orientation model (:class:`models.orientation.OrientationModel`) from its verified JSON."""
+    from models.orientation import OrientationModel
+
+    try:
+        return OrientationModel.from_json(json.loads(Path(path).read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"cannot load orientation coefficients {path}: {exc}") from exc
 
 
 def load_ridge(weights_dir: Path | None = None, registry: dict[str, Any] | None = None) -> Any:

@@ -56,11 +56,12 @@ def train(
     2. the retrieval projection on the released LungNet;
     3. the lung-opacity classifier: the released LungNet run once over every source
        (:mod:`models.training.extract`), then chosen and measured by leave-one-source-out
-       (:mod:`models.training.round3`).
+       (:mod:`models.training.round3`);
+    4. the film-orientation model on the same cache (:mod:`models.training.orientation`).
 
     ``registry`` is updated role by role (:func:`models.registry.update_registry`); work files
     go to ``out/fit`` and ``out/round3``."""
-    from models.training import extract, fit, release, retrieval, round3
+    from models.training import extract, fit, orientation, release, retrieval, round3
     from models.training.corpus import build_cache
 
     work = out / "fit"
@@ -86,6 +87,9 @@ def train(
         weights_dir=out,
         registry=registry,
     )
+    report["orientation"] = orientation.main(
+        lungnet_cache, out / "orientation", ship=True, weights_dir=out, registry=registry
+    )
     return report
 
 
@@ -105,7 +109,8 @@ def train_all(
     quick: bool = QuickOpt,
     limit: int | None = LimitOpt,
 ) -> None:
-    """Train and register every model the node runs: encoder, LungNet, classifier, severity, retrieval."""
+    """Train and register every model the node runs: encoder, LungNet, classifier, severity, retrieval,
+    film orientation."""
     from models.registry import REGISTRY_PATH
 
     _setup()
@@ -248,6 +253,15 @@ def eval_severity(data: Path = DataOpt, as_json: bool = JsonOpt, recompute: bool
         },
         as_json,
     )
+
+
+@eval_app.command("orientation")
+def eval_orientation(as_json: bool = JsonOpt) -> None:
+    """The film-orientation model's false alarms and catch per held-out source."""
+    _setup(verbose=not as_json)
+    from models.registry import entry, model_id
+
+    _emit({"model": model_id("orientation"), **entry("orientation")["metrics"]}, as_json)
 
 
 @eval_app.command("triage")

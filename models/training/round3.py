@@ -556,13 +556,12 @@ def release(
         },
         "metrics": report,
     }
-    # The model-selection table and the turned-film test have their own writers
-    # (models.training.variants --record, models.training.orientation --record): kept.
+    # The model-selection table has its own writer (models.training.variants --record): kept.
     try:
         previous = registered("classification", load_registry(registry)).get("metrics", {})
     except RegistryError:
         previous = {}
-    kept = {k: previous[k] for k in ("model_selection", "orientation_test") if k in previous}
+    kept = {k: previous[k] for k in ("model_selection",) if k in previous}
     entry["metrics"] = {**report, **kept}
     update_registry({"classification": entry}, registry)
 

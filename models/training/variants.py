@@ -186,7 +186,7 @@ def main(
     variants = {
         "A: logistic regression, 8 opacity features (3.1.0)": run(feats, y, src, groups, _lr),
         "B: boosted trees, 8 opacity features": run(feats, y, src, groups, _trees),
-        "C: A + severity extent and opacity totals (shipped, 3.2.0)": run(with_sev, y, src, groups, _lr),
+        "C: A + severity extent and opacity totals (shipped since 3.2.0)": run(with_sev, y, src, groups, _lr),
         "D: A + LungNet class logits": run(np.c_[feats, arrays["logits"]], y, src, groups, after_opacity),
         "E: severity totals alone (log)": run(transform(with_sev)[:, 8:], y, src, groups, _lr_plain),
         "F: C + lung shape (left/right area, solidity, height/width, gap between the lungs)": run(

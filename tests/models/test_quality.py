@@ -1,15 +1,18 @@
-"""The anatomical quality check owns nonsense input: blank, noise, a film turned 90 degrees and
-one upside down (with no Patient Orientation to say so) come out as "not assessable", never as
-a finding; an upright chest film passes."""
+"""The anatomical quality check owns nonsense input: blank, noise, a film turned 90 degrees,
+one upside down or flipped top to bottom (with no Patient Orientation to say so) come out as
+"not assessable", never as a finding; an upright chest film passes."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from models.orientation import VIEWS, OrientationModel, orientation_features, view
 from models.preprocessing import LoadedImage, load_image
-from models.quality import check, refine_lungs
+from models.quality import MIN_UPRIGHT, check, refine_lungs
 
 
 def _loaded(pixels: np.ndarray) -> LoadedImage:
@@ -21,7 +24,17 @@ def test_upright_chest_film_passes(analyzer, jpeg_path) -> None:
     assert res.quality.assessable and res.quality.lungs_found, res.quality
 
 
-@pytest.mark.parametrize("kind", ["blank", "noise", "rotated90", "rotated270", "upside_down"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "blank",
+        "noise",
+        "rotated90",
+        "rotated270",
+        "rotated180",
+        "flipped",
+    ],
+)
 def test_nonsense_is_not_assessable(analyzer, jpeg_path, kind: str) -> None:
     rng = np.random.default_rng(0)
     film = load_image(jpeg_path).pixels
@@ -30,7 +43,8 @@ def test_nonsense_is_not_assessable(analyzer, jpeg_path, kind: str) -> None:
         "noise": rng.uniform(0, 255, (512, 512)),
         "rotated90": np.rot90(film).copy(),
         "rotated270": np.rot90(film, 3).copy(),
-        "upside_down": film[::-1].copy(),  # caught by its reading turned 180 degrees
+        "flipped": film[::-1].copy(),  # upside down as a mirror image (rows stored bottom first)
+        "rotated180": np.rot90(film, 2).copy(),
     }[kind]
     res = analyzer.analyze(_loaded(pixels))
     assert not res.quality.assessable and not res.quality.lungs_found, res.quality
@@ -77,3 +91,30 @@ def test_refine_removes_loops_outside_the_body() -> None:
     refined = refine_lungs(img, grown)
     assert (refined[1] & ~lungs[1]).sum() < 0.1 * (grown[1] & ~lungs[1]).sum()
     assert (refined[0] == lungs[0]).mean() > 0.99
+
+
+@pytest.mark.parametrize("k", range(len(VIEWS)))
+def test_the_orientation_model_reads_a_film_it_never_saw(analyzer, cr_chest_dicom, k: int) -> None:
+    """pydicom-data's CR chest (another hospital's film, not in the training cache) upright,
+    turned and flipped, through the node's own preprocessing: upright passes, the rest is
+    flagged, and the analysis withholds class and severity for it."""
+    pixels = load_image(cr_chest_dicom).pixels
+    res = analyzer.analyze(_loaded(view(pixels, k)))
+    upright = res.extra["quality_measures"]["upright"]
+    if k == 0:
+        assert upright >= MIN_UPRIGHT and res.quality.assessable, res.quality
+    else:
+        assert upright < MIN_UPRIGHT and res.quality.reasons[0] == "orientation", res.quality
+        assert not res.quality.lungs_found
+
+
+def test_the_orientation_model_round_trips_and_refuses_foreign_json() -> None:
+    from models.registry import build_model
+
+    model = build_model("orientation")
+    again = OrientationModel.from_json(json.loads(json.dumps(model.to_json())))
+    feats = orientation_features(np.random.default_rng(0).integers(0, 255, (256, 256)).astype(np.uint8))
+    assert np.allclose(model.proba(feats), again.proba(feats))
+    assert model.proba(feats).sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        OrientationModel.from_json({**model.to_json(), "views": ["upright", "turned_90"]})
