@@ -22,6 +22,8 @@ import numpy as np
 
 FEATURE_SIZE = 64  # the content box is resized to this square before its HOG
 THUMB = 8  # the thumbnail's side, in the same standardised grey
+# HOG: 7 x 7 blocks of 2 x 2 cells, 9 orientations each; then the thumbnail
+N_FEATURES = 7 * 7 * 2 * 2 * 9 + THUMB * THUMB
 # The views the model tells apart; index 0 is upright. A mirrored film (left and right swapped)
 # is upright here: it reads the same way up, and the lungs keep their names from the image side.
 VIEWS: tuple[str, ...] = ("upright", "turned_90", "turned_180", "turned_270", "flipped")
@@ -86,8 +88,14 @@ class OrientationModel:
         if tuple(d["views"]) != VIEWS or d["feature_size"] != FEATURE_SIZE or d["thumb"] != THUMB:
             raise ValueError("orientation model made for other views or features")
         model = cls(*(np.asarray(d[k], np.float64) for k in ("mean", "scale", "coef", "intercept")))
-        if model.coef.shape != (len(VIEWS), len(model.mean)) or model.scale.shape != model.mean.shape:
-            raise ValueError("orientation model arrays do not fit together")
+        n = N_FEATURES
+        shapes = (model.mean.shape, model.scale.shape, model.coef.shape, model.intercept.shape)
+        if shapes != ((n,), (n,), (len(VIEWS), n), (len(VIEWS),)):
+            raise ValueError(f"orientation model arrays of shapes {shapes}, not for {n} features")
+        if not all(np.isfinite(a).all() for a in (model.mean, model.scale, model.coef, model.intercept)):
+            raise ValueError("orientation model arrays not finite")
+        if not (model.scale > 0).all():
+            raise ValueError("orientation model scale not positive")
         return model
 
     @classmethod

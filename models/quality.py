@@ -12,7 +12,7 @@ Two verdicts (:class:`LungQC`):
   above :data:`MAX_LUNGS` of the content), ``left_right_ratio`` (one lung over
   :data:`MAX_RATIO` times the other), ``orientation`` (the patient's right lung not on the
   image's left, or the lungs not side by side, or the film not upright by the orientation
-  model, :mod:`models.orientation`: turned 90 or 180 degrees, or flipped top to bottom),
+  model, :mod:`models.orientation`: turned 90, 180 or 270 degrees, or flipped top to bottom),
   ``image_edge`` (more than :data:`MAX_EDGE` of the outline on the image's edge),
   ``outside_body`` (more than :data:`MAX_OUTSIDE` of the lung pixels in the air around the
   body), ``shape`` (a lung's solidity below :data:`MIN_SOLIDITY`: an outline that loops out).
@@ -147,7 +147,7 @@ def check(
         return LungQC(False, False, ("no_structure",), m)
     if upright is not None:
         m["upright"] = float(upright)
-        if upright < MIN_UPRIGHT:
+        if not upright >= MIN_UPRIGHT:  # NaN too
             reasons.append("orientation")
     right, left = lungs[0], lungs[1]
     m["right_area"], m["left_area"] = float(right.sum()) / area, float(left.sum()) / area

@@ -40,6 +40,11 @@ def _ms(d: dict[str, Any], nd: int = 3) -> str:
     return f"{d['mean']:.{nd}f} ± {d['std']:.{nd}f}"
 
 
+def _name(reg: dict[str, Any], role: str) -> str:
+    e = reg.get(role)
+    return f"{e['name']} {e['version']}" if e else "not registered"
+
+
 def _ok(good: bool) -> str:
     return "meets" if good else "**short**"
 
@@ -262,7 +267,8 @@ needed across sources (a source held out holds none of the training films).
 
 Read by eye (ours): the only two upright films it flags (covid-radiography
 `COVID-3063.jpg`, NIH `00003490_011.jpg`) are stored upside down in their source: the model is
-right about them, and the "turned 180" misses in the same rows are those two films shown upright.
+right about them, and the "turned 180" and "flipped" misses in the same rows are those two films
+shown upright.
 The other misses are three films turned 90 or 270 degrees (two of them at P(upright) 0.21).
 
 ## Limitations
@@ -589,7 +595,7 @@ do not edit by hand.
 - [classification.md](classification.md): lung-opacity classifier ({reg["classification"]["name"]} {reg["classification"]["version"]})
 - [severity.md](severity.md): LungRidge severity scores
 - [retrieval.md](retrieval.md): similar-case retrieval embedding
-- [orientation.md](orientation.md): film orientation ({reg["orientation"]["name"]} {reg["orientation"]["version"]})
+- [orientation.md](orientation.md): film orientation ({_name(reg, "orientation")})
 
 ## Headline numbers vs the goals
 

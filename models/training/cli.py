@@ -60,7 +60,7 @@ def train(
     4. the film-orientation model on the same cache (:mod:`models.training.orientation`).
 
     ``registry`` is updated role by role (:func:`models.registry.update_registry`); work files
-    go to ``out/fit`` and ``out/round3``."""
+    go to ``out/fit``, ``out/round3`` and ``out/orientation``."""
     from models.training import extract, fit, orientation, release, retrieval, round3
     from models.training.corpus import build_cache
 

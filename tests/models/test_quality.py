@@ -115,6 +115,20 @@ def test_the_orientation_model_round_trips_and_refuses_foreign_json() -> None:
     again = OrientationModel.from_json(json.loads(json.dumps(model.to_json())))
     feats = orientation_features(np.random.default_rng(0).integers(0, 255, (256, 256)).astype(np.uint8))
     assert np.allclose(model.proba(feats), again.proba(feats))
-    assert model.proba(feats).sum() == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        OrientationModel.from_json({**model.to_json(), "views": ["upright", "turned_90"]})
+    good = model.to_json()
+    for bad in (
+        {"views": ["upright", "turned_90"]},  # made for other views
+        {"mean": good["mean"][:-1]},  # for other features
+        {"intercept": good["intercept"][:3]},
+        {"coef": [[float("nan")] * len(good["mean"])] * len(VIEWS)},
+    ):
+        with pytest.raises(ValueError):
+            OrientationModel.from_json({**good, **bad})
+
+
+def test_a_mirrored_film_is_upright_to_the_orientation_model(analyzer, cr_chest_dicom) -> None:
+    """Left and right swapped is the same way up: the model must not call it turned (whether the
+    lungs then sit on the patient's side is the outline's check, not this model's)."""
+    pixels = load_image(cr_chest_dicom).pixels[:, ::-1]
+    res = analyzer.analyze(_loaded(pixels.copy()))
+    assert res.extra["quality_measures"]["upright"] >= MIN_UPRIGHT
