@@ -186,6 +186,11 @@ class AnalysisResult:
     def predicted_class(self) -> str:
         return max(self.classification, key=self.classification.__getitem__)
 
+    @property
+    def reported_class(self) -> str | None:
+        """The class the node reports: none when the quality check found nothing lung-like."""
+        return self.predicted_class if self.quality.lungs_found else None
+
     def lung_area_cm2(self, mask: np.ndarray) -> float | None:
         if self.pixel_spacing_mm is None:
             return None

@@ -120,7 +120,7 @@ class Analysis:
         }
         if r is not None:
             out["classification"] = {k: round(v, 4) for k, v in r.classification.items()}
-            out["predicted_class"] = r.predicted_class
+            out["predicted_class"] = r.reported_class
             out["severity"] = r.severity.as_json()
             out["lungs"] = r.lungs_json()
             out["quality"] = r.quality.as_json()
@@ -580,19 +580,27 @@ def _record_done(
     if urgency is not None and urgency.urgent:
         audit.record(EventKind.TRIAGE_URGENT, Outcome.WARNING, "; ".join(urgency.reasons), **uids)
     _set_state(sop_instance_uid, InstanceState.DONE)
-    severity = (
-        f"extent {result.severity.geographic_extent:.1f}/8 opacity {result.severity.opacity:.1f}/6"
-        if result.quality.assessable
-        else "severity not assessable"
-    )
     audit.record(
         EventKind.JOB_SUCCEEDED,
         Outcome.SUCCESS,
-        f"{result.predicted_class} p={result.classification[result.predicted_class]:.2f}; {severity}",
+        job_summary(result),
         duration_ms=(time.monotonic() - started) * 1000,
         **uids,
     )
     return urgency
+
+
+def job_summary(result: AnalysisResult) -> str:
+    """The job's result in one audit line: what the SR reports, nothing the quality check withheld."""
+    cls = result.reported_class
+    found = f"{cls} p={result.classification[cls]:.2f}" if cls is not None else "class not assessable"
+    q = result.quality
+    severity = (
+        f"extent {result.severity.geographic_extent:.1f}/8 opacity {result.severity.opacity:.1f}/6"
+        if q.assessable
+        else f"severity not assessable ({', '.join(q.reasons) or 'quality check'})"
+    )
+    return f"{found}; {severity}"
 
 
 def _record_outputs(
@@ -607,7 +615,7 @@ def _record_outputs(
         audit.record(
             EventKind.RESULT_CREATED,
             Outcome.SUCCESS,
-            f"{output.kind} {output.sop_instance_uid} ({result.predicted_class})",
+            f"{output.kind} {output.sop_instance_uid} ({result.reported_class or 'class not assessable'})",
             study_instance_uid=uids["study_instance_uid"],
             sop_instance_uid=uids["sop_instance_uid"],
             duration_ms=model_ms,

@@ -85,4 +85,5 @@ def test_analyze_blank_image_is_not_a_finding(tmp_path: Path) -> None:
     row = json.loads(as_json.stdout.splitlines()[0])
     assert row["quality"]["assessable"] is False and row["quality"]["lungs_found"] is False
     assert row["quality"]["reasons"] == ["blank"]
+    assert row["predicted_class"] is None  # the probabilities are there, no class is reported
     assert not (row.get("triage") or {}).get("urgent")

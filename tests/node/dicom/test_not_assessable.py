@@ -129,3 +129,19 @@ def test_the_sc_and_seg_draw_nothing_the_check_withheld(cr_source: Dataset) -> N
     nothing.quality = Quality(False, False, ("noise",), "no radiographic structure (noise)")
     assert _drawn(nothing) == (0, 0)
     assert set(build_outputs(cr_source, nothing, ALGORITHM_NAME, ALGORITHM_VERSION)) == {"sr", "sc"}
+
+
+def test_the_audit_line_reports_what_the_sr_reports(cr_source: Dataset) -> None:
+    """An admin tailing the audit log sees no class the SR withholds (a turned film was logged
+    'covid19 p=0.41'), and why the severity is not assessable."""
+    from workers.pipeline import job_summary
+
+    passed = make_result(cr_source, covid=0.97)
+    assert job_summary(passed).startswith("covid19 p=0.97; extent ")
+    turned = make_result(cr_source, covid=0.97)
+    turned.quality = Quality(False, False, ("orientation", "no_lungs"), "turned")
+    assert job_summary(turned) == "class not assessable; severity not assessable (orientation, no_lungs)"
+    assert turned.reported_class is None
+    outline = make_result(cr_source, covid=0.97)
+    outline.quality = Quality(False, True, ("shape",), "shape")
+    assert job_summary(outline) == "covid19 p=0.97; severity not assessable (shape)"
