@@ -152,7 +152,9 @@ def test_sr_sent_before_the_sc_is_built(started: SimpleNamespace, cr_chest: Path
     sr, sc, seg = pacs.received
     assert not sr.sc_written  # on its way before the SC existed
     assert sr.association != sc.association == seg.association
-    # The first study on a warm child: its model stage is not a model load.
+    # The first study on a warm child: its model stage is not a model load. The worker logs
+    # its line after the outputs are sent, so it may come after the PACS has them all.
+    wait_until(lambda: _DONE.search(node.log.read_text()), timeout=60, what="the job's timing line")
     [stages] = [m.group(2) for m in _DONE.finditer(node.log.read_text())]
     models_ms = float(re.search(r"models (\d+) ms", stages).group(1))  # type: ignore[union-attr]
     assert models_ms / 1000 < warm_up

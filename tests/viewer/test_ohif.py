@@ -337,7 +337,7 @@ def _read_labels(page, uids: dict[str, str]) -> dict[str, object]:  # type: igno
     return {"drawn": drawn, "by_name": by_name, "blocks": blocks, "overlap_px2": overlaps, "frame": frame}
 
 
-def _open_sr(page, uids: list[str], attempts: int = 2) -> None:  # type: ignore[no-untyped-def]
+def _open_sr(page, uids: list[str], attempts: int = 3) -> None:  # type: ignore[no-untyped-def]
     """Open our SR in the viewport and wait until OHIF has drawn the text of each group in ``uids``.
 
     A double-click that lands while the study browser re-renders is lost, and the viewport
