@@ -27,6 +27,7 @@ air around the body removed, thin bridges opened and the largest component kept 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -119,6 +120,12 @@ def _solidity(lung: np.ndarray) -> float:
     return float(min(lung.sum() / max(hull, 1.0), 1.0))
 
 
+def not_upright(p_upright: Any) -> Any:
+    """Whether the orientation model's probability of upright (a number or an array) flags the
+    film as turned: under :data:`MIN_UPRIGHT`, or NaN."""
+    return ~(np.asarray(p_upright) >= MIN_UPRIGHT)
+
+
 def check(
     img8: np.ndarray,
     lungs: np.ndarray,
@@ -147,7 +154,7 @@ def check(
         return LungQC(False, False, ("no_structure",), m)
     if upright is not None:
         m["upright"] = float(upright)
-        if not upright >= MIN_UPRIGHT:  # NaN too
+        if not_upright(upright):
             reasons.append("orientation")
     right, left = lungs[0], lungs[1]
     m["right_area"], m["left_area"] = float(right.sum()) / area, float(left.sum()) / area

@@ -55,9 +55,9 @@ def features(cache: Path, sources: tuple[str, ...] = SOURCES) -> dict[str, np.nd
 
 def rates(p_upright: np.ndarray, views: np.ndarray) -> dict[str, Any]:
     """False alarms on the upright views and the share caught of each other view."""
-    from models.quality import MIN_UPRIGHT
+    from models.quality import not_upright
 
-    flagged = p_upright < MIN_UPRIGHT
+    flagged = not_upright(p_upright)
     out: dict[str, Any] = {
         "n": int((views == 0).sum()),
         "false_alarm": round(float(flagged[views == 0].mean()), 4),
