@@ -22,8 +22,9 @@ import numpy as np
 
 FEATURE_SIZE = 64  # the content box is resized to this square before its HOG
 THUMB = 8  # the thumbnail's side, in the same standardised grey
-# HOG: 7 x 7 blocks of 2 x 2 cells, 9 orientations each; then the thumbnail
-N_FEATURES = 7 * 7 * 2 * 2 * 9 + THUMB * THUMB
+CELLS, BLOCK, BINS = 8, 2, 9  # HOG: CELLS x CELLS cells, blocks of BLOCK x BLOCK, BINS orientations
+# HOG's length (every overlapping block of every cell's histogram), then the thumbnail
+N_FEATURES = (CELLS - BLOCK + 1) ** 2 * BLOCK**2 * BINS + THUMB * THUMB
 # The views the model tells apart; index 0 is upright. A mirrored film (left and right swapped)
 # is upright here: it reads the same way up, and the lungs keep their names from the image side.
 VIEWS: tuple[str, ...] = ("upright", "turned_90", "turned_180", "turned_270", "flipped")
@@ -46,8 +47,8 @@ def orientation_features(img8: np.ndarray, box: tuple[int, int, int, int] | None
         img = img[r0:r1, c0:c1]
     x = resize(img / 255.0, (FEATURE_SIZE, FEATURE_SIZE), anti_aliasing=True)
     x = (x - x.mean()) / (x.std() + 1e-6)
-    cell = FEATURE_SIZE // 8
-    grads = hog(x, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2))
+    cell = FEATURE_SIZE // CELLS
+    grads = hog(x, orientations=BINS, pixels_per_cell=(cell, cell), cells_per_block=(BLOCK, BLOCK))
     thumb = resize(x, (THUMB, THUMB), anti_aliasing=True).ravel()
     return np.concatenate([grads, thumb]).astype(np.float32)
 
