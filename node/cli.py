@@ -205,14 +205,14 @@ def analyze(
             if record.get("similar_cases"):
                 notes.append(f"{len(record['similar_cases'])} similar earlier cases")
             quality = record.get("quality") or {}
-            found, assessable = quality.get("lungs_found", True), quality.get("assessable", True)
+            assessable = quality.get("assessable", True)
             why = f" ({quality.get('description')})" if not assessable else ""
-            predicted = record["predicted_class"]
+            reported = record["predicted_class"]  # the reported class: None when no lungs were found
             typer.echo(
                 f"{path}: "
                 + (
-                    f"{predicted} ({record['classification'][predicted]:.2f}); "
-                    if found
+                    f"{reported} ({record['classification'][reported]:.2f}); "
+                    if reported
                     else "class not assessable; "
                 )
                 + (

@@ -67,7 +67,7 @@ def parse_rule(rule: str) -> tuple[Condition, ...]:
 
 def _value(metric: str, result: AnalysisResult, changes: list[SeverityChange]) -> float | None:
     # Numbers the quality check withholds (models/quality.py) never make a study urgent.
-    if metric in CLASSES and not result.quality.lungs_found:
+    if metric in CLASSES and result.reported_class is None:
         return None
     if metric not in CLASSES and not result.quality.assessable:
         return None

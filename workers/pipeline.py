@@ -647,8 +647,8 @@ def _notify_urgent(url: str, decision: Triage, result: AnalysisResult, uids: Ins
         "reasons": list(decision.reasons),
         "rule": decision.rule,
     }
-    if result.quality.lungs_found:  # only what the SR reports: nothing the quality check withheld
-        payload["predicted_class"] = result.predicted_class
+    if result.reported_class:  # only what the SR reports: nothing the quality check withheld
+        payload["predicted_class"] = result.reported_class
         payload["covid19_probability"] = round(result.classification["covid19"], 4)
     if result.quality.assessable:
         payload["geographic_extent"] = round(result.severity.geographic_extent, 2)

@@ -220,13 +220,13 @@ def _product(algorithm_name: str) -> str:
 def header_lines(result: AnalysisResult) -> list[str]:
     """Top of the image: the warning, the class and the severity, read first; then the
     triage flag and the change since the patient's previous study, when there are."""
-    predicted = result.predicted_class
+    reported = result.reported_class
     severity = result.severity
     quality = result.quality
     lines = [
         NOT_FOR_DIAGNOSIS,
-        f"Class: {CLASS_LABELS[predicted]} (p = {result.classification[predicted]:.2f})"
-        if quality.lungs_found
+        f"Class: {CLASS_LABELS[reported]} (p = {result.classification[reported]:.2f})"
+        if reported
         else f"Class: {NOT_ASSESSABLE}",
         f"Severity: extent {severity.geographic_extent:.1f}/8  opacity {severity.opacity:.1f}/6"
         if quality.assessable

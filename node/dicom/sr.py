@@ -406,8 +406,9 @@ def image_comments(result: AnalysisResult) -> list[str]:
     context = result.context
     if context is not None and context.triage is not None:
         comments.append("Triage urgent" if context.triage.urgent else "Triage routine")
-    if quality.lungs_found:
-        comments.append(f"{cxr_codes.CLASS_LABELS[result.predicted_class]} most likely")
+    reported = result.reported_class
+    if reported:
+        comments.append(f"{cxr_codes.CLASS_LABELS[reported]} most likely")
     if not quality.assessable:
         comments.append("Severity not assessable")
         comments += [SHORT_REASONS[r] for r in quality.reasons[:1] if r in SHORT_REASONS]
@@ -433,11 +434,10 @@ def image_group(
     """
     quality = result.quality
     evaluations = []
-    if quality.lungs_found:
+    reported = result.reported_class
+    if reported:
         evaluations.append(
-            QualitativeEvaluation(
-                name=cxr_codes.CLASSIFICATION, value=cxr_codes.CLASS_CONCEPTS[result.predicted_class]
-            )
+            QualitativeEvaluation(name=cxr_codes.CLASSIFICATION, value=cxr_codes.CLASS_CONCEPTS[reported])
         )
     if not quality.assessable:  # the numbers the quality check withholds are left out
         evaluations += _not_assessable(quality.reasons)
