@@ -27,6 +27,7 @@ WIDTHS = (32, 64, 128, 256)
 SEG_SIZE = 256
 # LungNet output channels.
 V7_RIGHT, V7_LEFT, NLM_RIGHT, NLM_LEFT, OPACITY = range(5)
+LUNG_PAIRS = ((V7_RIGHT, V7_LEFT), (NLM_RIGHT, NLM_LEFT))  # (right, left) channels of each lung style
 
 
 class BasicBlock(nn.Module):

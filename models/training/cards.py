@@ -319,7 +319,11 @@ heart's width): it gains 0.01-0.02 on cxr-collection, hannover and covid-cxnet, 
 covid-radiography (both columns) and Shenzhen and a little on NIH and Montgomery, and its probe
 rises (a likely reason, not measured: the outline's shape tells the projection, portable AP or
 PA, more than the disease); not shipped. G weighs up the source x class cells it fits worst (group
-DRO, 15 rounds); every worst case falls, and the probe rises; not shipped. D looks strong on NIH and the NLM sources only
+DRO, 15 rounds); every worst case falls, and the probe rises; not shipped. H reads C's inputs off
+LungNet's test-time flip (each film read again mirrored left to right, its maps flipped back with
+right and left swapped, and the two averaged; `extract --mirror`): every COVID-19 column falls by
+0.02-0.03, Montgomery's by 0.04, and the probe rises (a likely reason, not measured: the mirrored
+film, heart on the right, is one LungNet never saw); not shipped. D looks strong on NIH and the NLM sources only
 because LungNet's class head was trained on their labels (not out of source). The variants are
 compared before temperature scaling, so C's row differs from the table above in the third decimal.
 {_in_source(sel.get("in_source_cv") or {}, sel["variants"])}{_low_evidence(sel.get("low_evidence") or {})}"""

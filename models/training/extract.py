@@ -36,8 +36,11 @@ def prepare(data: Path, item: Item) -> tuple[np.ndarray, tuple[int, int, int, in
     return resolution_chain(img8), geom.content_box
 
 
-def run(net: object, images8: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> dict[str, np.ndarray]:
-    """LungNet on chained squares; the features read inside the refined lungs, as the node does."""
+def run(
+    net: object, images8: np.ndarray, boxes: list[tuple[int, int, int, int]], mirror: bool = False
+) -> dict[str, np.ndarray]:
+    """LungNet on chained squares; the features read inside the refined lungs, as the node does
+    (``mirror``: with the test-time flip of :func:`models.segmentation.lungnet_outputs`)."""
 
     from models.networks import OPACITY
     from models.quality import refine_lungs
@@ -45,7 +48,7 @@ def run(net: object, images8: np.ndarray, boxes: list[tuple[int, int, int, int]]
     from models.severity import severity_matrix
 
     x = network_input(images8)
-    out = lungnet_outputs(net, x)
+    out = lungnet_outputs(net, x, mirror)
     raw = out["lungs"]
     out["lungs"] = np.stack([refine_lungs(images8[i], raw[i], boxes[i]) for i in range(len(images8))])
     opac = out["maps"][:, OPACITY]
@@ -70,6 +73,7 @@ def extract(
     subsample: dict[str, int] | None = None,
     weights_dir: Path | None = None,
     registry: Path | None = None,
+    mirror: bool = False,
 ) -> None:
     """Run the LungNet of ``registry`` (default: the shipped one) over the sources' images."""
     import torch
@@ -93,7 +97,7 @@ def extract(
         for s in range(0, len(chosen), batch):
             prepared = [prepare(data, it) for it in chosen[s : s + batch]]
             imgs = np.stack([p[0] for p in prepared])
-            res = run(net, imgs, [p[1] for p in prepared])
+            res = run(net, imgs, [p[1] for p in prepared], mirror)
             res["box"] = np.array([p[1] for p in prepared], np.int16)
             for k, v in res.items():
                 parts.setdefault(k, []).append(v)
@@ -138,10 +142,11 @@ def main() -> None:
     p.add_argument("--sources", nargs="*", default=list(SOURCES))
     p.add_argument("--limit", type=int, default=0, help="first N images per source (a smoke run)")
     p.add_argument("--every", nargs="*", default=[], help="SOURCE=K: every K-th image of that source")
+    p.add_argument("--mirror", action="store_true", help="test-time flip (measured, not served)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     every = {k: int(v) for k, v in (e.split("=") for e in a.every)}
-    extract(a.data, a.out, tuple(a.sources), a.limit, subsample=every)
+    extract(a.data, a.out, tuple(a.sources), a.limit, subsample=every, mirror=a.mirror)
 
 
 if __name__ == "__main__":

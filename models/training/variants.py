@@ -3,7 +3,11 @@
 Same cache, groups and split rules as :mod:`models.training.round3`; each variant is scored by
 its leave-one-source-out AUCs and a linear source probe on its inputs and outputs.
 
-    python -m models.training.variants --cache CACHE [--weights DIR --registry FILE] [--record]
+    python -m models.training.variants --cache CACHE [--mirrored CACHE2] [--weights DIR
+        --registry FILE] [--record]
+
+``--mirrored``: a second cache of the same images made with ``extract --mirror`` (LungNet's
+test-time flip); it adds variant H, C on that cache's features and severity totals.
 
 ``--record`` writes the table into the registry's classification entry
 (``metrics.model_selection``), where the classification card reads it.
@@ -170,7 +174,11 @@ def run(x: np.ndarray, y: np.ndarray, src: np.ndarray, groups: np.ndarray, fitte
 
 
 def main(
-    cache: Path, data: Path, weights_dir: Path | None = None, registry: Path | None = None
+    cache: Path,
+    data: Path,
+    weights_dir: Path | None = None,
+    registry: Path | None = None,
+    mirrored: Path | None = None,
 ) -> dict[str, Any]:
     """Each variant on ``cache`` (made with the LungNet of ``registry``; default: the shipped
     one), and C within each source (:func:`in_source_cv`). The severity totals of C, E, F and G
@@ -193,13 +201,30 @@ def main(
             np.c_[with_sev, shape], y, src, groups, after_totals
         ),
         "G: C with group DRO over source x class (eta 0.3)": run(with_sev, y, src, groups, _group_dro(0.3)),
-        "extent alone, no classifier": _scores_only(extent_scores(extent), y, src),
     }
+    if mirrored is not None:
+        flipped = _mirrored_inputs(mirrored, data, arrays["files"], groups)
+        variants[MIRRORED] = run(flipped, y, src, groups, _lr)
+    variants["extent alone, no classifier"] = _scores_only(extent_scores(extent), y, src)
     return {
         "variants": variants,
         "in_source_cv": in_source_cv(with_sev, y, src, groups),
         "low_evidence": low_evidence(extent, y, src),
     }
+
+
+MIRRORED = "H: C with LungNet's test-time flip (maps and logits averaged with the mirrored film's)"
+
+
+def _mirrored_inputs(cache: Path, data: Path, files: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """C's inputs from a cache of the same films made with ``extract --mirror``: its opacity
+    features and its severity totals (a ridge refitted on its features without each image's
+    patient group, the groups of the first cache)."""
+    arrays, recs, _, _, _ = load_grouped(cache, data)
+    if not np.array_equal(arrays["files"], files):
+        raise ValueError(f"{cache} does not hold the same films in the same order as the first cache")
+    sev, _ = severity_inputs(arrays, recs, groups)
+    return classifier_inputs(arrays["features"].astype(np.float64), sev["geographic_extent"], sev["opacity"])
 
 
 LOW_EXTENT = 0.5  # of Cohen's 0-8: under a sixteenth of one lung's extent range
@@ -263,12 +288,15 @@ def _scores_only(p: np.ndarray, y: np.ndarray, src: np.ndarray) -> dict[str, Any
     }
 
 
-COMMAND = "python -m models.training.variants --cache CACHE (the cache of models.training.extract)"
+COMMAND = (
+    "python -m models.training.variants --cache CACHE --mirrored CACHE2 (the caches of "
+    "models.training.extract, the second with --mirror)"
+)
 NOTE = (
     "leave-one-source-out, same groups; COVID-19 vs every out-of-source normal (cxr-collection, "
     "covid-radiography, hannover, covid-cxnet) and abnormal vs own normals (covid-radiography, NIH, "
     "Montgomery, Shenzhen); linear source probe on the raw inputs and outputs; the severity totals of "
-    "C, E, F and G from a ridge refitted without each image's patient group"
+    "C, E, F, G and H from a ridge refitted without each image's patient group"
 )
 
 
@@ -289,8 +317,9 @@ def cli() -> None:
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped)")
     p.add_argument("--registry", type=Path, default=None, help="registry (default: the shipped)")
     p.add_argument("--record", action="store_true", help="write the table into the registry")
+    p.add_argument("--mirrored", type=Path, default=None, help="the same films' cache from extract --mirror")
     a = p.parse_args()
-    result = main(a.cache, a.data, a.weights, a.registry)
+    result = main(a.cache, a.data, a.weights, a.registry, a.mirrored)
     print(json.dumps(result, indent=1))
     if a.record:
         record(result, a.registry)

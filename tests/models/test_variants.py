@@ -124,3 +124,25 @@ def test_shipping_the_classifier_keeps_the_model_selection_table(tmp_path: Path)
     round3.release(out, report, weights, registry)
     metrics = load_registry(registry)["models"]["classification"]["metrics"]
     assert metrics["x"] == 1 and metrics["model_selection"]["variants"] == table["variants"]
+
+
+def test_mirror_swaps_the_lungs_of_the_mirrored_pass() -> None:
+    """LungNet's test-time flip (variant H) on a film symmetric left to right: both passes see the
+    same film, so once the mirrored maps are flipped back with right and left swapped, each
+    averaged lung map is the other's mirror image; without the swap or the flip back it is not."""
+    import torch
+
+    from models.networks import LUNG_PAIRS, OPACITY, LungNet
+    from models.segmentation import lungnet_outputs
+
+    torch.manual_seed(0)
+    net = LungNet().eval()
+    half = torch.randn(1, 1, 64, 32)
+    x = torch.cat([half, torch.flip(half, dims=[-1])], dim=-1) * 300  # symmetric left to right
+    plain = lungnet_outputs(net, x)["maps"][0]
+    maps = lungnet_outputs(net, x, mirror=True)["maps"][0]
+    for right, left in LUNG_PAIRS:
+        # an untrained net is not symmetric: the plain pass's lungs are not each other's mirror
+        assert not np.allclose(plain[right], plain[left][:, ::-1], atol=1e-4)
+        np.testing.assert_allclose(maps[right], maps[left][:, ::-1], atol=1e-5)
+    np.testing.assert_allclose(maps[OPACITY], maps[OPACITY][:, ::-1], atol=1e-5)
