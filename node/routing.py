@@ -107,6 +107,12 @@ def decide(ds: Dataset, min_age: int = 18) -> Decision:
         rows = columns = 0
     if rows and columns and min(rows, columns) < MIN_SIDE:
         return Decision(False, f"image {rows}x{columns} is smaller than {MIN_SIDE} pixels a side")
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    if frames > 1:  # one film per instance; which frame is the chest film is not for us to guess
+        return Decision(False, f"image has {frames} frames; one frame a film is analysed")
     age = patient_age_years(ds)
     if age is not None and age < min_age:
         return Decision(False, f"patient younger than {min_age} years")

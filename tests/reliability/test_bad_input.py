@@ -150,6 +150,14 @@ def _thirty_two_bit(cr: Path) -> Dataset:
     return ds
 
 
+def _two_frames(cr: Path) -> Dataset:
+    """The film twice, as a two-frame instance: which frame to read is not the node's guess."""
+    ds = make_dx(cr)
+    ds.PixelData = ds.PixelData * 2
+    ds.NumberOfFrames = 2
+    return ds
+
+
 def _rgb_planar(planar: object) -> Callable[[Path], Dataset]:
     def build(cr: Path) -> Dataset:
         ds = rgb(make_dx(cr))
@@ -210,6 +218,7 @@ CASES = [
     # Consistent, decodable, but not what CR/DX (PS3.3 C.8.11.3) and the models take: stored.
     Case("32 bits allocated", _thirty_two_bit, SUCCESS, "instance.ineligible"),
     Case("8 bits", lambda cr: gray8(cr), SUCCESS, "job.queued", queued=True),
+    Case("2 frames", _two_frames, SUCCESS, "instance.ineligible"),
 ]
 
 
