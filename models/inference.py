@@ -158,7 +158,7 @@ class Analyzer:
         b.net_out["lungs"] = b.lungs = lungs
         orientation = self.model("orientation")
         b.checks = [
-            check(b.img8[i], lungs[i], boxes[i], orientation.upright(b.img8[i], boxes[i])) for i in range(b.n)
+            check(b.img8[i], lungs[i], boxes[i], *orientation.read(b.img8[i], boxes[i])) for i in range(b.n)
         ]
 
     def _classify(self, b: _Batch) -> None:

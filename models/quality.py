@@ -8,6 +8,8 @@ Two verdicts (:class:`LungQC`):
   read off it) can be reported. Checks, each with a reason code:
 
   ``blank`` (almost no contrast), ``no_structure`` (neighbouring pixels uncorrelated: noise),
+  ``atypical`` (unlike every chest film trained on, by :class:`models.orientation.ChestLikeness`:
+  a gradient, another body part, a film whited out by its display window),
   ``no_lungs`` (either lung below :data:`MIN_LUNG` of the content), ``lung_area`` (both lungs
   above :data:`MAX_LUNGS` of the content), ``left_right_ratio`` (one lung over
   :data:`MAX_RATIO` times the other), ``orientation`` (the patient's right lung not on the
@@ -41,10 +43,12 @@ MAX_EDGE = 0.25
 MAX_OUTSIDE = 0.05
 MIN_SOLIDITY = 0.80
 MIN_UPRIGHT = 0.2  # the orientation model's probability of upright below which a film is turned
+MAX_ATYPICAL = 1.0  # ChestLikeness.atypical at or above which a film is unlike any chest film
 
 REASONS = {
     "blank": "no image content",
     "no_structure": "no radiographic structure (noise)",
+    "atypical": "unlike the chest films the models were trained on",
     "no_lungs": "lung fields not found",
     "lung_area": "lung fields implausibly large",
     "left_right_ratio": "left/right lung sizes implausible",
@@ -58,6 +62,7 @@ REASONS = {
 SHORT_REASONS = {
     "blank": "Blank image",
     "no_structure": "Noise, no anatomy",
+    "atypical": "Unlike a chest film",
     "no_lungs": "No lungs found",
     "lung_area": "Lungs implausibly large",
     "left_right_ratio": "Lung sizes implausible",
@@ -67,7 +72,7 @@ SHORT_REASONS = {
     "shape": "Outline shape implausible",
 }
 # Reasons after which nothing lung-like was found: the classification is not reported either.
-NOTHING_FOUND = ("blank", "no_structure", "no_lungs", "orientation")
+NOTHING_FOUND = ("blank", "no_structure", "atypical", "no_lungs", "orientation")
 
 
 @dataclass(frozen=True)
@@ -131,11 +136,13 @@ def check(
     lungs: np.ndarray,
     box: tuple[int, int, int, int] | None = None,
     upright: float | None = None,
+    atypical: float | None = None,
 ) -> LungQC:
     """Quality verdict for one 256-px uint8 square ``img8`` and its lungs (2, H, W) (patient right,
     left); ``box`` (r0, r1, c0, c1): the part of the square that holds the image (default all);
     ``upright``: the orientation model's probability that the film is upright
-    (:meth:`models.orientation.OrientationModel.upright`; None: not asked)."""
+    (:meth:`models.orientation.OrientationModel.upright`; None: not asked); ``atypical``: its
+    :meth:`models.orientation.ChestLikeness.atypical` (None: not asked)."""
     img8 = np.asarray(img8)
     lungs = np.asarray(lungs, bool)
     h, w = img8.shape
@@ -156,6 +163,11 @@ def check(
         m["upright"] = float(upright)
         if not_upright(upright):
             reasons.append("orientation")
+    if atypical is not None:
+        m["atypical"] = float(atypical)
+        # NaN included; a film called turned keeps that as its first reason (one a person can act on)
+        if not np.asarray(atypical) < MAX_ATYPICAL:
+            return LungQC(False, False, (*reasons, "atypical"), m)
     right, left = lungs[0], lungs[1]
     m["right_area"], m["left_area"] = float(right.sum()) / area, float(left.sum()) / area
     if min(m["right_area"], m["left_area"]) < MIN_LUNG:

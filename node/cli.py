@@ -6,13 +6,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from models.training.cli import eval_app, train_app
 from node.logs import configure_logging
 from node.settings import Destination, configure
+
+if TYPE_CHECKING:
+    from workers.pipeline import Analysis
 
 app = typer.Typer(
     name="cxr-node",
@@ -163,6 +166,34 @@ def send(
         raise typer.Exit(1)
 
 
+def _summary(analysis: Analysis) -> str:
+    """One analysed input in words, its numbers as the SC prints them (from the result, not the
+    JSON record's rounded copies): the class and severity (or why not), urgency, changes."""
+    from node.dicom.codes import CLASS_LABELS
+
+    result = analysis.result
+    assert result is not None  # an eligible input without an error has its result
+    quality, severity = result.quality, result.severity
+    reported = result.reported_class
+    parts = [
+        f"{CLASS_LABELS[reported]} ({result.classification[reported]:.2f})"
+        if reported
+        else "class not assessable",
+        f"extent {severity.geographic_extent:.1f}/8, opacity {severity.opacity:.1f}/6"
+        if quality.assessable
+        else f"severity not assessable ({quality.description})",
+    ]
+    context = result.context
+    if context is not None and context.triage is not None and context.triage.urgent:
+        parts.append("URGENT (" + ", ".join(context.triage.reasons) + ")")
+    for change in context.changes if context is not None else []:
+        when = change.case.study_date.isoformat() if change.case.study_date else "?"
+        parts.append(f"since {when}: extent {change.geographic_extent:+.1f}, opacity {change.opacity:+.1f}")
+    if context is not None and context.similar:
+        parts.append(f"{len(context.similar)} similar earlier cases")
+    return "; ".join([*parts, f"{analysis.seconds:.1f}s"])
+
+
 @app.command()
 def analyze(
     paths: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files")],
@@ -193,36 +224,7 @@ def analyze(
         elif not analysis.eligible:
             typer.echo(f"{path}: not analysed: {analysis.reason}")
         else:
-            sev = record["severity"]
-            notes = []
-            if (record.get("triage") or {}).get("urgent"):
-                notes.append("URGENT (" + ", ".join(record["triage"]["reasons"]) + ")")
-            for change in (record.get("longitudinal") or {}).get("changes", []):
-                notes.append(
-                    f"since {change['study_date']}: extent {change['geographic_extent_change']:+.1f}, "
-                    f"opacity {change['opacity_change']:+.1f}"
-                )
-            if record.get("similar_cases"):
-                notes.append(f"{len(record['similar_cases'])} similar earlier cases")
-            quality = record.get("quality") or {}
-            assessable = quality.get("assessable", True)
-            why = f" ({quality.get('description')})" if not assessable else ""
-            reported = record["predicted_class"]  # the reported class: None when no lungs were found
-            typer.echo(
-                f"{path}: "
-                + (
-                    f"{reported} ({record['classification'][reported]:.2f}); "
-                    if reported
-                    else "class not assessable; "
-                )
-                + (
-                    f"extent {sev['geographic_extent']:.1f}/8, opacity {sev['opacity']:.1f}/6; "
-                    if assessable
-                    else f"severity not assessable{why}; "
-                )
-                + "".join(f"{n}; " for n in notes)
-                + f"{analysis.seconds:.1f}s"
-            )
+            typer.echo(f"{path}: {_summary(analysis)}")
     if failed:
         raise typer.Exit(1)
 

@@ -118,11 +118,13 @@ class Analysis:
             "outputs": [str(o.path) for o in self.outputs] + [str(p) for p in self.extra_outputs],
             "seconds": round(self.seconds, 3),
         }
-        if r is not None:
-            out["classification"] = {k: round(v, 4) for k, v in r.classification.items()}
+        if r is not None:  # only what the SR reports: nothing the quality check withheld is a number here
+            if r.reported_class is not None:
+                out["classification"] = {k: round(v, 4) for k, v in r.classification.items()}
             out["predicted_class"] = r.reported_class
-            out["severity"] = r.severity.as_json()
-            out["lungs"] = r.lungs_json()
+            if r.quality.assessable:
+                out["severity"] = r.severity.as_json()
+                out["lungs"] = r.lungs_json()
             out["quality"] = r.quality.as_json()
             out["models"] = dict(r.models)
             out["heatmap"] = r.heatmap_method

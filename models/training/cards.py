@@ -232,6 +232,12 @@ def orientation_card(reg: dict[str, Any]) -> str:
         + " |"
         for s, r in [*m["leave_one_source_out"].items(), ("all", m["all"])]
     )
+    chest_rows = "\n".join(
+        f"| {card3.NAMES.get(s, s)} | {r['n']} | {100 * r['atypical_false_alarm']:.2f} % | "
+        f"{r['atypical_upright_max']:.2f} | {100 * r['atypical_turned']:.1f} % |"
+        for s, r in [*m["leave_one_source_out"].items(), ("all", m["all"])]
+    )
+    c = m["chest_likeness"]
     return f"""# Film orientation: {o["name"]} {o["version"]}
 
 ## What it is
@@ -271,14 +277,44 @@ right about them, and the "turned 180" and "flipped" misses in the same rows are
 shown upright.
 The other misses are three films turned 90 or 270 degrees (two of them at P(upright) 0.21).
 
+## Is it a chest film at all? (chest-likeness)
+
+LungNet draws lungs on anything: on a left-to-right grey ramp the node read "COVID-19 0.48,
+extent 6.3, URGENT" before this check. The same features, of the upright films only, go through a
+probabilistic PCA ({c["components"]} components, the rest as isotropic noise); a film's
+Mahalanobis distance under it, over a limit, is its `atypical` measure. The limit is
+{c["rule"]} ({c["limit"]:.0f}). At 1 or more the quality check's reason is `atypical`
+("Unlike a chest film"): neither class nor severity is reported.
+
+False alarms are measured one level further out than the limit: for each source held out, the
+PCA and the limit come from the other six sources alone, and the held-out source's upright films
+are read against them.
+
+| held-out source | upright films | false alarms | largest `atypical` of an upright film | turned or flipped views over the limit |
+|---|---|---|---|---|
+{chest_rows}
+
+The last column is for information only: the orientation model is what catches those, and a
+film it calls turned has `orientation` as its first reason (one a person can act on). The tests
+hold it to what it is for: grey ramps (left to right, top to bottom, radial), stripes,
+pydicom-data's CR of a tibia, and its chest CR shown through a window over its brightest tenth
+(whited out) all come out `atypical`; the same chest CR, never trained on, and a film of the data
+release stay under 0.8 of the limit, mirrored too.
+
 ## Limitations
 
 - The training films are the classifier's cache: resolution-chained 256-px squares, JPEG-stored.
   The node reads its own films through the same chain; pydicom-data's CR (never trained on) is
   read right in every view by the tests.
 - Lateral films, films of other body parts and children's films were not in the data: such a
-  film may be called turned (its class and severity are then withheld, as they should be for a
-  film the classifier was not made for) or upright.
+  film may be called turned or `atypical` (its class and severity are then withheld, as they
+  should be for a film the classifier was not made for), or pass. A chest film narrowed to half
+  its width (a lateral's shape) passes both; the routing's View Position check is what stops a
+  lateral.
+- The chest-likeness is a distance from seven sources' films: a film from a very different
+  hospital or detector can be called `atypical` (withheld, not misread); one that is not a chest
+  film but looks enough like one (a 1024-px checkerboard comes out at 0.95 of the limit, then
+  fails as "no lungs") passes to the outline checks.
 """
 
 

@@ -8,6 +8,12 @@ alarm: an upright film whose probability of upright is under
 :data:`models.quality.MIN_UPRIGHT`; caught: a turned or flipped one under it. The shipped model
 is then fitted on every source.
 
+Its :class:`~models.orientation.ChestLikeness` (fitted on the upright films) gets its limit from
+held-out films: each film's distance under the PCA of the other sources' films, the largest of
+them, plus a tenth (:data:`LIMIT_MARGIN`). Its false alarms are measured one level further out:
+for each source held out, the limit comes from the other six sources alone (each of them left
+out in turn), and the held-out source's upright films are measured against it.
+
     python -m models.training.orientation --cache CACHE --out DIR [--ship]
 """
 
@@ -23,15 +29,23 @@ from typing import Any
 
 import numpy as np
 
-from models.orientation import VIEWS, OrientationModel, orientation_features, view
+from models.orientation import (
+    N_COMPONENTS,
+    VIEWS,
+    ChestLikeness,
+    OrientationModel,
+    orientation_features,
+    view,
+)
 from models.training.sources import SOURCES
 
 logger = logging.getLogger(__name__)
 
 NAME = "film-orientation"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 FILE = "film-orientation.json"
 C_REG = 0.01  # inverse L2 strength; 1,828 features, about 18,000 views
+LIMIT_MARGIN = 1.1  # the chest-likeness limit: the largest held-out distance times this
 
 
 def features(cache: Path, sources: tuple[str, ...] = SOURCES) -> dict[str, np.ndarray]:
@@ -67,6 +81,34 @@ def rates(p_upright: np.ndarray, views: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def chest_limit(x: np.ndarray, src: np.ndarray) -> float:
+    """:data:`LIMIT_MARGIN` times the largest distance of an upright film (rows of ``x``) under the
+    :class:`ChestLikeness` of the other sources' films."""
+    worst = 0.0
+    for s in np.unique(src):
+        test = src == s
+        worst = max(worst, float(ChestLikeness.fit(x[~test]).distance(x[test]).max()))
+    return LIMIT_MARGIN * worst
+
+
+def held_out_chest(x: np.ndarray, src: np.ndarray, held: str) -> ChestLikeness:
+    """The chest-likeness of every source but ``held``, its limit from those sources alone."""
+    rest = src != held
+    return ChestLikeness.fit(x[rest], chest_limit(x[rest], src[rest]))
+
+
+def atypical_rates(atypical: np.ndarray, views: np.ndarray) -> dict[str, Any]:
+    """The upright films the chest-likeness calls unlike a chest film (its false alarms), and the
+    share of the turned and flipped views it calls so (for information: the orientation model is
+    what catches those)."""
+    flagged = atypical >= 1
+    return {
+        "atypical_false_alarm": round(float(flagged[views == 0].mean()), 4),
+        "atypical_upright_max": round(float(atypical[views == 0].max()), 3),
+        "atypical_turned": round(float(flagged[views != 0].mean()), 4),
+    }
+
+
 def main(
     cache: Path, out: Path, ship: bool = False, weights_dir: Path | None = None, registry: Path | None = None
 ) -> dict[str, Any]:
@@ -84,20 +126,32 @@ def main(
         "views": list(VIEWS),
         "leave_one_source_out": {},
     }
-    pooled_p, pooled_v = [], []
+    up = v == 0
+    pooled_p, pooled_v, pooled_a = [], [], []
     for s in sources:
         test = src == s
         if test.all() or not test.any():
             continue
-        model = OrientationModel.fit(x[~test], v[~test], C_REG)
+        chest = held_out_chest(x[up], src[up], s)
+        model = OrientationModel.fit(x[~test], v[~test], C_REG, chest)
         p = model.proba(x[test])[:, 0]
-        report["leave_one_source_out"][s] = rates(p, v[test])
+        atypical = chest.atypical(x[test])
+        report["leave_one_source_out"][s] = {**rates(p, v[test]), **atypical_rates(atypical, v[test])}
         pooled_p.append(p)
         pooled_v.append(v[test])
+        pooled_a.append(atypical)
         logger.info("orientation, %s held out: %s", s, report["leave_one_source_out"][s])
     if pooled_p:
-        report["all"] = rates(np.concatenate(pooled_p), np.concatenate(pooled_v))
-    final = OrientationModel.fit(x, v, C_REG)
+        pv = np.concatenate(pooled_v)
+        pa = np.concatenate(pooled_a)
+        report["all"] = {**rates(np.concatenate(pooled_p), pv), **atypical_rates(pa, pv)}
+    chest = ChestLikeness.fit(x[up], chest_limit(x[up], src[up]))
+    report["chest_likeness"] = {
+        "components": int(chest.components.shape[0]),
+        "limit": round(chest.limit, 1),
+        "rule": f"{LIMIT_MARGIN} x the largest distance of an upright film with its source left out",
+    }
+    final = OrientationModel.fit(x, v, C_REG, chest)
     (out / FILE).write_text(json.dumps(final.to_json()))
     report["films"] = int((v == 0).sum())
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -123,6 +177,8 @@ def release(
             "features": "HOG (9 orientations, 8 x 8 cells, 2 x 2 blocks) of the content box resized "
             "to 64 px and standardised, + its 8 x 8 thumbnail",
             "views": list(VIEWS),
+            "chest_likeness": "probabilistic PCA of the upright films' features "
+            f"({N_COMPONENTS} components), Mahalanobis distance over a limit",
         },
         "input_size": 256,
         "labels": list(VIEWS),
@@ -135,7 +191,8 @@ def release(
             "images": report["films"],
             "data": "every cached film of the seven sources (the classifier's cache), each in the five "
             "views; the label is the view",
-            "previous": "none: films turned were caught by LungNet's confidence read turned "
+            "previous": "film-orientation 1.0.0 (the same views, without the chest-likeness); before it, "
+            "films turned were caught by LungNet's confidence read turned "
             "(82 % turned 90, 48 % turned 180, 26 % flipped; 160 normals)",
         },
         "metrics": report,

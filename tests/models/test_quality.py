@@ -1,6 +1,7 @@
 """The anatomical quality check owns nonsense input: blank, noise, a film turned 90 degrees,
-one upside down or flipped top to bottom (with no Patient Orientation to say so) come out as
-"not assessable", never as a finding; an upright chest film passes."""
+one upside down or flipped top to bottom (with no Patient Orientation to say so), a gradient,
+another body part come out as "not assessable", never as a finding; an upright chest film
+passes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from scipy import ndimage
 
 from models.orientation import VIEWS, OrientationModel, orientation_features, view
 from models.preprocessing import LoadedImage, load_image
-from models.quality import MIN_UPRIGHT, check, refine_lungs
+from models.quality import MAX_ATYPICAL, MIN_UPRIGHT, check, refine_lungs
 
 
 def _loaded(pixels: np.ndarray) -> LoadedImage:
@@ -49,6 +50,68 @@ def test_nonsense_is_not_assessable(analyzer, jpeg_path, kind: str) -> None:
     res = analyzer.analyze(_loaded(pixels))
     assert not res.quality.assessable and not res.quality.lungs_found, res.quality
     assert not res.extra["covid19_positive"]
+
+
+def _ramp(kind: str) -> np.ndarray:
+    """Smooth synthetic images with nothing of a chest in them (LungNet still draws lungs on
+    them: a left-to-right ramp read as COVID-19, extent 6.3, before the chest-likeness)."""
+    yy, xx = np.mgrid[0:1024, 0:1024] / 1023.0
+    return (
+        255.0
+        * {
+            "ramp": xx,
+            "ramp_down": yy,
+            "radial": np.hypot(xx - 0.5, yy - 0.5) / np.sqrt(0.5),
+            "stripes": 0.5 + 0.5 * np.sin(20 * xx),
+        }[kind]
+    )
+
+
+@pytest.mark.parametrize("kind", ["ramp", "ramp_down", "radial", "stripes"])
+def test_a_smooth_image_is_unlike_a_chest_film(analyzer, kind: str) -> None:
+    """Unlike a chest film, whatever the orientation model makes of it (a ramp may read as a
+    film turned: then that is the first reason)."""
+    res = analyzer.analyze(_loaded(_ramp(kind)))
+    assert res.quality.reasons[-1] == "atypical", res.quality
+    assert res.extra["quality_measures"]["atypical"] >= MAX_ATYPICAL
+    assert not res.quality.lungs_found and not res.extra["covid19_positive"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "RG3_UNCR.dcm",  # CR of a tibia (pydicom-data)
+        "RG1_UNCR.dcm",  # its chest, whited out: shown through a window over its brightest tenth
+    ],
+)
+def test_another_body_part_or_a_whited_out_film_is_unlike_a_chest_film(analyzer, name: str) -> None:
+    from pydicom.data import get_testdata_file
+
+    pixels = load_image(get_testdata_file(name)).pixels
+    if name.startswith("RG1"):
+        pixels = np.clip(pixels, np.percentile(pixels, 90), None)
+    res = analyzer.analyze(_loaded(pixels))
+    assert res.quality.reasons[-1] == "atypical", res.quality
+    assert res.reported_class is None
+
+
+def test_the_chest_films_are_not_atypical(analyzer, cr_chest_dicom, jpeg_path) -> None:
+    """pydicom-data's CR (a hospital never trained on) and a film of the data release are well
+    inside the limit, mirrored too."""
+    for pixels in (load_image(cr_chest_dicom).pixels, load_image(jpeg_path).pixels):
+        for film in (pixels, pixels[:, ::-1].copy()):
+            atypical = analyzer.analyze(_loaded(film)).extra["quality_measures"]["atypical"]
+            assert atypical < 0.8 * MAX_ATYPICAL
+
+
+def test_atypical_stops_the_check_and_nan_counts_as_atypical() -> None:
+    img, lungs = _phantom()
+    assert check(img, lungs, atypical=0.5).assessable
+    for value in (MAX_ATYPICAL, 3.0, float("nan")):
+        qc = check(img, lungs, atypical=value)
+        assert qc.reasons == ("atypical",) and not qc.lungs_found
+    turned = check(img, lungs, upright=0.01, atypical=3.0)  # the reason a person can act on
+    assert turned.reasons == ("orientation", "atypical") and not turned.lungs_found
 
 
 def _ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
@@ -115,15 +178,23 @@ def test_the_orientation_model_round_trips_and_refuses_foreign_json() -> None:
     again = OrientationModel.from_json(json.loads(json.dumps(model.to_json())))
     feats = orientation_features(np.random.default_rng(0).integers(0, 255, (256, 256)).astype(np.uint8))
     assert np.allclose(model.proba(feats), again.proba(feats))
+    assert np.allclose(model.chest.atypical(feats), again.chest.atypical(feats))
     good = model.to_json()
+    chest = good["chest"]
+    without_chest = {k: v for k, v in good.items() if k != "chest"}
     for bad in (
         {"views": ["upright", "turned_90"]},  # made for other views
         {"mean": good["mean"][:-1]},  # for other features
         {"intercept": good["intercept"][:3]},
         {"coef": [[float("nan")] * len(good["mean"])] * len(VIEWS)},
+        {"chest": {**chest, "components": chest["components"][:-1]}},  # other components
+        {"chest": {**chest, "limit": float("inf")}},  # never flags anything
+        {"chest": {**chest, "noise": 0.0}},
     ):
         with pytest.raises(ValueError):
             OrientationModel.from_json({**good, **bad})
+    with pytest.raises(ValueError, match="chest-likeness"):
+        OrientationModel.from_json(without_chest)  # film-orientation 1.0.0's file
 
 
 def test_a_mirrored_film_is_upright_to_the_orientation_model(analyzer, cr_chest_dicom) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
 from pydicom import dcmread
 
@@ -63,12 +65,18 @@ def test_analyze_json_batch(cr_chest_j2k: Path, cr_chest: Path, tmp_path: Path) 
     assert junk_row["error"]
 
 
-def test_analyze_blank_image_is_not_a_finding(tmp_path: Path) -> None:
-    """A blank grey image: "not assessable" for class and severity, never urgent (issue 15)."""
-    blank = tmp_path / "blank.png"
-    Image.new("L", (512, 512), 128).save(blank)
+@pytest.mark.parametrize(("kind", "reason"), [("blank", "blank"), ("ramp", "atypical")])
+def test_nonsense_is_not_a_finding(tmp_path: Path, kind: str, reason: str) -> None:
+    """A blank grey image, a grey ramp (read "COVID-19 0.48, extent 6.3, URGENT" before the
+    chest-likeness): "not assessable" for class and severity, never urgent, and no number the SR
+    withholds in the JSON either (issue 15)."""
+    image = tmp_path / f"{kind}.png"
+    if kind == "blank":
+        Image.new("L", (512, 512), 128).save(image)
+    else:
+        Image.fromarray(np.tile(np.linspace(0, 255, 512), (512, 1)).astype(np.uint8)).save(image)
     done = subprocess.run(
-        [sys.executable, "-m", "node.cli", "analyze", "--out", str(tmp_path / "out"), str(blank)],
+        [sys.executable, "-m", "node.cli", "analyze", "--out", str(tmp_path / "out"), str(image)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -77,13 +85,35 @@ def test_analyze_blank_image_is_not_a_finding(tmp_path: Path) -> None:
     assert "class not assessable" in done.stdout and "severity not assessable" in done.stdout
     assert "URGENT" not in done.stdout
     as_json = subprocess.run(
-        [sys.executable, "-m", "node.cli", "analyze", "--json", "--out", str(tmp_path / "out2"), str(blank)],
+        [sys.executable, "-m", "node.cli", "analyze", "--json", "--out", str(tmp_path / "out2"), str(image)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     row = json.loads(as_json.stdout.splitlines()[0])
     assert row["quality"]["assessable"] is False and row["quality"]["lungs_found"] is False
-    assert row["quality"]["reasons"] == ["blank"]
-    assert row["predicted_class"] is None  # the probabilities are there, no class is reported
+    assert row["quality"]["reasons"][-1] == reason
+    assert row["predicted_class"] is None and row["classification"] is None
+    assert row["severity"] is None and row["lungs"] is None
     assert not (row.get("triage") or {}).get("urgent")
+
+
+def test_the_text_line_names_the_class_in_words(tmp_path: Path) -> None:
+    """The line a person reads says "COVID-19", "Other disease", as the SC does, not the JSON's
+    identifiers."""
+    from node.dicom.codes import CLASS_LABELS
+
+    jpeg = sorted(HELD_OUT.glob("*.jpg"))[0]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-m", "node.cli", "analyze", *flag, "--out", str(tmp_path / name), str(jpeg)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        ).stdout
+        for flag, name in (([], "text"), (["--json"], "json"))
+    ]
+    row = json.loads(runs[1].splitlines()[0])
+    label = CLASS_LABELS[row["predicted_class"]]
+    assert runs[0].startswith(f"{jpeg}: {label} ({row['classification'][row['predicted_class']]:.2f}); ")
+    assert "/8, opacity " in runs[0]
