@@ -72,8 +72,8 @@ N_COMPONENTS = 16  # principal components of the upright chest films' features
 class ChestLikeness:
     """How unlike the upright chest films of the training sources a film's
     :func:`orientation_features` are: a probabilistic PCA of those films' standardised features
-    (:data:`N_COMPONENTS` components, the rest as isotropic noise) and the Mahalanobis distance
-    under it, over ``limit``. ``limit`` is the largest distance of any training film with its own
+    (:data:`N_COMPONENTS` components, the rest as isotropic noise) and the squared Mahalanobis
+    distance under it, over ``limit``. ``limit`` is the largest distance of any training film with its own
     source left out, plus a tenth (:mod:`models.training.orientation`): a film beyond it is unlike
     every film of seven hospitals."""
 
@@ -98,6 +98,10 @@ class ChestLikeness:
     @classmethod
     def fit(cls, feats: np.ndarray, limit: float = np.inf) -> ChestLikeness:
         """The PCA of upright films' features (``limit`` is set afterwards, from held-out films)."""
+        if len(feats) <= 2 * N_COMPONENTS:
+            raise ValueError(
+                f"chest-likeness fitted on {len(feats)} films: needs more than {2 * N_COMPONENTS}"
+            )
         mean, scale = feats.mean(axis=0), feats.std(axis=0)
         scale = np.where(scale > 0, scale, 1.0)
         z = (feats - mean) / scale
@@ -124,7 +128,7 @@ class ChestLikeness:
         if shapes != ((n,), (n,), (N_COMPONENTS, n), (N_COMPONENTS,)):
             raise ValueError(f"chest-likeness arrays of shapes {shapes}, not for {n} features")
         noise, limit = float(d["noise"]), float(d["limit"])
-        if not ((scale > 0).all() and (var > 0).all() and noise > 0 and 0 < limit < np.inf):
+        if not ((scale > 0).all() and (var > 0).all() and 0 < noise < np.inf and 0 < limit < np.inf):
             raise ValueError("chest-likeness scale, variances, noise and limit must be positive and finite")
         return cls(mean, scale, comp, var, noise, limit)
 

@@ -270,7 +270,7 @@ def analyze_path(
             out_dir.mkdir(parents=True, exist_ok=True)
             if ds is not None:
                 analysis.outputs = write_outputs(ds, analysis.result, out_dir, settings=settings)
-            else:
+            elif analysis.result.reported_class is not None:  # no heatmap for a class not reported
                 analysis.extra_outputs = [_heatmap_png(analysis.result, out_dir / f"{path.stem}-heatmap.png")]
     except PermanentError as exc:
         analysis.error = str(exc)

@@ -282,7 +282,7 @@ The other misses are three films turned 90 or 270 degrees (two of them at P(upri
 LungNet draws lungs on anything: on a left-to-right grey ramp the node read "COVID-19 0.48,
 extent 6.3, URGENT" before this check. The same features, of the upright films only, go through a
 probabilistic PCA ({c["components"]} components, the rest as isotropic noise); a film's
-Mahalanobis distance under it, over a limit, is its `atypical` measure. The limit is
+squared Mahalanobis distance under it, over a limit, is its `atypical` measure. The limit is
 {c["rule"]} ({c["limit"]:.0f}). At 1 or more the quality check's reason is `atypical`
 ("Unlike a chest film"): neither class nor severity is reported.
 
@@ -357,9 +357,11 @@ rises (a likely reason, not measured: the outline's shape tells the projection, 
 PA, more than the disease); not shipped. G weighs up the source x class cells it fits worst (group
 DRO, 15 rounds); every worst case falls, and the probe rises; not shipped. H reads C's inputs off
 LungNet's test-time flip (each film read again mirrored left to right, its maps flipped back with
-right and left swapped, and the two averaged; `extract --mirror`): every COVID-19 column falls by
-0.02-0.03, Montgomery's by 0.04, and the probe rises (a likely reason, not measured: the mirrored
-film, heart on the right, is one LungNet never saw); not shipped. D looks strong on NIH and the NLM sources only
+right and left swapped, and the two averaged; `extract --mirror`; the encoder features the
+severity ridge pools over each lung stay the plain pass's): every COVID-19 column falls by
+0.02-0.03 and Montgomery's by 0.04; NIH, the worst abnormal column, rises from 0.497 to 0.518; the
+probe rises (a likely reason, not measured: the mirrored film, heart on the right, is one LungNet
+never saw); not shipped. D looks strong on NIH and the NLM sources only
 because LungNet's class head was trained on their labels (not out of source). The variants are
 compared before temperature scaling, so C's row differs from the table above in the third decimal.
 {_in_source(sel.get("in_source_cv") or {}, sel["variants"])}{_low_evidence(sel.get("low_evidence") or {})}"""

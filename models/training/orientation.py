@@ -84,10 +84,11 @@ def rates(p_upright: np.ndarray, views: np.ndarray) -> dict[str, Any]:
 def chest_limit(x: np.ndarray, src: np.ndarray) -> float:
     """:data:`LIMIT_MARGIN` times the largest distance of an upright film (rows of ``x``) under the
     :class:`ChestLikeness` of the other sources' films."""
-    worst = 0.0
-    for s in np.unique(src):
-        test = src == s
-        worst = max(worst, float(ChestLikeness.fit(x[~test]).distance(x[test]).max()))
+    if len(np.unique(src)) < 2:
+        raise ValueError("the chest-likeness limit needs films of at least two sources (one held out)")
+    worst = max(float(ChestLikeness.fit(x[src != s]).distance(x[src == s]).max()) for s in np.unique(src))
+    if not np.isfinite(worst):
+        raise ValueError("chest-likeness distances not finite")
     return LIMIT_MARGIN * worst
 
 
@@ -152,6 +153,7 @@ def main(
         "rule": f"{LIMIT_MARGIN} x the largest distance of an upright film with its source left out",
     }
     final = OrientationModel.fit(x, v, C_REG, chest)
+    OrientationModel.from_json(final.to_json())  # what the node would refuse is not written
     (out / FILE).write_text(json.dumps(final.to_json()))
     report["films"] = int((v == 0).sum())
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -178,7 +180,7 @@ def release(
             "to 64 px and standardised, + its 8 x 8 thumbnail",
             "views": list(VIEWS),
             "chest_likeness": "probabilistic PCA of the upright films' features "
-            f"({N_COMPONENTS} components), Mahalanobis distance over a limit",
+            f"({N_COMPONENTS} components), squared Mahalanobis distance over a limit",
         },
         "input_size": 256,
         "labels": list(VIEWS),

@@ -203,7 +203,7 @@ def main(
         "G: C with group DRO over source x class (eta 0.3)": run(with_sev, y, src, groups, _group_dro(0.3)),
     }
     if mirrored is not None:
-        flipped = _mirrored_inputs(mirrored, data, arrays["files"], groups)
+        flipped = _mirrored_inputs(mirrored, data, arrays["files"], groups, weights_dir, registry)
         variants[MIRRORED] = run(flipped, y, src, groups, _lr)
     variants["extent alone, no classifier"] = _scores_only(extent_scores(extent), y, src)
     return {
@@ -216,14 +216,21 @@ def main(
 MIRRORED = "H: C with LungNet's test-time flip (maps and logits averaged with the mirrored film's)"
 
 
-def _mirrored_inputs(cache: Path, data: Path, files: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def _mirrored_inputs(
+    cache: Path,
+    data: Path,
+    files: np.ndarray,
+    groups: np.ndarray,
+    weights_dir: Path | None = None,
+    registry: Path | None = None,
+) -> np.ndarray:
     """C's inputs from a cache of the same films made with ``extract --mirror``: its opacity
     features and its severity totals (a ridge refitted on its features without each image's
     patient group, the groups of the first cache)."""
     arrays, recs, _, _, _ = load_grouped(cache, data)
     if not np.array_equal(arrays["files"], files):
         raise ValueError(f"{cache} does not hold the same films in the same order as the first cache")
-    sev, _ = severity_inputs(arrays, recs, groups)
+    sev, _ = severity_inputs(arrays, recs, groups, weights_dir, registry)
     return classifier_inputs(arrays["features"].astype(np.float64), sev["geographic_extent"], sev["opacity"])
 
 

@@ -95,6 +95,7 @@ def test_nonsense_is_not_a_finding(tmp_path: Path, kind: str, reason: str) -> No
     assert row["quality"]["reasons"][-1] == reason
     assert row["predicted_class"] is None and row["classification"] is None
     assert row["severity"] is None and row["lungs"] is None
+    assert row["outputs"] == []  # no heatmap PNG explaining a class that is not reported
     assert not (row.get("triage") or {}).get("urgent")
 
 
