@@ -112,7 +112,10 @@ def extract(
 
 
 def quality_check(arrays: dict[str, np.ndarray], i: int) -> LungQC:
-    """The node's quality check of cached image ``i`` (its refined lungs in its content box)."""
+    """The node's quality check of cached image ``i`` (its refined lungs in its content box),
+    without the film-orientation model's two questions (turned? like a chest film?): the cached
+    films are the training sources' own, upright, and that model's held-out rates on them are in
+    its card."""
     from models.quality import check
 
     r0, r1, c0, c1 = (int(v) for v in arrays["box"][i])
