@@ -361,7 +361,12 @@ right and left swapped, and the two averaged; `extract --mirror`; the encoder fe
 severity ridge pools over each lung stay the plain pass's): every COVID-19 column falls by
 0.02-0.03 and Montgomery's by 0.04; NIH, the worst abnormal column, rises from 0.497 to 0.518; the
 probe rises (a likely reason, not measured: the mirrored film, heart on the right, is one LungNet
-never saw); not shipped. D looks strong on NIH and the NLM sources only
+never saw); not shipped. I averages C's and E's probabilities (each fitted as above): every
+COVID-19 column rises, the worst (covid-radiography) from 0.711 to 0.732; abnormal vs normal rises
+on covid-radiography (0.710 to 0.738), holds on NIH and Shenzhen and falls 0.009 on Montgomery; the
+probe rises to E's. It has the best worst case of the trained variants in both columns, and is the
+next candidate: not shipped yet, because its triage and out-of-source calibration (which round 3
+measures for C) are not measured. D looks strong on NIH and the NLM sources only
 because LungNet's class head was trained on their labels (not out of source). The variants are
 compared before temperature scaling, so C's row differs from the table above in the third decimal.
 {_in_source(sel.get("in_source_cv") or {}, sel["variants"])}{_low_evidence(sel.get("low_evidence") or {})}"""

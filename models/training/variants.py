@@ -76,6 +76,20 @@ def _lr_plain(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.nda
     return predict
 
 
+def _with_totals_alone(weight: float) -> Fitter:
+    """C (:func:`_lr` on C's inputs) and E (the two severity totals alone, logged) fitted side by
+    side, their probabilities mixed ``1 - weight`` to ``weight``."""
+
+    def fitter(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        def totals(q: np.ndarray) -> np.ndarray:
+            return transform(q)[:, len(OPACITY_FEATURES) :]
+
+        c, e = _lr(x, y, src), _lr_plain(totals(x), y, src)
+        return lambda q: (1 - weight) * c(q) + weight * e(totals(q))
+
+    return fitter
+
+
 def _trees(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from threadpoolctl import threadpool_limits
@@ -181,8 +195,8 @@ def main(
     mirrored: Path | None = None,
 ) -> dict[str, Any]:
     """Each variant on ``cache`` (made with the LungNet of ``registry``; default: the shipped
-    one), and C within each source (:func:`in_source_cv`). The severity totals of C, E, F and G
-    are refitted without each image's patient group
+    one), and C within each source (:func:`in_source_cv`). The severity totals of C, E, F, G, H
+    and I are refitted without each image's patient group
     (:func:`models.training.round3.severity_inputs`), as in round 3."""
     arrays, recs, y, src, groups = load_grouped(cache, data)
     feats = arrays["features"].astype(np.float64)
@@ -205,6 +219,7 @@ def main(
     if mirrored is not None:
         flipped = _mirrored_inputs(mirrored, data, arrays["files"], groups, weights_dir, registry)
         variants[MIRRORED] = run(flipped, y, src, groups, _lr)
+    variants[AVERAGED] = run(with_sev, y, src, groups, _with_totals_alone(0.5))
     variants["extent alone, no classifier"] = _scores_only(extent_scores(extent), y, src)
     return {
         "variants": variants,
@@ -213,6 +228,7 @@ def main(
     }
 
 
+AVERAGED = "I: C and E, their probabilities averaged"
 MIRRORED = "H: C with LungNet's test-time flip (maps and logits averaged with the mirrored film's)"
 
 
@@ -303,7 +319,7 @@ NOTE = (
     "leave-one-source-out, same groups; COVID-19 vs every out-of-source normal (cxr-collection, "
     "covid-radiography, hannover, covid-cxnet) and abnormal vs own normals (covid-radiography, NIH, "
     "Montgomery, Shenzhen); linear source probe on the raw inputs and outputs; the severity totals of "
-    "C, E, F, G and H from a ridge refitted without each image's patient group"
+    "C, E, F, G, H and I from a ridge refitted without each image's patient group"
 )
 
 

@@ -146,3 +146,19 @@ def test_mirror_swaps_the_lungs_of_the_mirrored_pass() -> None:
         assert not np.allclose(plain[right], plain[left][:, ::-1], atol=1e-4)
         np.testing.assert_allclose(maps[right], maps[left][:, ::-1], atol=1e-5)
     np.testing.assert_allclose(maps[OPACITY], maps[OPACITY][:, ::-1], atol=1e-5)
+
+
+def test_averaging_c_and_e_mixes_their_probabilities() -> None:
+    """Variant I at its ends is C and E themselves, and halfway their mean."""
+    from models.evidence import FEATURES, transform
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 30)
+    x = np.abs(rng.normal(size=(120, len(FEATURES))) + y[:, None] * 0.5)
+    src = np.array(["a", "b"] * 60)
+    c = variants._lr(x, y, src)(x)
+    e = variants._lr_plain(transform(x)[:, 8:], y, src)(transform(x)[:, 8:])
+    np.testing.assert_allclose(variants._with_totals_alone(0.0)(x, y, src)(x), c)
+    np.testing.assert_allclose(variants._with_totals_alone(1.0)(x, y, src)(x), e)
+    np.testing.assert_allclose(variants._with_totals_alone(0.5)(x, y, src)(x), (c + e) / 2)
+    assert not np.allclose(c, e)
