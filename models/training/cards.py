@@ -343,7 +343,8 @@ def _selection(m: dict[str, Any]) -> str:
 {chr(10).join(rows)}
 
 The criterion is the worst held-out source of each column. C (A plus the severity ridge's two
-totals on a log scale, each image's from a ridge refitted without its patient group) ships: over
+totals on a log scale, each image's from a ridge refitted without its patient group) shipped in
+3.2.0-3.4.0: over
 A it raises both worst cases, Montgomery and Shenzhen by 0.12-0.14, and lowers the normals marked
 urgent on every held-out normal source; its probe is higher. E (the two totals alone) has the
 better worst case for COVID-19, but nothing to tell the three abnormal classes apart by pattern
@@ -361,12 +362,13 @@ right and left swapped, and the two averaged; `extract --mirror`; the encoder fe
 severity ridge pools over each lung stay the plain pass's): every COVID-19 column falls by
 0.02-0.03 and Montgomery's by 0.04; NIH, the worst abnormal column, rises from 0.497 to 0.518; the
 probe rises (a likely reason, not measured: the mirrored film, heart on the right, is one LungNet
-never saw); not shipped. I averages C's and E's probabilities (each fitted as above): every
-COVID-19 column rises, the worst (covid-radiography) from 0.711 to 0.732; abnormal vs normal rises
-on covid-radiography (0.710 to 0.738), holds on NIH and Shenzhen and falls 0.009 on Montgomery; the
-probe rises to E's. It has the best worst case of the trained variants in both columns, and is the
-next candidate: not shipped yet, because its triage and out-of-source calibration (which round 3
-measures for C) are not measured. D looks strong on NIH and the NLM sources only
+never saw); not shipped. I (shipped since 3.5.0) averages the logits of C and of E, fitted side by
+side: one linear model that leans more on the two totals, which transfer best. Every COVID-19
+column rises, the worst (covid-radiography) from 0.711 to 0.730; abnormal vs normal rises on
+covid-radiography (0.710 to 0.739), holds on NIH and Shenzhen and falls 0.011 on Montgomery; the
+probe rises to E's. It has the best worst case of the trained variants in both columns. Averaging
+their probabilities instead measured within 0.002 of it. Out of source it is less well calibrated
+than C (ECE {m["ece_out_of_source"]:.3f}; 3.4.0, C: 0.088). D looks strong on NIH and the NLM sources only
 because LungNet's class head was trained on their labels (not out of source). The variants are
 compared before temperature scaling, so C's row differs from the table above in the third decimal.
 {_in_source(sel.get("in_source_cv") or {}, sel["variants"])}{_low_evidence(sel.get("low_evidence") or {})}"""
@@ -453,8 +455,10 @@ A multinomial logistic regression on {len(m["features"])} measures (`models/evid
 **severity ridge's two totals** (Cohen's extent and opacity; fitted to radiologists' scores, never
 to a class). Nothing else: no lung area, intensity or class logit (round 2's crop classifier learned
 the source from those). Severity inputs: {m.get("severity_inputs", "the released ridge")}. Every image first goes through one resolution chain (256-px square -> 224 px -> 256 px), so
-covid-radiography's 224-px look cannot name it. Class- and source-balanced sample weights;
-temperature {m["temperature"]} fitted on the out-of-source logits. Four classes: {", ".join(c["labels"])};
+covid-radiography's 224-px look cannot name it. Class- and source-balanced sample weights.
+Two such regressions, one on every measure and one on the two totals alone, have their logits
+averaged (one linear model; model selection's I, below: it leans more on the totals, which
+transfer best); temperature {m["temperature"]} fitted on the out-of-source logits. Four classes: {", ".join(c["labels"])};
 only COVID-19 vs normal and abnormal vs normal are goals.
 
 {_training(c)}

@@ -52,10 +52,12 @@ NORMAL, OTHER, PNEUMONIA, COVID = (CLASSES.index(c) for c in CLASSES)
 TARGET_SENSITIVITY = 0.97  # the auto threshold's sensitivity on the sources it is fitted on
 # 3.2.0 (on lung-net@3.0.0, the severity totals as inputs) + its twin without the totals (3.3.0),
 # fitted on films whose constant margins (padding, shutters) are cropped whatever their width
-VERSION = "3.4.0"
+# (3.4.0), its logits mixed with those of the regression on the two totals alone (3.5.0)
+VERSION = "3.5.0"
 EXTENT_URGENT = 4.0
 MIN_CELL = 20  # source x class cells smaller than this weigh as if they had this many images
 C_REG = 1.0
+TOTALS_WEIGHT = 0.5  # the share of the totals-alone regression's logits (model selection's I)
 MIN_SCORED = 20  # fewer scored training images than this: the released ridge instead (smoke runs)
 
 
@@ -86,10 +88,33 @@ def fit(x: np.ndarray, y: np.ndarray, src: np.ndarray, c: float = C_REG) -> Opac
     return OpacityClassifier(mean, scale, coef, inter, features=features)
 
 
+def fit_blended(
+    x: np.ndarray, y: np.ndarray, src: np.ndarray, weight: float = TOTALS_WEIGHT
+) -> OpacityClassifier:
+    """:func:`fit` on every input (model selection's C) and the same regression on the two
+    severity totals alone (E), their logits mixed ``1 - weight`` to ``weight`` (I). Both
+    standardise the totals' columns alike (same images, same transform), so the mix is one
+    linear model over C's standardised inputs: E's coefficients join C's on those columns."""
+    full = fit(x, y, src)
+    n = len(OPACITY_FEATURES)
+    z = transform(x)
+    totals = (z[:, n:] - full.mean[n:]) / full.scale[n:]
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=C_REG, max_iter=2000).fit(totals, y, sample_weight=sample_weights(y, src))
+    coef_e = np.zeros_like(full.coef)
+    inter_e = np.full(len(CLASSES), -30.0)  # a class absent from training is never predicted
+    for k, cls in enumerate(lr.classes_):
+        coef_e[cls, n:], inter_e[cls] = lr.coef_[k], lr.intercept_[k]
+    full.coef = (1 - weight) * full.coef + weight * coef_e
+    full.intercept = (1 - weight) * full.intercept + weight * inter_e
+    return full
+
+
 def fit_pair(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> OpacityClassifier:
-    """:func:`fit` on every input, with its ``without_totals`` twin fitted on the same images'
-    opacity measures alone (for films whose severity totals are withheld)."""
-    model = fit(x, y, src)
+    """:func:`fit_blended` on every input, with its ``without_totals`` twin fitted on the same
+    images' opacity measures alone (for films whose severity totals are withheld)."""
+    model = fit_blended(x, y, src)
     model.without_totals = fit(x[:, : len(OPACITY_FEATURES)], y, src)
     return model
 
@@ -547,8 +572,10 @@ def release(
             "every 3rd NIH image, in file order), "
             "after one resolution chain (256 -> 224 -> 256); features: LungNet's opacity inside the "
             "refined lungs and the severity ridge's two totals (each image's from a ridge refitted "
-            "without its patient group); class- and source-balanced weights",
-            "previous": "opacity-classifier@3.3.0 (the same, on films whose constant margins were "
+            "without its patient group); class- and source-balanced weights; the regression on "
+            "every input and the one on the two totals alone, their logits averaged",
+            "previous": "opacity-classifier@3.4.0 (the regression on every input alone, model "
+            "selection's C); 3.3.0 (the same, on films whose constant margins were "
             "cropped only up to a fifth of each side); "
             "3.2.0 (the same without the twin: a film whose totals were "
             "withheld was classified on them); 3.1.0 (the 8 opacity features only); "

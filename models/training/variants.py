@@ -30,6 +30,7 @@ from models.training.round3 import (
     auc,
     extent_scores,
     fit,
+    fit_blended,
     load_grouped,
     loso_matrix,
     sample_weights,
@@ -76,18 +77,10 @@ def _lr_plain(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.nda
     return predict
 
 
-def _with_totals_alone(weight: float) -> Fitter:
-    """C (:func:`_lr` on C's inputs) and E (the two severity totals alone, logged) fitted side by
-    side, their probabilities mixed ``1 - weight`` to ``weight``."""
-
-    def fitter(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        def totals(q: np.ndarray) -> np.ndarray:
-            return transform(q)[:, len(OPACITY_FEATURES) :]
-
-        c, e = _lr(x, y, src), _lr_plain(totals(x), y, src)
-        return lambda q: (1 - weight) * c(q) + weight * e(totals(q))
-
-    return fitter
+def _blended(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`models.training.round3.fit_blended`: C and E (the two totals alone), logits mixed."""
+    model = fit_blended(x, y, src)
+    return lambda z: softmax(model.logits(z))
 
 
 def _trees(x: np.ndarray, y: np.ndarray, src: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -208,7 +201,7 @@ def main(
     variants = {
         "A: logistic regression, 8 opacity features (3.1.0)": run(feats, y, src, groups, _lr),
         "B: boosted trees, 8 opacity features": run(feats, y, src, groups, _trees),
-        "C: A + severity extent and opacity totals (shipped since 3.2.0)": run(with_sev, y, src, groups, _lr),
+        "C: A + severity extent and opacity totals (shipped 3.2.0-3.4.0)": run(with_sev, y, src, groups, _lr),
         "D: A + LungNet class logits": run(np.c_[feats, arrays["logits"]], y, src, groups, after_opacity),
         "E: severity totals alone (log)": run(transform(with_sev)[:, 8:], y, src, groups, _lr_plain),
         "F: C + lung shape (left/right area, solidity, height/width, gap between the lungs)": run(
@@ -219,7 +212,7 @@ def main(
     if mirrored is not None:
         flipped = _mirrored_inputs(mirrored, data, arrays["files"], groups, weights_dir, registry)
         variants[MIRRORED] = run(flipped, y, src, groups, _lr)
-    variants[AVERAGED] = run(with_sev, y, src, groups, _with_totals_alone(0.5))
+    variants[AVERAGED] = run(with_sev, y, src, groups, _blended)
     variants["extent alone, no classifier"] = _scores_only(extent_scores(extent), y, src)
     return {
         "variants": variants,
@@ -228,7 +221,7 @@ def main(
     }
 
 
-AVERAGED = "I: C and E, their probabilities averaged"
+AVERAGED = "I: C and E, their logits averaged (shipped since 3.5.0)"
 MIRRORED = "H: C with LungNet's test-time flip (maps and logits averaged with the mirrored film's)"
 
 

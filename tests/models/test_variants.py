@@ -148,17 +148,27 @@ def test_mirror_swaps_the_lungs_of_the_mirrored_pass() -> None:
     np.testing.assert_allclose(maps[OPACITY], maps[OPACITY][:, ::-1], atol=1e-5)
 
 
-def test_averaging_c_and_e_mixes_their_probabilities() -> None:
-    """Variant I at its ends is C and E themselves, and halfway their mean."""
-    from models.evidence import FEATURES, transform
+def test_the_blend_is_c_and_e_with_their_logits_averaged() -> None:
+    """Variant I (shipped) as one linear model: its logits are the mean of C's and of the same
+    regression on the two totals alone, on the same standardised columns."""
+    from sklearn.linear_model import LogisticRegression
+
+    from models.evidence import FEATURES, OPACITY_FEATURES, transform
+    from models.training import round3
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), 30)
     x = np.abs(rng.normal(size=(120, len(FEATURES))) + y[:, None] * 0.5)
     src = np.array(["a", "b"] * 60)
-    c = variants._lr(x, y, src)(x)
-    e = variants._lr_plain(transform(x)[:, 8:], y, src)(transform(x)[:, 8:])
-    np.testing.assert_allclose(variants._with_totals_alone(0.0)(x, y, src)(x), c)
-    np.testing.assert_allclose(variants._with_totals_alone(1.0)(x, y, src)(x), e)
-    np.testing.assert_allclose(variants._with_totals_alone(0.5)(x, y, src)(x), (c + e) / 2)
-    assert not np.allclose(c, e)
+    c = round3.fit(x, y, src)
+    blend = round3.fit_blended(x, y, src, weight=0.5)
+    n = len(OPACITY_FEATURES)
+    totals = (transform(x)[:, n:] - c.mean[n:]) / c.scale[n:]
+    e = LogisticRegression(C=round3.C_REG, max_iter=2000).fit(
+        totals, y, sample_weight=round3.sample_weights(y, src)
+    )
+    expected = (c.logits(x) + e.decision_function(totals)) / 2
+    np.testing.assert_allclose(blend.logits(x), expected, atol=1e-8)
+    assert not np.allclose(blend.logits(x), c.logits(x))
+    only_c = round3.fit_blended(x, y, src, weight=0.0)
+    np.testing.assert_allclose(only_c.logits(x), c.logits(x))
