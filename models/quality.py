@@ -125,6 +125,12 @@ def _solidity(lung: np.ndarray) -> float:
     return float(min(lung.sum() / max(hull, 1.0), 1.0))
 
 
+def unlike_a_chest_film(atypical: Any) -> Any:
+    """Whether the chest-likeness's ``atypical`` (a number or an array) flags the film: at or
+    above :data:`MAX_ATYPICAL`, or NaN."""
+    return ~(np.asarray(atypical) < MAX_ATYPICAL)
+
+
 def not_upright(p_upright: Any) -> Any:
     """Whether the orientation model's probability of upright (a number or an array) flags the
     film as turned: under :data:`MIN_UPRIGHT`, or NaN."""
@@ -166,7 +172,7 @@ def check(
     if atypical is not None:
         m["atypical"] = float(atypical)
         # NaN included; a film called turned keeps that as its first reason (one a person can act on)
-        if not np.asarray(atypical) < MAX_ATYPICAL:
+        if unlike_a_chest_film(atypical):
             return LungQC(False, False, (*reasons, "atypical"), m)
     right, left = lungs[0], lungs[1]
     m["right_area"], m["left_area"] = float(right.sum()) / area, float(left.sum()) / area

@@ -102,7 +102,9 @@ def atypical_rates(atypical: np.ndarray, views: np.ndarray) -> dict[str, Any]:
     """The upright films the chest-likeness calls unlike a chest film (its false alarms), and the
     share of the turned and flipped views it calls so (for information: the orientation model is
     what catches those)."""
-    flagged = atypical >= 1
+    from models.quality import unlike_a_chest_film
+
+    flagged = unlike_a_chest_film(atypical)
     return {
         "atypical_false_alarm": round(float(flagged[views == 0].mean()), 4),
         "atypical_upright_max": round(float(atypical[views == 0].max()), 3),

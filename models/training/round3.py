@@ -72,18 +72,26 @@ def sample_weights(y: np.ndarray, src: np.ndarray) -> np.ndarray:
     return w * len(y) / w.sum()
 
 
-def fit(x: np.ndarray, y: np.ndarray, src: np.ndarray, c: float = C_REG) -> OpacityClassifier:
-    """Standardise, then a source- and class-balanced multinomial logistic regression."""
+def _multinomial(
+    z: np.ndarray, y: np.ndarray, src: np.ndarray, c: float = C_REG
+) -> tuple[np.ndarray, np.ndarray]:
+    """A source- and class-balanced multinomial logistic regression on standardised ``z``: its
+    coefficients (classes x columns) and intercepts, a class absent from training at -30."""
     from sklearn.linear_model import LogisticRegression
 
-    z = transform(x)
-    mean, scale = z.mean(0), z.std(0) + 1e-6
-    lr = LogisticRegression(C=c, max_iter=2000)
-    lr.fit((z - mean) / scale, y, sample_weight=sample_weights(y, src))
+    lr = LogisticRegression(C=c, max_iter=2000).fit(z, y, sample_weight=sample_weights(y, src))
     coef = np.zeros((len(CLASSES), z.shape[1]))
     inter = np.full(len(CLASSES), -30.0)  # a class absent from training is never predicted
     for k, cls in enumerate(lr.classes_):
         coef[cls], inter[cls] = lr.coef_[k], lr.intercept_[k]
+    return coef, inter
+
+
+def fit(x: np.ndarray, y: np.ndarray, src: np.ndarray, c: float = C_REG) -> OpacityClassifier:
+    """Standardise, then :func:`_multinomial`."""
+    z = transform(x)
+    mean, scale = z.mean(0), z.std(0) + 1e-6
+    coef, inter = _multinomial((z - mean) / scale, y, src, c)
     features = FEATURES if z.shape[1] == len(FEATURES) else OPACITY_FEATURES
     return OpacityClassifier(mean, scale, coef, inter, features=features)
 
@@ -97,15 +105,8 @@ def fit_blended(
     linear model over C's standardised inputs: E's coefficients join C's on those columns."""
     full = fit(x, y, src)
     n = len(OPACITY_FEATURES)
-    z = transform(x)
-    totals = (z[:, n:] - full.mean[n:]) / full.scale[n:]
-    from sklearn.linear_model import LogisticRegression
-
-    lr = LogisticRegression(C=C_REG, max_iter=2000).fit(totals, y, sample_weight=sample_weights(y, src))
     coef_e = np.zeros_like(full.coef)
-    inter_e = np.full(len(CLASSES), -30.0)  # a class absent from training is never predicted
-    for k, cls in enumerate(lr.classes_):
-        coef_e[cls, n:], inter_e[cls] = lr.coef_[k], lr.intercept_[k]
+    coef_e[:, n:], inter_e = _multinomial((transform(x)[:, n:] - full.mean[n:]) / full.scale[n:], y, src)
     full.coef = (1 - weight) * full.coef + weight * coef_e
     full.intercept = (1 - weight) * full.intercept + weight * inter_e
     return full
