@@ -235,6 +235,23 @@ def write_outputs(
     return files
 
 
+def incomplete_file(ds: Dataset) -> str | None:
+    """What a DICOM file read from disk lacks to be a whole instance, else None: its SOP Class
+    (the dataset's or the file meta's), or, for an image storage class, its Pixel Data. pydicom
+    reads a file cut short up to where it ends, without complaint; the routing would then judge
+    what is left ("modality (empty)")."""
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None) or Dataset()
+    sop_class = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+    if not sop_class:
+        return "no SOP Class UID"
+    name = UID(sop_class).name
+    if "Image Storage" in name and "PixelData" not in ds:
+        return f"a {name} with no Pixel Data"
+    return None
+
+
 def analyze_path(
     path: Path,
     out_dir: Path | None = None,
@@ -252,6 +269,9 @@ def analyze_path(
         ds = None  # not DICOM: a PNG or JPEG
     except OSError as exc:
         analysis.error = f"cannot read {path}: {exc.strerror or exc}"
+        return analysis
+    if ds is not None and (cut := incomplete_file(ds)):
+        analysis.error = f"not a whole DICOM instance: {cut} (was the file cut short?)"
         return analysis
     try:
         if ds is not None:

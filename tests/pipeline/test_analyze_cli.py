@@ -36,20 +36,22 @@ def test_analyze_json_batch(cr_chest_j2k: Path, cr_chest: Path, tmp_path: Path) 
     lateral = write(make_dx(cr_chest, view="LL"), tmp_path / "lateral.dcm")
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"\x00\x01 not an image")
+    cut = tmp_path / "cut.dcm"  # the header ends before Modality: was "modality (empty)", rc 0
+    cut.write_bytes(cr_chest.read_bytes()[:600])
     out = tmp_path / "out"
-    inputs = [cr_chest_j2k, png, jpeg, lateral, junk]
+    inputs = [cr_chest_j2k, png, jpeg, lateral, junk, cut]
     done = subprocess.run(
         [sys.executable, "-m", "node.cli", "analyze", "--json", "--out", str(out), *map(str, inputs)],
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert done.returncode == 1  # the junk file failed; the rest went on
+    assert done.returncode == 1  # the junk and the cut file failed; the rest went on
     assert "Traceback" not in done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["input"] for r in rows] == [str(p) for p in inputs]
     assert all(KEYS <= set(r) for r in rows)
-    dicom, png_row, jpeg_row, lateral_row, junk_row = rows
+    dicom, png_row, jpeg_row, lateral_row, junk_row, cut_row = rows
     for row in (dicom, png_row, jpeg_row):
         assert row["eligible"] and row.get("error") is None
         assert abs(sum(row["classification"].values()) - 1.0) < 1e-3
@@ -63,6 +65,7 @@ def test_analyze_json_batch(cr_chest_j2k: Path, cr_chest: Path, tmp_path: Path) 
     assert lateral_row["eligible"] is False and "not frontal" in lateral_row["reason"]
     assert lateral_row["classification"] is None
     assert junk_row["error"]
+    assert "cut short" in cut_row["error"] and cut_row["classification"] is None
 
 
 @pytest.mark.parametrize(("kind", "reason"), [("blank", "blank"), ("ramp", "atypical")])
@@ -118,3 +121,21 @@ def test_the_text_line_names_the_class_in_words(tmp_path: Path) -> None:
     label = CLASS_LABELS[row["predicted_class"]]
     assert runs[0].startswith(f"{jpeg}: {label} ({row['classification'][row['predicted_class']]:.2f}); ")
     assert "/8, opacity " in runs[0]
+
+
+def test_a_whole_instance_is_not_called_incomplete(cr_chest: Path) -> None:
+    """The check behind "was the file cut short?" passes whole files, a non-image (an SR has no
+    Pixel Data) and fails a header with no SOP Class or an image with its pixels cut off."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import BasicTextSRStorage
+
+    from workers.pipeline import incomplete_file
+
+    whole = dcmread(cr_chest)
+    assert incomplete_file(whole) is None
+    report = Dataset()
+    report.SOPClassUID = BasicTextSRStorage
+    assert incomplete_file(report) is None
+    assert incomplete_file(Dataset()) == "no SOP Class UID"
+    del whole.PixelData
+    assert "no Pixel Data" in (incomplete_file(whole) or "")
