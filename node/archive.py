@@ -231,7 +231,7 @@ def _from_archive(ds: Dataset, result: AnalysisResult, settings: Settings, conte
                 )
             )
         if day is not None:
-            others = [r for r in own if r.study_instance_uid != str(ds.StudyInstanceUID)]
+            others = [r for r in own if r.study_instance_uid != str(ds.get("StudyInstanceUID", ""))]
             context.course = [_prior(r) for r in _earlier(others, day, clock)]
             if context.course and result.quality.assessable:  # no change from a withheld score
                 context.changes = _changes(result, day, context.course)

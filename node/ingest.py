@@ -91,6 +91,14 @@ def parse_header(data: bytes) -> Dataset:
         raise InvalidInstanceError("SOP Instance UID (0008,0018) is missing or not a valid UID")
     if not sop_class_uid:
         raise InvalidInstanceError("SOP Class UID (0008,0016) is missing")
+    # Type 1 in every composite IOD: the results go back into the study and the series beside
+    # the film, and the patient's course is told apart by study.
+    for keyword, name in (
+        ("StudyInstanceUID", "Study Instance UID (0020,000D)"),
+        ("SeriesInstanceUID", "Series Instance UID (0020,000E)"),
+    ):
+        if not is_valid_uid(str(ds.get(keyword, "") or "")):
+            raise InvalidInstanceError(f"{name} is missing or not a valid UID")
     decode_all(ds)
     check_pixels(ds)
     return ds

@@ -215,6 +215,12 @@ CASES = [
         "Photometric Interpretation (0028,0004)",
     ),
     _refused("RGB planar 2", _rgb_planar(2), "Planar Configuration (0028,0006)"),
+    # Type 1 UIDs the results need to go back into the film's study (was: stored, then the job
+    # failed with an AttributeError where the patient had earlier films).
+    _refused("no study UID", _pixel_module(StudyInstanceUID=None), "Study Instance UID (0020,000D)"),
+    _refused(
+        "series UID not a UID", _pixel_module(SeriesInstanceUID="1.2.abc"), "Series Instance UID (0020,000E)"
+    ),
     # Consistent, decodable, but not what CR/DX (PS3.3 C.8.11.3) and the models take: stored.
     Case("32 bits allocated", _thirty_two_bit, SUCCESS, "instance.ineligible"),
     Case("8 bits", lambda cr: gray8(cr), SUCCESS, "job.queued", queued=True),
