@@ -22,6 +22,9 @@ FRONTAL_VIEWS = {"PA", "AP"}
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD", "LAO", "RAO", "LPO", "RPO"}
 
 GRAYSCALE = {"MONOCHROME1", "MONOCHROME2"}
+# PS3.3 C.8.11.1.1.1: a For Processing image holds the detector's values before the processing
+# that makes a film of them; the models read films as they are presented.
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 ANALYSED_BITS_ALLOCATED = (8, 16)
 # Portable chest X-rays are 1-4k pixels a side; below this there is nothing to analyse.
 MIN_SIDE = 128
@@ -86,6 +89,11 @@ def decide(ds: Dataset, min_age: int = 18) -> Decision:
     modality = _text(ds, "Modality")
     if modality not in ANALYSED_MODALITIES:
         return Decision(False, f"modality {modality or '(empty)'} is not CR or DX")
+    if (
+        _text(ds, "PresentationIntentType") == "FOR PROCESSING"
+        or str(ds.get("SOPClassUID", "")) == DX_FOR_PROCESSING
+    ):
+        return Decision(False, "a For Processing image (detector values, not a film to read) is not analysed")
     body_part = _text(ds, "BodyPartExamined")
     if body_part not in CHEST_BODY_PARTS:
         return Decision(False, f"body part {body_part} is not the chest")

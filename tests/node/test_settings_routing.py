@@ -78,6 +78,10 @@ def _ds(**attrs: str) -> Dataset:
         ({"PatientBirthDate": "20150101", "StudyDate": "20240101"}, False, "younger than 18"),
         ({"PatientBirthDate": "19400305", "StudyDate": "20040826"}, True, None),
         ({"PatientAge": "garbage"}, True, None),
+        # raw detector values (read as a film, a linear one came out COVID-19 0.50, urgent)
+        ({"PresentationIntentType": "FOR PROCESSING"}, False, "For Processing"),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.1.1"}, False, "For Processing"),
+        ({"PresentationIntentType": "FOR PRESENTATION"}, True, None),
     ],
 )
 def test_routing(attrs: dict[str, str], eligible: bool, reason: str | None) -> None:
