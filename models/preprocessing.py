@@ -174,8 +174,25 @@ def _has_modality_lut(ds: Any) -> bool:
         return True  # let pydicom judge a malformed value
 
 
+def _widest_window(ds: Any) -> int:
+    """Which of several windows (PS3.3 C.11.2.1.2: alternative views) the models read through:
+    the widest, so a preset that clips the film (a bone or soft-tissue window listed first) does
+    not change what the models see; after the window, :func:`normalize` stretches the film to its
+    own range anyway. 0 where there is a VOI LUT Sequence (pydicom applies that first) or one
+    window."""
+    if "VOILUTSequence" in ds:
+        return 0
+    widths = ds.get("WindowWidth")
+    try:
+        values = [float(w) for w in widths] if widths is not None and ds["WindowWidth"].VM > 1 else []
+    except (TypeError, ValueError):
+        return 0
+    return int(np.argmax(values)) if values else 0
+
+
 def _through_luts(arr: np.ndarray, ds: Any) -> np.ndarray:
-    """The Modality LUT, then the first VOI LUT (or window) of ``ds``, as float32.
+    """The Modality LUT, then the VOI LUT (the first) or window (the widest, :func:`_widest_window`)
+    of ``ds``, as float32.
 
     Both act on each value alone, so an integer image (at most 65,536
     distinct stored values) goes through a table of every value between its
@@ -185,10 +202,12 @@ def _through_luts(arr: np.ndarray, ds: Any) -> np.ndarray:
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    index = _widest_window(ds)
+
     def apply(values: np.ndarray) -> np.ndarray:
         if _has_modality_lut(ds):  # the identity (slope 1, intercept 0) changes nothing
             values = apply_modality_lut(values, ds)
-        return np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
+        return np.asarray(apply_voi_lut(values, ds, index=index), dtype=np.float32)
 
     if arr.dtype.kind not in "ui" or arr.size < 1 << 16:
         return apply(arr)
@@ -263,17 +282,29 @@ def load_image(path_or_dataset: Any) -> LoadedImage:
 
 
 def normalize(pixels: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] between the 0.5th and 99.5th percentiles."""
+    """Scale to [0, 1] between the 0.5th and 99.5th percentiles of the film: a frame of constant
+    lines around it (padding, a film pasted into a larger canvas, :func:`_constant_margins`) does
+    not count, so a framed film is scaled as the film alone (a white frame had squeezed its greys
+    into the lower half: extent 5.1 against 4.3 unframed)."""
     sample = pixels[:: max(1, pixels.shape[0] // 256), :: max(1, pixels.shape[1] // 256)]
-    lo, hi = np.percentile(sample, [0.5, 99.5])
-    if hi - lo < 1e-6:
-        lo, hi = float(pixels.min()), float(pixels.max()) + 1e-6
+    lo, hi = _percentiles(sample)
+    r0, r1, c0, c1 = _constant_margins(np.clip((sample - lo) / (hi - lo), 0.0, 1.0))
+    if (r1 - r0, c1 - c0) != sample.shape:
+        lo, hi = _percentiles(sample[r0:r1, c0:c1])
     # np.clip((pixels - lo) / (hi - lo), 0, 1) in one buffer (the same ufuncs and dtypes):
     # at 2800 x 2304 two 50 MB temporaries fewer.
     scaled = np.subtract(pixels, lo)
     np.divide(scaled, hi - lo, out=scaled)
     np.clip(scaled, 0.0, 1.0, out=scaled)
     return scaled.astype(np.float32, copy=False)
+
+
+def _percentiles(sample: np.ndarray) -> tuple[float, float]:
+    """The 0.5th and 99.5th percentiles (the range, where those two meet)."""
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    if hi - lo < 1e-6:
+        lo, hi = float(sample.min()), float(sample.max()) + 1e-6
+    return float(lo), float(hi)
 
 
 def _border(profile_mean: np.ndarray, profile_std: np.ndarray, limit: int) -> tuple[int, int]:

@@ -111,3 +111,30 @@ def test_preprocess_range_and_geometry_round_trip() -> None:
     mask[32:96, 32:96] = 1
     back = geom.to_input(mask, nearest=True)
     assert back.shape == img.shape and 0 < back.mean() < 1
+
+
+@pytest.mark.parametrize("value", [0, 32767, 65535])
+def test_a_framed_film_is_read_as_the_film(cr_chest_dicom: Path, value: int) -> None:
+    """The real CR pasted into a frame of constant value (padding, black, or the 16-bit maximum):
+    the square the models see is the film's own. The frame used to count in the grey scaling: a
+    65535 frame squeezed the film's greys (extent 5.1 against 4.3)."""
+    from models.preprocessing import model_square
+
+    pixels = load_image(cr_chest_dicom).pixels
+    framed = np.pad(pixels, 300, constant_values=value)
+    alone, _ = model_square(pixels, 256)
+    inside, _ = model_square(framed, 256)
+    assert np.abs(alone.astype(int) - inside.astype(int)).mean() < 1.0  # grey levels, of 255
+
+
+def test_of_several_windows_the_widest_is_read(cr_chest_dicom: Path) -> None:
+    """Windows are alternative views (PS3.3 C.11.2.1.2); a narrow preset listed first clipped
+    what the models saw (extent 2.3 against 4.3). The widest is read, in either order."""
+    ds = pydicom.dcmread(cr_chest_dicom)
+    ds.WindowCenter, ds.WindowWidth = 15000, 30000
+    wide = load_image(ds).pixels
+    for centers, widths in (([10000, 15000], [8000, 30000]), ([15000, 10000], [30000, 8000])):
+        ds.WindowCenter, ds.WindowWidth = centers, widths
+        np.testing.assert_array_equal(load_image(ds).pixels, wide)
+    ds.WindowCenter, ds.WindowWidth = 10000, 8000
+    assert not np.array_equal(load_image(ds).pixels, wide)  # one narrow window is still applied
