@@ -176,10 +176,17 @@ class Ingest:
             path, created = self.spool.store(sop_instance_uid, data)
             elapsed_ms = (time.monotonic() - started) * 1000
             if not created and self._recorded(sop_instance_uid):
+                other = self.spool.keep_other_copy(sop_instance_uid, data)
+                message = "already received; kept the stored copy"
+                if other is not None:
+                    message = (
+                        "already received with other content; the stored copy is the one analysed, "
+                        f"this one kept as {other.parent.name}/{other.name}"
+                    )
                 if not audit.record(
                     EventKind.INSTANCE_DUPLICATE,
                     Outcome.WARNING,
-                    "already received; kept the stored copy",
+                    message,
                     calling_ae=calling_ae,
                     peer=peer,
                     duration_ms=elapsed_ms,

@@ -47,6 +47,7 @@ class Spool:
         self.tmp_dir = self.root / "tmp"
         self.instances_dir = self.root / "instances"
         self.rejected_dir = self.root / "rejected"
+        self.conflicts_dir = self.root / "conflicts"
 
     def ensure(self) -> None:
         for d in (self.tmp_dir, self.instances_dir, self.rejected_dir):
@@ -92,6 +93,28 @@ class Spool:
         if created:
             _fsync_dir(self.instances_dir)
         return final, created
+
+    def keep_other_copy(self, sop_instance_uid: str, data: bytes) -> Path | None:
+        """A second copy of a stored instance whose bytes differ from the stored file (a resend
+        corrected at the modality, or re-encoded on the way): kept beside it as
+        ``conflicts/<UID>-<sha256 prefix>.dcm``, once per content, so nothing received is lost.
+        None when the bytes are the stored file's."""
+        final = self.path_for(sop_instance_uid)
+        if final.stat().st_size == len(data) and final.read_bytes() == data:
+            return None
+        try:  # made when first needed
+            self.conflicts_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno in NO_SPACE_ERRNOS:
+                raise SpoolFullError(f"spool {self.root}: {os.strerror(exc.errno)}") from exc
+            raise
+        target = self.conflicts_dir / f"{sop_instance_uid}-{hashlib.sha256(data).hexdigest()[:16]}.dcm"
+        if not target.exists():
+            self.check_space(len(data))
+            tmp = self._write_tmp(data)
+            os.replace(tmp, target)
+            _fsync_dir(self.conflicts_dir)
+        return target
 
     def quarantine(self, data: bytes, hint: str = "") -> Path | None:
         """Keep a refused data set (so nothing received is lost). Best effort."""

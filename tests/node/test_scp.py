@@ -132,6 +132,32 @@ def test_duplicate_is_audited_not_stored_twice(running_node: Node, cr_chest: Pat
     assert len(queued_messages(running_node.settings)) == 1
 
 
+def test_a_copy_with_other_content_is_kept_aside(running_node: Node, cr_chest: Path, tmp_path: Path) -> None:
+    """A resend under the same SOP Instance UID with other content (corrected at the modality):
+    the modality gets success, the first copy stays the one analysed, and the second is kept in
+    spool/conflicts, once however often it comes (it was dropped: nothing received is lost)."""
+    _, port = running_node.address
+    first = dcmread(cr_chest)
+    second = dcmread(cr_chest)
+    second.PatientName = "Corrected^Name"
+    for ds, name in ((first, "first.dcm"), (second, "second.dcm"), (second, "again.dcm")):
+        assert storescu(port, write(ds, tmp_path / name)).returncode == 0
+    uid = str(first.SOPInstanceUID)
+    assert kinds(sop_instance_uid=uid) == [
+        "instance.received",
+        "job.queued",
+        "instance.duplicate",
+        "instance.duplicate",
+    ]
+    duplicate = events(kind="instance.duplicate", sop_instance_uid=uid)[-1]
+    assert "other content" in duplicate.message and "Corrected" not in duplicate.message
+    spool = running_node.ingest.spool
+    assert dcmread(spool.path_for(uid)).PatientName == first.PatientName
+    (kept,) = spool.conflicts_dir.iterdir()
+    assert kept.name.startswith(uid) and dcmread(kept).PatientName == "Corrected^Name"
+    assert len(queued_messages(running_node.settings)) == 1
+
+
 def test_lateral_view_is_stored_not_queued(running_node: Node, cr_chest: Path) -> None:
     host, port = running_node.address
     ds = make_dx(cr_chest, view="LL")
