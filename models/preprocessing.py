@@ -202,12 +202,12 @@ def _through_luts(arr: np.ndarray, ds: Any) -> np.ndarray:
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    index = _widest_window(ds)
+    window = _widest_window(ds)
 
     def apply(values: np.ndarray) -> np.ndarray:
         if _has_modality_lut(ds):  # the identity (slope 1, intercept 0) changes nothing
             values = apply_modality_lut(values, ds)
-        return np.asarray(apply_voi_lut(values, ds, index=index), dtype=np.float32)
+        return np.asarray(apply_voi_lut(values, ds, index=window), dtype=np.float32)
 
     if arr.dtype.kind not in "ui" or arr.size < 1 << 16:
         return apply(arr)
