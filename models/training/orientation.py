@@ -42,7 +42,7 @@ from models.training.sources import SOURCES
 logger = logging.getLogger(__name__)
 
 NAME = "film-orientation"
-VERSION = "1.1.0"
+VERSION = "1.1.1"
 FILE = "film-orientation.json"
 C_REG = 0.01  # inverse L2 strength; 1,828 features, about 18,000 views
 LIMIT_MARGIN = 1.1  # the chest-likeness limit: the largest held-out distance times this
@@ -195,7 +195,8 @@ def release(
             "images": report["films"],
             "data": "every cached film of the seven sources (the classifier's cache), each in the five "
             "views; the label is the view",
-            "previous": "film-orientation 1.0.0 (the same views, without the chest-likeness); before it, "
+            "previous": "film-orientation 1.1.0 (the same, on films whose grey was scaled with their "
+            "constant margins); 1.0.0 (the same views, without the chest-likeness); before it, "
             "films turned were caught by LungNet's confidence read turned "
             "(82 % turned 90, 48 % turned 180, 26 % flipped; 160 normals)",
         },

@@ -52,8 +52,9 @@ NORMAL, OTHER, PNEUMONIA, COVID = (CLASSES.index(c) for c in CLASSES)
 TARGET_SENSITIVITY = 0.97  # the auto threshold's sensitivity on the sources it is fitted on
 # 3.2.0 (on lung-net@3.0.0, the severity totals as inputs) + its twin without the totals (3.3.0),
 # fitted on films whose constant margins (padding, shutters) are cropped whatever their width
-# (3.4.0), its logits mixed with those of the regression on the two totals alone (3.5.0)
-VERSION = "3.5.0"
+# (3.4.0), its logits mixed with those of the regression on the two totals alone (3.5.0); the
+# same, on films whose grey is scaled without their constant margins (3.6.0)
+VERSION = "3.6.0"
 EXTENT_URGENT = 4.0
 MIN_CELL = 20  # source x class cells smaller than this weigh as if they had this many images
 C_REG = 1.0
@@ -575,8 +576,9 @@ def release(
             "refined lungs and the severity ridge's two totals (each image's from a ridge refitted "
             "without its patient group); class- and source-balanced weights; the regression on "
             "every input and the one on the two totals alone, their logits averaged",
-            "previous": "opacity-classifier@3.4.0 (the regression on every input alone, model "
-            "selection's C); 3.3.0 (the same, on films whose constant margins were "
+            "previous": "opacity-classifier@3.5.0 (the same, on films whose grey was scaled with "
+            "their constant margins: a frame counted in the percentiles); 3.4.0 (the regression on "
+            "every input alone, model selection's C); 3.3.0 (the same, on films whose constant margins were "
             "cropped only up to a fifth of each side); "
             "3.2.0 (the same without the twin: a film whose totals were "
             "withheld was classified on them); 3.1.0 (the 8 opacity features only); "
