@@ -179,15 +179,22 @@ def _widest_window(ds: Any) -> int:
     the widest, so a preset that clips the film (a bone or soft-tissue window listed first) does
     not change what the models see; after the window, :func:`normalize` stretches the film to its
     own range anyway. 0 where there is a VOI LUT Sequence (pydicom applies that first) or one
-    window."""
-    if "VOILUTSequence" in ds:
+    window; only pairs count (a width without its centre is not a window)."""
+    if "VOILUTSequence" in ds or "WindowWidth" not in ds or "WindowCenter" not in ds:
         return 0
-    widths = ds.get("WindowWidth")
     try:
-        values = [float(w) for w in widths] if widths is not None and ds["WindowWidth"].VM > 1 else []
+        widths = [float(w) for w in _values(ds["WindowWidth"].value)]
+        pairs = min(len(widths), len(_values(ds["WindowCenter"].value)))
     except (TypeError, ValueError):
         return 0
-    return int(np.argmax(values)) if values else 0
+    return int(np.argmax(widths[:pairs])) if pairs > 1 else 0
+
+
+def _values(value: Any) -> list[Any]:
+    """A DICOM element's value as a list (one value or several)."""
+    from pydicom.multival import MultiValue
+
+    return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
 
 
 def _through_luts(arr: np.ndarray, ds: Any) -> np.ndarray:
@@ -291,8 +298,8 @@ def normalize(pixels: np.ndarray) -> np.ndarray:
     r0, r1, c0, c1 = _constant_margins(np.clip((sample - lo) / (hi - lo), 0.0, 1.0))
     if (r1 - r0, c1 - c0) != sample.shape:
         lo, hi = _percentiles(sample[r0:r1, c0:c1])
-    # np.clip((pixels - lo) / (hi - lo), 0, 1) in one buffer (the same ufuncs and dtypes):
-    # at 2800 x 2304 two 50 MB temporaries fewer.
+    # np.clip((pixels - lo) / (hi - lo), 0, 1) in one buffer, in the pixels' float32 (lo and hi
+    # are Python floats; as NumPy scalars they made it float64, within 6e-8 of this and 3x slower).
     scaled = np.subtract(pixels, lo)
     np.divide(scaled, hi - lo, out=scaled)
     np.clip(scaled, 0.0, 1.0, out=scaled)

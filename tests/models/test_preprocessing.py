@@ -138,3 +138,6 @@ def test_of_several_windows_the_widest_is_read(cr_chest_dicom: Path) -> None:
         np.testing.assert_array_equal(load_image(ds).pixels, wide)
     ds.WindowCenter, ds.WindowWidth = 10000, 8000
     assert not np.array_equal(load_image(ds).pixels, wide)  # one narrow window is still applied
+    # More widths than centres: only pairs count (the widest unpaired width raised IndexError).
+    ds.WindowCenter, ds.WindowWidth = [15000, 10000], [30000, 8000, 40000]
+    np.testing.assert_array_equal(load_image(ds).pixels, wide)
