@@ -252,6 +252,18 @@ def incomplete_file(ds: Dataset) -> str | None:
     return None
 
 
+def _no_outputs_for(ds: Dataset) -> str | None:
+    """Why no output can reference ``ds`` (a missing Study Instance UID, say), else None."""
+    from node.dicom.exceptions import SourceDatasetError
+    from node.dicom.source import check_source
+
+    try:
+        check_source(ds)
+    except SourceDatasetError as exc:
+        return str(exc)
+    return None
+
+
 def analyze_path(
     path: Path,
     out_dir: Path | None = None,
@@ -279,6 +291,9 @@ def analyze_path(
             decision = routing.decide(ds, min_age)
             analysis.eligible, analysis.reason = decision.eligible, decision.reason
             if not decision.eligible:
+                return analysis
+            if out_dir is not None and (unfit := _no_outputs_for(ds)):
+                analysis.error = f"no SR/SC/SEG can be made for it: {unfit}"  # before the analysis
                 return analysis
         analysis.eligible = True
         analysis.result = analyze_image(ds if ds is not None else path, heatmap)

@@ -38,20 +38,23 @@ def test_analyze_json_batch(cr_chest_j2k: Path, cr_chest: Path, tmp_path: Path) 
     junk.write_bytes(b"\x00\x01 not an image")
     cut = tmp_path / "cut.dcm"  # the header ends before Modality: was "modality (empty)", rc 0
     cut.write_bytes(cr_chest.read_bytes()[:600])
+    no_study = make_dx(cr_chest)  # with --out: no output can go into its study (was a traceback)
+    del no_study.StudyInstanceUID
+    no_study = write(no_study, tmp_path / "no-study.dcm")
     out = tmp_path / "out"
-    inputs = [cr_chest_j2k, png, jpeg, lateral, junk, cut]
+    inputs = [cr_chest_j2k, png, jpeg, lateral, junk, cut, no_study]
     done = subprocess.run(
         [sys.executable, "-m", "node.cli", "analyze", "--json", "--out", str(out), *map(str, inputs)],
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert done.returncode == 1  # the junk and the cut file failed; the rest went on
+    assert done.returncode == 1  # the junk, the cut and the study-less file failed; the rest went on
     assert "Traceback" not in done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["input"] for r in rows] == [str(p) for p in inputs]
     assert all(KEYS <= set(r) for r in rows)
-    dicom, png_row, jpeg_row, lateral_row, junk_row, cut_row = rows
+    dicom, png_row, jpeg_row, lateral_row, junk_row, cut_row, no_study_row = rows
     for row in (dicom, png_row, jpeg_row):
         assert row["eligible"] and row.get("error") is None
         assert abs(sum(row["classification"].values()) - 1.0) < 1e-3
@@ -66,6 +69,7 @@ def test_analyze_json_batch(cr_chest_j2k: Path, cr_chest: Path, tmp_path: Path) 
     assert lateral_row["classification"] is None
     assert junk_row["error"]
     assert "cut short" in cut_row["error"] and cut_row["classification"] is None
+    assert "StudyInstanceUID" in no_study_row["error"] and no_study_row["classification"] is None
 
 
 @pytest.mark.parametrize(("kind", "reason"), [("blank", "blank"), ("ramp", "atypical")])
