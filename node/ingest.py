@@ -104,6 +104,24 @@ def parse_header(data: bytes) -> Dataset:
     return ds
 
 
+def other_data_set(stored: Path, data: bytes) -> str | None:
+    """How a second copy (``data``, as received) differs from the stored file: None when it is
+    the same data set (the same bytes, or the same elements under another file meta: a new
+    pynetdicom version, another transfer syntax that decodes to the same values), else "with
+    other content" or "in another transfer syntax" (compressed pixels, say: not compared)."""
+    old = stored.read_bytes()
+    if old == data:
+        return None
+    try:
+        first, second = dcmread(BytesIO(old), force=True), dcmread(BytesIO(data), force=True)
+        if first == second:  # every element, the file meta aside
+            return None
+    except Exception:  # pydicom raises many types; what cannot be compared is kept
+        return "with other content"
+    syntax = [getattr(d, "file_meta", Dataset()).get("TransferSyntaxUID") for d in (first, second)]
+    return "with other content" if syntax[0] == syntax[1] else "in another transfer syntax"
+
+
 def decode_all(ds: Dataset) -> None:
     """Decode every element, in sequences too, now rather than when routing or the worker
     first touches it: a value that does not fit its VR (PS3.5 6.2) is then a 0xC210 naming
@@ -176,11 +194,11 @@ class Ingest:
             path, created = self.spool.store(sop_instance_uid, data)
             elapsed_ms = (time.monotonic() - started) * 1000
             if not created and self._recorded(sop_instance_uid):
-                other = self.spool.keep_other_copy(sop_instance_uid, data)
                 message = "already received; kept the stored copy"
-                if other is not None:
+                if difference := other_data_set(path, data):
+                    other = self.spool.keep_other_copy(sop_instance_uid, data)
                     message = (
-                        "already received with other content; the stored copy is the one analysed, "
+                        f"already received, {difference}; the stored copy is the one analysed, "
                         f"this one kept as {other.parent.name}/{other.name}"
                     )
                 if not audit.record(

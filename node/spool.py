@@ -5,6 +5,9 @@ Layout under ``spool_dir``::
     tmp/                      partial writes (never read by anyone)
     instances/<sop uid>.dcm   stored instances, one file per SOP Instance UID
     rejected/<stamp>-<id>.dcm data sets refused with a failure status (kept, not analysed)
+    conflicts/<sop uid>-<sha256 prefix>.dcm
+                              a second copy of a stored instance that is not the same data set
+                              (kept, not analysed; made when first needed)
 
 A write is atomic and durable: the bytes go to ``tmp/``, are fsynced, then
 hard-linked into place (``link`` fails if the target exists, so two
@@ -94,14 +97,10 @@ class Spool:
             _fsync_dir(self.instances_dir)
         return final, created
 
-    def keep_other_copy(self, sop_instance_uid: str, data: bytes) -> Path | None:
-        """A second copy of a stored instance whose bytes differ from the stored file (a resend
-        corrected at the modality, or re-encoded on the way): kept beside it as
-        ``conflicts/<UID>-<sha256 prefix>.dcm``, once per content, so nothing received is lost.
-        None when the bytes are the stored file's."""
-        final = self.path_for(sop_instance_uid)
-        if final.stat().st_size == len(data) and final.read_bytes() == data:
-            return None
+    def keep_other_copy(self, sop_instance_uid: str, data: bytes) -> Path:
+        """A second copy of a stored instance that is not the same data set (a resend corrected
+        at the modality, or re-encoded on the way): kept beside it as
+        ``conflicts/<UID>-<sha256 prefix>.dcm``, once per content, so nothing received is lost."""
         try:  # made when first needed
             self.conflicts_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

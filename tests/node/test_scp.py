@@ -158,6 +158,42 @@ def test_a_copy_with_other_content_is_kept_aside(running_node: Node, cr_chest: P
     assert len(queued_messages(running_node.settings)) == 1
 
 
+def test_the_same_data_set_under_another_file_meta_is_no_conflict(cr_chest: Path, tmp_path: Path) -> None:
+    """A resend after a pynetdicom upgrade (another Implementation Version Name in the file meta)
+    or forwarded in Implicit VR is the same data set: not kept again (each was a 7 MB
+    "other content" copy); a changed element is."""
+    from io import BytesIO
+
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import ImplicitVRLittleEndian
+    from pynetdicom.dsutils import create_file_meta, encode
+
+    from node.ingest import other_data_set
+
+    ds = dcmread(cr_chest)
+
+    def received(version: str, syntax: str = ExplicitVRLittleEndian) -> bytes:
+        meta = create_file_meta(
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            transfer_syntax=syntax,
+            implementation_version=version,
+        )
+        out = BytesIO()
+        out.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(out, meta)
+        out.write(encode(ds, syntax == ImplicitVRLittleEndian, True))
+        return out.getvalue()
+
+    stored = tmp_path / "stored.dcm"
+    stored.write_bytes(received("PYNETDICOM_215"))
+    assert other_data_set(stored, stored.read_bytes()) is None
+    assert other_data_set(stored, received("PYNETDICOM_304")) is None
+    assert other_data_set(stored, received("PYNETDICOM_215", ImplicitVRLittleEndian)) is None
+    ds.PatientName = "Corrected^Name"
+    assert other_data_set(stored, received("PYNETDICOM_215")) == "with other content"
+
+
 def test_lateral_view_is_stored_not_queued(running_node: Node, cr_chest: Path) -> None:
     host, port = running_node.address
     ds = make_dx(cr_chest, view="LL")
