@@ -61,11 +61,17 @@ def loso_table(rep: dict[str, Any]) -> str:
 
 
 def triage_table(rep: dict[str, Any]) -> str:
+    """Per held-out source: the default rule's urgent shares against the goals, and beside them
+    the same films under its extent part alone (``extent >= 4``: a rule with no class in it)."""
     rows = [
         "| held-out source | auto fitted without it | COVID-19 urgent (goal >= 95 %) "
-        "| normals urgent (goal <= 20 %) |",
-        "|---|---|---|---|",
+        "| normals urgent (goal <= 20 %) | `extent >= 4` alone: COVID-19 / normals urgent |",
+        "|---|---|---|---|---|",
     ]
+
+    def share(r: dict[str, Any] | None, key: str = "by_extent") -> str:
+        return "–" if r is None else f"{100 * r[key]:.1f} %"
+
     for s, r in rep["triage"].items():
         cov, nor = r.get("covid19"), r.get("normal")
         c = (
@@ -78,7 +84,7 @@ def triage_table(rep: dict[str, Any]) -> str:
             if nor is None
             else f"{100 * nor['urgent']:.1f} % of {nor['n']}" + (" **short**" if nor["urgent"] > 0.2 else "")
         )
-        rows.append(f"| {NAMES[s]} | {r['auto_threshold']:.3f} | {c} | {n} |")
+        rows.append(f"| {NAMES[s]} | {r['auto_threshold']:.3f} | {c} | {n} | {share(cov)} / {share(nor)} |")
     return "\n".join(rows)
 
 

@@ -488,6 +488,12 @@ the extent only when the outline is assessable. Shipped `auto` = {m["auto_thresh
 
 {card3.triage_table(m)}
 
+The last column is the same films under the rule's extent part alone
+(`CXR_NODE_TRIAGE_RULE="extent >= 4"`): no class in it, so nothing the classifier learned of a
+source. It marks far fewer normals urgent than the default on every held-out source with
+normals, and catches far fewer COVID-19 films (those with little opacity go unflagged): a choice
+for a site that wants few false alarms, not the default.
+
 ## Quality check
 
 {card3.quality_table(m)}
