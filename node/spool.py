@@ -24,6 +24,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -101,18 +103,11 @@ class Spool:
         """A second copy of a stored instance that is not the same data set (a resend corrected
         at the modality, or re-encoded on the way): kept beside it as
         ``conflicts/<UID>-<sha256 prefix>.dcm``, once per content, so nothing received is lost."""
-        try:  # made when first needed
-            self.conflicts_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            if exc.errno in NO_SPACE_ERRNOS:
-                raise SpoolFullError(f"spool {self.root}: {os.strerror(exc.errno)}") from exc
-            raise
+        with self._full_is_spool_full():
+            self.conflicts_dir.mkdir(parents=True, exist_ok=True)  # made when first needed
         target = self.conflicts_dir / f"{sop_instance_uid}-{hashlib.sha256(data).hexdigest()[:16]}.dcm"
         if not target.exists():
-            self.check_space(len(data))
-            tmp = self._write_tmp(data)
-            os.replace(tmp, target)
-            _fsync_dir(self.conflicts_dir)
+            self._place(data, target)
         return target
 
     def quarantine(self, data: bytes, hint: str = "") -> Path | None:
@@ -121,27 +116,41 @@ class Spool:
         ident = hint if is_valid_uid(hint) else hashlib.sha256(data).hexdigest()[:16]
         target = self.rejected_dir / f"{stamp}-{ident}.dcm"
         try:
-            self.check_space(len(data))
-            tmp = self._write_tmp(data)
-            os.replace(tmp, target)
-            _fsync_dir(self.rejected_dir)
+            self._place(data, target)
             return target
         except (OSError, SpoolFullError):
             logger.warning("could not keep refused data set %s in %s", ident, self.rejected_dir)
             return None
 
-    def _write_tmp(self, data: bytes) -> Path:
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+    def _place(self, data: bytes, target: Path) -> None:
+        """Write ``data`` as ``target`` durably (room checked, through ``tmp/``, replaced into
+        place, its folder fsynced); overwrites."""
+        self.check_space(len(data))
+        tmp = self._write_tmp(data)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+
+    @contextmanager
+    def _full_is_spool_full(self) -> Iterator[None]:
+        """An OSError of a full disk (ENOSPC/EDQUOT) raised as SpoolFullError; others as they are."""
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            yield
         except OSError as exc:
-            Path(name).unlink(missing_ok=True)
             if exc.errno in NO_SPACE_ERRNOS:
                 raise SpoolFullError(f"spool {self.root}: {os.strerror(exc.errno)}") from exc
             raise
+
+    def _write_tmp(self, data: bytes) -> Path:
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        with self._full_is_spool_full():
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError:
+                Path(name).unlink(missing_ok=True)
+                raise
         return Path(name)
 
     def stored_uids(self) -> list[str]:
