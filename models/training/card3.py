@@ -69,8 +69,8 @@ def triage_table(rep: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
 
-    def share(r: dict[str, Any] | None, key: str = "by_extent") -> str:
-        return "–" if r is None else f"{100 * r[key]:.1f} %"
+    def share(r: dict[str, Any] | None) -> str:
+        return "–" if r is None else f"{100 * r['by_extent']:.1f} %"
 
     for s, r in rep["triage"].items():
         cov, nor = r.get("covid19"), r.get("normal")
