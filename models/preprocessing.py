@@ -197,6 +197,32 @@ def _values(value: Any) -> list[Any]:
     return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
 
 
+def _wide_voi_lut(ds: Any) -> Any:
+    """``ds``, or where its first VOI LUT has 8-bit entries, a dataset whose only VOI LUT is the
+    same table declared 16-bit (same values).
+
+    pydicom 3.0's ``apply_voi`` indexes an 8-bit table with an array of the table's own type
+    (uint8), so a stored value of 256 or more wraps around: a 12-bit film through an 8-bit VOI
+    LUT (legal, PS3.3 C.11.2.1.1) came out as noise. Declared 16-bit, the index is uint16 and
+    each value looks up its own entry."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    seq = ds.get("VOILUTSequence")
+    if not seq or "LUTDescriptor" not in seq[0] or "LUTData" not in seq[0]:
+        return ds
+    desc = [int(v) for v in _values(seq[0].LUTDescriptor)]
+    data = seq[0]["LUTData"].value
+    if len(desc) != 3 or desc[2] != 8 or isinstance(data, bytes | bytearray):
+        return ds  # a 16-bit table, or 8-bit entries packed in OW: pydicom's own reading
+    item = Dataset()
+    item.LUTDescriptor = [desc[0], desc[1], 16]
+    item.LUTData = [int(v) for v in _values(data)]
+    wide = Dataset()
+    wide.VOILUTSequence = Sequence([item])
+    return wide
+
+
 def _through_luts(arr: np.ndarray, ds: Any) -> np.ndarray:
     """The Modality LUT, then the VOI LUT (the first) or window (the widest, :func:`_widest_window`)
     of ``ds``, as float32.
@@ -210,11 +236,12 @@ def _through_luts(arr: np.ndarray, ds: Any) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     window = _widest_window(ds)
+    voi = _wide_voi_lut(ds)
 
     def apply(values: np.ndarray) -> np.ndarray:
         if _has_modality_lut(ds):  # the identity (slope 1, intercept 0) changes nothing
             values = apply_modality_lut(values, ds)
-        return np.asarray(apply_voi_lut(values, ds, index=window), dtype=np.float32)
+        return np.asarray(apply_voi_lut(values, voi, index=window), dtype=np.float32)
 
     if arr.dtype.kind not in "ui" or arr.size < 1 << 16:
         return apply(arr)

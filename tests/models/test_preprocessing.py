@@ -141,3 +141,34 @@ def test_of_several_windows_the_widest_is_read(cr_chest_dicom: Path) -> None:
     # More widths than centres: only pairs count (the widest unpaired width raised IndexError).
     ds.WindowCenter, ds.WindowWidth = [15000, 10000], [30000, 8000, 40000]
     np.testing.assert_array_equal(load_image(ds).pixels, wide)
+
+
+def test_an_8_bit_voi_lut_on_a_12_bit_film_looks_up_every_value(cr_chest_dicom: Path) -> None:
+    """An 8-bit VOI LUT over 12-bit stored values (PS3.3 C.11.2.1.1) is legal; pydicom 3.0 indexed
+    the table in uint8, so every value of 256 or more wrapped around and the film came out as
+    noise (the quality check: "no radiographic structure"). Each value now looks up its entry:
+    the same film as through the equivalent 12-bit table."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(cr_chest_dicom)
+    for kw in ("WindowCenter", "WindowWidth"):
+        if kw in ds:
+            delattr(ds, kw)
+    hi = int(ds.pixel_array.max())
+    values = np.arange(hi + 1)
+
+    def with_lut(bits: int) -> np.ndarray:
+        item = Dataset()
+        item.LUTDescriptor = [hi + 1, 0, bits]
+        item.LUTData = [int(v) for v in values * (2**bits - 1) // hi]
+        ds.VOILUTSequence = Sequence([item])
+        return load_image(ds).pixels
+
+    eight, twelve = with_lut(8), with_lut(12)
+    assert hi >= 1024
+    expected = (ds.pixel_array.astype(np.int64) * 255 // hi).astype(np.float32)
+    if str(ds.PhotometricInterpretation) == "MONOCHROME1":
+        expected = expected.max() + expected.min() - expected
+    np.testing.assert_array_equal(eight, expected)
+    assert np.corrcoef(eight.ravel(), twelve.ravel())[0, 1] > 0.999
