@@ -115,6 +115,7 @@ def evidence_header(source: Dataset) -> Dataset:
                 elem.VR,
             )
             del ds[elem.tag]
+    _declare_character_set(ds, source)
     for keyword in TYPE2_PATIENT_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, None)
@@ -124,6 +125,37 @@ def evidence_header(source: Dataset) -> Dataset:
         if keyword in ds and not _positive_pair(ds.get(keyword)):
             del ds[keyword]
     return ds
+
+
+def _declare_character_set(ds: Dataset, source: Dataset) -> None:
+    """Specific Character Set (0008,0005) as the outputs can declare it. An empty first of
+    several values is the default repertoire (PS3.3 C.12.1.1.2: the usual Japanese header,
+    ``\\ISO 2022 IR 87``) and is written out as ``ISO 2022 IR 6``. Where a value is not one
+    highdicom writes (a vendor's ``ISO-IR 100``, which pydicom reads by a corrected name; Korean
+    ``ISO 2022 IR 149``, a defined term highdicom 0.28 lacks), the outputs are UTF-8
+    (``ISO_IR 192``): the text was decoded on reading, and UTF-8 writes any of it. Before, any of
+    these made highdicom refuse, and no SR, SC or SEG was made."""
+    from highdicom.enum import SpecificCharacterSetValues
+
+    if "SpecificCharacterSet" not in ds:
+        return
+    elem = ds["SpecificCharacterSet"]
+    values = [str(v or "").strip() for v in (elem.value if elem.VM > 1 else [elem.value])]
+    if not any(values):
+        del ds["SpecificCharacterSet"]  # the default repertoire
+        return
+    if len(values) > 1 and not values[0]:
+        values[0] = "ISO 2022 IR 6"
+    known = {m.value for m in SpecificCharacterSetValues}
+    declared: str | list[str] = values if len(values) > 1 else values[0]
+    if not all(v in known for v in values):
+        logger.warning(
+            "source %s: Specific Character Set %s is not one the outputs can declare; they are written in UTF-8",
+            source.SOPInstanceUID,
+            "\\".join(values),
+        )
+        declared = "ISO_IR 192"
+    ds.SpecificCharacterSet = declared
 
 
 def _conformant_temporal(elem: DataElement) -> bool:

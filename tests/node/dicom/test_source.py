@@ -76,3 +76,50 @@ def test_wellformed_dates_and_times_kept(dx_source: Dataset) -> None:
     header = evidence_header(dx_source)
     for keyword in ("PatientBirthDate", "StudyDate", "StudyTime", "ContentDate", "ContentTime"):
         assert header[keyword].value == dx_source[keyword].value, keyword
+
+
+@pytest.mark.parametrize(
+    ("charset", "name"),
+    [
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동"),
+        ("ISO-IR 100", "Müller^Jürgen"),  # a vendor's spelling, no defined term
+        ("ISO_IR 192", "Müller^Jürgen"),
+    ],
+)
+def test_character_sets_give_outputs_with_the_same_names(
+    dx_source: Dataset,
+    validate: Callable[[Dataset, str], list[str]],
+    charset: str | list[str],
+    name: str,
+) -> None:
+    """An empty first value of Specific Character Set is the default repertoire (PS3.3
+    C.12.1.1.2; the usual Japanese and Korean header); highdicom refused it, and a vendor's
+    ``ISO-IR 100``, and no SR, SC or SEG was made. Every output now declares a defined term and
+    carries the name as the source's reader decodes it."""
+    ds = copy.deepcopy(dx_source)
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    buffer = io.BytesIO()
+    with pytest.warns(UserWarning) if charset == "ISO-IR 100" else _no_warning():
+        ds.save_as(buffer, enforce_file_format=True)
+        source = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+        expected = str(source.PatientName)
+    assert expected == name
+    outputs = build_outputs(source, make_result(source), ALGORITHM_NAME, ALGORITHM_VERSION)
+    assert sorted(outputs) == ["sc", "seg", "sr"]
+    for kind, out in outputs.items():
+        assert validate(out, kind) == [], kind
+        written = io.BytesIO()
+        out.save_as(written, enforce_file_format=True)
+        back = pydicom.dcmread(io.BytesIO(written.getvalue()))
+        assert str(back.PatientName) == name, kind
+        assert "" not in list(back.get("SpecificCharacterSet", ["x"]))[:1], kind
+
+
+class _no_warning:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
