@@ -130,9 +130,12 @@ class Triage:
     urgent: bool
     reasons: tuple[str, ...]  # the rule's conditions that held, e.g. "extent 5.1 >= 4"
     rule: str  # the rule, e.g. "covid19 p >= 0.076 or extent >= 4"
+    # False: the quality check withheld every number the rule reads (no lungs, not a chest
+    # film): no decision, neither urgent nor routine; a person has to look
+    assessed: bool = True
 
     def as_json(self) -> dict[str, Any]:
-        return {"urgent": self.urgent, "reasons": list(self.reasons), "rule": self.rule}
+        return {"urgent": self.urgent, "assessed": self.assessed, "reasons": list(self.reasons), "rule": self.rule}
 
 
 @dataclass

@@ -186,6 +186,8 @@ def _summary(analysis: Analysis) -> str:
     context = result.context
     if context is not None and context.triage is not None and context.triage.urgent:
         parts.append("URGENT (" + ", ".join(context.triage.reasons) + ")")
+    elif context is not None and context.triage is not None and not context.triage.assessed:
+        parts.append("triage not assessed")
     for change in context.changes if context is not None else []:
         when = change.case.study_date.isoformat() if change.case.study_date else "?"
         parts.append(f"since {when}: extent {change.geographic_extent:+.1f}, opacity {change.opacity:+.1f}")

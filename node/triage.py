@@ -12,6 +12,11 @@ their increase since the patient's previous study (``extent_increase``,
 ``covid19`` only: the classifier's threshold at 98 % sensitivity, from the
 model registry. An empty rule disables triage.
 
+Where the quality check withheld every number the rule reads (nothing lung-like, not a chest
+film), there is no decision: ``assessed`` is false, and the SR codes the triage "Not
+assessable" instead of routine, so a worklist sorted on it does not put a film that needs a
+person's look at the bottom.
+
 An urgent study gets an audit event, a coded finding in the SR
 (:mod:`node.dicom.sr`), a banner on the SC and, when ``triage_webhook`` is
 set, a JSON POST naming it by UIDs (:func:`notify`).
@@ -90,16 +95,19 @@ def evaluate(
     conditions = parse_rule(rule)
     if not conditions:
         return None
-    reasons = []
+    reasons, read = [], 0
     for c in conditions:
         value = _value(c.metric, result, changes)
         threshold = auto_threshold if c.threshold is None else c.threshold
+        read += value is not None
         if value is not None and value >= threshold:
             reasons.append(f"{c.metric} {value:.2f} >= {threshold:g}")
+    withheld = result.reported_class is None or not result.quality.assessable
     return Triage(
         urgent=bool(reasons),
         reasons=tuple(reasons),
         rule=" or ".join(c.text(auto_threshold) for c in conditions),
+        assessed=bool(read) or not withheld,
     )
 
 

@@ -235,6 +235,8 @@ def header_lines(result: AnalysisResult) -> list[str]:
     context = result.context
     if context is not None and context.triage is not None and context.triage.urgent:
         lines.append(f"{URGENT}: {', '.join(r.split(' >= ')[0] for r in context.triage.reasons)}")
+    elif context is not None and context.triage is not None and not context.triage.assessed:
+        lines.append("Triage: not assessed")
     if context is not None and context.changes:
         change = context.changes[0]
         when = change.case.study_date.isoformat() if change.case.study_date else "?"

@@ -405,7 +405,13 @@ def image_comments(result: AnalysisResult) -> list[str]:
     comments = []
     context = result.context
     if context is not None and context.triage is not None:
-        comments.append("Triage urgent" if context.triage.urgent else "Triage routine")
+        comments.append(
+            "Triage urgent"
+            if context.triage.urgent
+            else "Triage routine"
+            if context.triage.assessed
+            else "Triage not assessed"
+        )
     reported = result.reported_class
     if reported:
         comments.append(f"{cxr_codes.CLASS_LABELS[reported]} most likely")
@@ -443,12 +449,15 @@ def image_group(
         evaluations += _not_assessable(quality.reasons)
     context = result.context
     if context is not None and context.triage is not None:
-        urgent = context.triage.urgent
-        evaluations.append(
-            QualitativeEvaluation(
-                name=cxr_codes.TRIAGE, value=cxr_codes.URGENT if urgent else cxr_codes.ROUTINE
-            )
+        triage = context.triage
+        priority = (
+            cxr_codes.URGENT
+            if triage.urgent
+            else cxr_codes.ROUTINE
+            if triage.assessed
+            else cxr_codes.NOT_ASSESSABLE
         )
+        evaluations.append(QualitativeEvaluation(name=cxr_codes.TRIAGE, value=priority))
     ranked = sorted(CLASSES, key=lambda name: -result.classification[name])
     anchor = [_anchor(source, image_anchor(source))]
     probabilities = [

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 from pydicom.dataset import Dataset
 
-from models.result import Quality
+from models.result import CaseContext, Quality
 from node.dicom import codes as cxr_codes
 from node.dicom.outputs import build_outputs
 from node.dicom.sc import OUTLINE_RGB, header_lines, render
@@ -51,6 +51,7 @@ SCORES = {_code(cxr_codes.GEOGRAPHIC_EXTENT), _code(cxr_codes.OPACITY), _code(cx
 PROBABILITIES = {_code(c) for c in cxr_codes.CLASS_PROBABILITY.values()}
 CLASSIFICATION = _code(cxr_codes.CLASSIFICATION)
 REASON = _code(cxr_codes.NOT_ASSESSABLE_REASON)
+TRIAGE = _code(cxr_codes.TRIAGE)
 
 
 def _evaluations(group: Dataset) -> list[tuple[str, str]]:
@@ -74,6 +75,7 @@ def test_severity_not_assessable(cr_source: Dataset) -> None:
     assert not any("extent 5.2" in line for line in lines)
     triage = evaluate(RULE, result, [], 0.99)  # covid19 0.91 < 0.99: only extent could fire
     assert triage is not None and not triage.urgent
+    assert triage.assessed  # the class was read: routine is a decision
 
 
 def test_nothing_lung_like_withholds_the_class(cr_source: Dataset) -> None:
@@ -89,6 +91,21 @@ def test_nothing_lung_like_withholds_the_class(cr_source: Dataset) -> None:
     assert any(line == "Class: not assessable" for line in header_lines(result))
     triage = evaluate(RULE, result, [], 0.5)
     assert triage is not None and not triage.urgent and triage.reasons == ()
+    # Nothing the rule reads was left: no decision, not "routine" (a worklist sorted on the
+    # SR's priority put such films at the bottom).
+    assert not triage.assessed
+    result.context = CaseContext(triage=triage)
+    image = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))[
+        TRACKING_IMAGE
+    ]
+    priority = [c for c in image.ContentSequence if c.ValueType == "CODE" and concept(c) == TRIAGE]
+    assert [_code_of(p) for p in priority] == [NOT_ASSESSABLE]
+    assert "Triage: not assessed" in header_lines(result)
+
+
+def _code_of(item: Dataset) -> tuple[str, str]:
+    code = item.ConceptCodeSequence[0]
+    return (str(code.CodingSchemeDesignator), str(code.CodeValue))
 
 
 def test_passed_check_reports_as_before(cr_source: Dataset) -> None:
