@@ -27,6 +27,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 from skimage.measure import find_contours
 
+from models.quality import SHORT_REASONS
 from models.result import CLASSES, AnalysisResult
 from node.dicom.codes import CLASS_LABELS, MANUFACTURER
 from node.dicom.exceptions import ResultMismatchError
@@ -230,11 +231,11 @@ def header_lines(result: AnalysisResult) -> list[str]:
         else f"Class: {NOT_ASSESSABLE}",
         f"Severity: extent {severity.geographic_extent:.1f}/8  opacity {severity.opacity:.1f}/6"
         if quality.assessable
-        else f"Severity: {NOT_ASSESSABLE} ({quality.description})",
+        else f"Severity: {NOT_ASSESSABLE} ({_short_reason(quality.reasons, quality.description)})",
     ]
     context = result.context
     if context is not None and context.triage is not None and context.triage.urgent:
-        lines.append(f"{URGENT}: {', '.join(r.split(' >= ')[0] for r in context.triage.reasons)}")
+        lines.append(f"{URGENT}: {', '.join(_reason_in_words(r) for r in context.triage.reasons)}")
     elif context is not None and context.triage is not None and not context.triage.assessed:
         lines.append("Triage: not assessed")
     if context is not None and context.changes:
@@ -242,6 +243,21 @@ def header_lines(result: AnalysisResult) -> list[str]:
         when = change.case.study_date.isoformat() if change.case.study_date else "?"
         lines.append(f"Since {when}: extent {change.geographic_extent:+.1f}  opacity {change.opacity:+.1f}")
     return lines
+
+
+def _short_reason(reasons: tuple[str, ...], description: str) -> str:
+    """The quality check's first reason in a few words (the SR codes every reason): the whole
+    description of several reasons made the header's widest line, and the header's font shrank
+    to a third of the footer's to fit it."""
+    return next((SHORT_REASONS[r] for r in reasons if r in SHORT_REASONS), description)
+
+
+def _reason_in_words(reason: str) -> str:
+    """A triage reason (``covid19 0.23 >= 0.07``) as the banner shows it: ``COVID-19 p 0.23``."""
+    metric, _, rest = reason.partition(" ")
+    value = rest.split(" >= ")[0]
+    label = f"{CLASS_LABELS[metric]} p" if metric in CLASS_LABELS else metric.replace("_", " ")
+    return f"{label} {value}"
 
 
 def footer_lines(result: AnalysisResult, algorithm_name: str, algorithm_version: str) -> list[str]:

@@ -15,6 +15,7 @@ from node.dicom.sc import (
     WARNING_RGB,
     build_sc,
     footer_lines,
+    header_lines,
     has_window,
     legend_lines,
     lung_window,
@@ -201,3 +202,25 @@ def test_sc_window_from_lungs_only_without_the_sources(dx_source: Dataset) -> No
     lungs[: lungs.shape[0] // 3] = False  # below the legend
     spread = lambda grey: np.ptp(np.percentile(grey[lungs], [5, 95]))  # noqa: E731
     assert spread(windowed) > 1.5 * spread(plain)
+
+
+def test_header_lines_stay_short_whatever_the_check_says(cr_source: Dataset) -> None:
+    """The header's font shrinks until its widest line fits: the quality check's whole
+    description of several reasons ("lungs not in chest position (film turned or not a chest
+    PA/AP); ...") made it a third of the footer's. The SC gives the first reason in a few words
+    (the SR codes every one), and the triage banner names metrics in words, not raw codes."""
+    from models.quality import REASONS
+    from models.result import CaseContext, Quality, Triage
+
+    result = make_result(cr_source)
+    passing = max(len(line) for line in header_lines(result))
+    for reasons in [(r,) for r in REASONS] + [tuple(REASONS)]:
+        result.quality = Quality(False, True, reasons, "; ".join(REASONS[r] for r in reasons))
+        lines = header_lines(result)
+        assert max(len(line) for line in lines) <= passing + 16, lines
+    rule = "covid19 >= 0.07 or extent >= 4"
+    result.quality = make_result(cr_source).quality
+    result.context = CaseContext(
+        triage=Triage(urgent=True, reasons=("covid19 0.23 >= 0.07", "extent 4.30 >= 4"), rule=rule)
+    )
+    assert header_lines(result)[-1] == "URGENT (triage rule): COVID-19 p 0.23, extent 4.30"
