@@ -368,7 +368,8 @@ def build_measurement_groups(
                 algorithm_id,
                 comments,
                 measurements,
-                finding_type=cxr_codes.ABNORMAL_OPACITY,
+                # A finding only where there is one: a lung scored clear is not "abnormal opacity"
+                **({"finding_type": cxr_codes.ABNORMAL_OPACITY} if lung.extent >= FINDING_EXTENT else {}),
             )
         )
     for _, identifier, _, _, _, mask in assessed:
@@ -378,6 +379,10 @@ def build_measurement_groups(
     groups.append(image_group(source, result, algorithm_id, algorithm_version))
     return groups
 
+
+# A lung's group names the finding "Abnormal opacity" from this extent on (half of one of
+# Cohen's 0-4 points per lung): every lung was coded so, the clear ones of a normal film too.
+FINDING_EXTENT = 0.5
 
 # Row (fraction of the rows) of the whole image's label anchor: OHIF writes its five lines
 # from about 7/100 of the rows below it (``LABEL_BOX``) to about 0.19 below it in a

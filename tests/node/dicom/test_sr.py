@@ -392,3 +392,23 @@ def test_image_comments_say_triage_and_class(dx_source: Dataset) -> None:
     lines = ohif_lines(group[TRACKING_IMAGE])
     assert lines[:3] == ["Triage routine: ", "COVID-19 most likely: ", "COVID-19 probability: 91.00 %"]
     assert len(lines) == 5
+
+
+def test_a_clear_lung_is_not_coded_abnormal_opacity(dx_source: Dataset) -> None:
+    """Every lung's group carried Finding = Abnormal opacity, the clear lungs of a film it calls
+    normal too; now only a lung with an extent of half a point or more."""
+    from models.result import LungSeverity
+
+    result = make_result(dx_source)
+    result.severity = replace(result.severity, left=LungSeverity(extent=0.1, opacity=0.2))
+    groups = measurement_groups(roundtrip(build_sr(dx_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
+
+    def findings(group: Dataset) -> list[tuple[str, str]]:
+        return [
+            (str(c.ConceptCodeSequence[0].CodingSchemeDesignator), str(c.ConceptCodeSequence[0].CodeValue))
+            for c in group.ContentSequence
+            if c.ValueType == "CODE" and concept(c) == ("DCM", "121071")
+        ]
+
+    assert findings(groups[TRACKING_RIGHT]) == [("DCM", "112033")]  # extent 3.0
+    assert findings(groups[TRACKING_LEFT]) == []
