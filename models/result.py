@@ -135,7 +135,12 @@ class Triage:
     assessed: bool = True
 
     def as_json(self) -> dict[str, Any]:
-        return {"urgent": self.urgent, "assessed": self.assessed, "reasons": list(self.reasons), "rule": self.rule}
+        return {
+            "urgent": self.urgent,
+            "assessed": self.assessed,
+            "reasons": list(self.reasons),
+            "rule": self.rule,
+        }
 
 
 @dataclass

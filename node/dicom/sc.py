@@ -41,7 +41,7 @@ from node.dicom.source import (
     study_date,
 )
 from node.dicom.trend import draw_trend, trend_points
-from node.dicom.uids import derive_series_uid, derive_uid, series_number
+from node.dicom.uids import derive_series_uid, derive_uid, instance_number, series_number
 
 logger = logging.getLogger(__name__)
 
@@ -505,7 +505,7 @@ def build_sc(
         series_instance_uid=derive_series_uid(source.StudyInstanceUID, KIND, algorithm_version),
         series_number=series_number(KIND),
         sop_instance_uid=sop_instance_uid,
-        instance_number=1,
+        instance_number=instance_number(source),
         manufacturer=MANUFACTURER,
         patient_orientation=patient_orientation(source),
         pixel_spacing=result.pixel_spacing_mm,  # type: ignore[arg-type]  # highdicom hints int

@@ -150,7 +150,7 @@ def _declare_character_set(ds: Dataset, source: Dataset) -> None:
     declared: str | list[str] = values if len(values) > 1 else values[0]
     if not all(v in known for v in values):
         logger.warning(
-            "source %s: Specific Character Set %s is not one the outputs can declare; they are written in UTF-8",
+            "source %s: Specific Character Set %s is not one the outputs can declare; written in UTF-8",
             source.SOPInstanceUID,
             "\\".join(values),
         )

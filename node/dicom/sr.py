@@ -90,7 +90,7 @@ from node.dicom.source import (
     evidence_header,
     patient_orientation,
 )
-from node.dicom.uids import derive_device_uid, derive_series_uid, derive_uid, series_number
+from node.dicom.uids import derive_device_uid, derive_series_uid, derive_uid, instance_number, series_number
 
 logger = logging.getLogger(__name__)
 
@@ -750,7 +750,7 @@ def build_sr(
         series_instance_uid=derive_series_uid(source.StudyInstanceUID, KIND, algorithm_version),
         series_number=series_number(KIND),
         sop_instance_uid=sop_instance_uid,
-        instance_number=1,
+        instance_number=instance_number(source),
         manufacturer=cxr_codes.MANUFACTURER,
         manufacturer_model_name=algorithm_name,
         software_versions=algorithm_version,

@@ -68,6 +68,26 @@ def derive_device_uid(algorithm_name: str, algorithm_version: str) -> str:
     return _uid_from_name(f"device|{algorithm_name}|{algorithm_version}")
 
 
+def instance_number(source: object) -> int:
+    """Instance Number of an output of ``source``: unique in the output series (one per study
+    and kind) for every film of the study, and in the films' order. Two films in one study each
+    gave Instance Number 1, so the PACS's order was arbitrary. From the source's Series Number
+    and Instance Number (``series * 1000 + instance``; the modalities' numbering, one film per
+    series or several), its Instance Number alone where it has no Series Number, else 1."""
+
+    def number(keyword: str) -> int | None:
+        try:
+            value = int(getattr(source, keyword, None))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        return value if 0 <= value < 1_000_000 else None
+
+    series, instance = number("SeriesNumber"), number("InstanceNumber")
+    if instance is None or instance >= 1000:
+        return max(instance or 1, 1)
+    return (series or 0) * 1000 + instance if series is not None else max(instance, 1)
+
+
 def series_number(kind: str) -> int:
     """Fixed Series Number of an output kind."""
     try:

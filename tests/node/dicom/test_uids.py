@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
+from pydicom.dataset import Dataset
 
 from node.dicom.exceptions import UIDError
-from node.dicom.uids import derive_series_uid, derive_uid, series_number
+from node.dicom.uids import derive_series_uid, derive_uid, instance_number, series_number
 
 SOURCE = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012345678901234567"
 UID_RE = re.compile(r"^2\.25\.(0|[1-9][0-9]*)$")
@@ -53,3 +55,28 @@ def test_series_numbers_distinct_and_unknown_kind_rejected() -> None:
     assert len({series_number(kind) for kind in ("sr", "sc", "seg")}) == 3
     with pytest.raises(UIDError, match="kind"):
         series_number("pr")
+
+
+def test_films_of_one_study_get_their_own_instance_numbers(dx_source: Dataset) -> None:
+    """Outputs of one kind share a series per study; two films of the study each gave Instance
+    Number 1 in it (the PACS's order arbitrary). Now numbered from the films' own numbering."""
+    from node.dicom.outputs import build_outputs
+    from tests.node.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result
+
+    numbers: dict[str, list[int]] = {}
+    series_uids: dict[str, set[str]] = {}
+    for series, instance in ((1, 1), (2, 1), (2, 2)):
+        source = copy.deepcopy(dx_source)
+        source.SeriesNumber, source.InstanceNumber = series, instance
+        source.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{series}{instance}"
+        outputs = build_outputs(source, make_result(source), ALGORITHM_NAME, ALGORITHM_VERSION)
+        for kind, ds in outputs.items():
+            numbers.setdefault(kind, []).append(int(ds.InstanceNumber))
+            series_uids.setdefault(kind, set()).add(str(ds.SeriesInstanceUID))
+    assert all(len(uids) == 1 for uids in series_uids.values())  # one series per kind and study
+    for kind, got in numbers.items():
+        assert got == [1001, 2001, 2002], kind
+    bare = Dataset()
+    assert instance_number(bare) == 1
+    bare.InstanceNumber = "7"
+    assert instance_number(bare) == 7
