@@ -149,14 +149,26 @@ def _resize(arr: np.ndarray, shape: tuple[int, int], nearest: bool = False) -> n
 
 
 def _spacing(ds: Any) -> tuple[float, float] | None:
-    # PixelSpacing (PS3.3 C.7.6.2.1) wins; ImagerPixelSpacing (C.8.11.4) at the detector otherwise.
+    """PixelSpacing (PS3.3 C.7.6.2.1, in the patient) wins; else ImagerPixelSpacing (C.8.11.4,
+    at the detector), divided by the Estimated Radiographic Magnification Factor (C.8.11.5)
+    where the modality gives one, as PS3.3 10.7.1.1 says to correct it to the patient."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(keyword)
         if value is not None and len(value) == 2:
             row, col = float(value[0]), float(value[1])
             if row > 0 and col > 0:
-                return (row, col)
+                factor = _magnification(ds) if keyword == "ImagerPixelSpacing" else 1.0
+                return (row / factor, col / factor)
     return None
+
+
+def _magnification(ds: Any) -> float:
+    """The Estimated Radiographic Magnification Factor, 1 where absent or implausible."""
+    try:
+        factor = float(ds.get("EstimatedRadiographicMagnificationFactor", 1.0) or 1.0)
+    except (TypeError, ValueError):
+        return 1.0
+    return factor if 1.0 <= factor <= 3.0 else 1.0
 
 
 def _has_modality_lut(ds: Any) -> bool:

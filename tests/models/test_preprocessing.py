@@ -172,3 +172,17 @@ def test_an_8_bit_voi_lut_on_a_12_bit_film_looks_up_every_value(cr_chest_dicom: 
         expected = expected.max() + expected.min() - expected
     np.testing.assert_array_equal(eight, expected)
     assert np.corrcoef(eight.ravel(), twelve.ravel())[0, 1] > 0.999
+
+
+def test_detector_spacing_is_corrected_by_the_magnification_factor(cr_chest_dicom: Path) -> None:
+    """Imager Pixel Spacing is at the detector; with an Estimated Radiographic Magnification
+    Factor the spacing in the patient is the detector's divided by it (PS3.3 10.7.1.1). Pixel
+    Spacing, already in the patient, is taken as given."""
+    ds = pydicom.dcmread(cr_chest_dicom)
+    del ds.PixelSpacing
+    ds.ImagerPixelSpacing = [0.139, 0.139]
+    assert load_image(ds).pixel_spacing_mm == pytest.approx((0.139, 0.139))
+    ds.EstimatedRadiographicMagnificationFactor = 1.15
+    assert load_image(ds).pixel_spacing_mm == pytest.approx((0.139 / 1.15, 0.139 / 1.15))
+    ds.PixelSpacing = [0.12, 0.12]
+    assert load_image(ds).pixel_spacing_mm == pytest.approx((0.12, 0.12))
