@@ -165,18 +165,26 @@ class StorageSCP:
         )
 
     def handle_rejected(self, event: evt.Event) -> None:
+        """Audit a rejected association with the reason it was rejected for: the A-ASSOCIATE-RJ's
+        source and diagnostic (PS3.8 9.3.4) and what the request asked for. The called AE title
+        was read off the reject, which names none (pynetdicom's default, "DEFAULT"), so every
+        rejection was audited as a wrong called AE, the association limit too."""
         try:
             info = _assoc_info(event)
-            called = str(event.assoc.acceptor.primitive.called_ae_title).strip()  # type: ignore[union-attr]
-        except Exception:  # the primitive is gone on some paths
-            info, called = AssociationInfo("", ""), ""
-        allowed = self.settings.allowed_calling_aets
-        if allowed and info.calling_ae not in allowed:
+            request = event.assoc.requestor.primitive
+            called = str(getattr(request, "called_ae_title", "") or "").strip()
+            reject = event.assoc.acceptor.primitive
+            why = (int(reject.result_source), int(reject.diagnostic))  # type: ignore[union-attr, arg-type]
+        except Exception:  # the primitives are gone on some paths
+            info, called, why = AssociationInfo("", ""), "", (0, 0)
+        if why == (0x01, 0x03):
             reason = f"calling AE title {info.calling_ae!r} is not allowed"
-        elif called and called != self.settings.ae_title:
+        elif why == (0x01, 0x07):
             reason = f"called AE title {called!r} is not {self.settings.ae_title!r}"
+        elif why == (0x03, 0x02):
+            reason = f"too many associations at once (at most {self.settings.max_associations})"
         else:
-            reason = "rejected (too many associations or failed negotiation)"
+            reason = f"rejected (source {why[0]}, reason {why[1]})"
         logger.warning("association from %s (%s) rejected: %s", info.calling_ae, info.peer, reason)
         audit.record(
             EventKind.ASSOCIATION_REJECTED,

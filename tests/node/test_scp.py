@@ -119,7 +119,28 @@ def test_wrong_called_ae_is_rejected(running_node: Node) -> None:
     result = run([dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "SOMEONE", "127.0.0.1", str(port)])
     assert result.returncode != 0
     rejected = wait_until(lambda: events(kind="association.rejected"), timeout=30, interval=0.1)
-    assert "is not 'CXRNODE'" in rejected[-1].message
+    # the AE title the modality called (the reject's own, pynetdicom's "DEFAULT", was audited)
+    assert "called AE title 'SOMEONE' is not 'CXRNODE'" in rejected[-1].message
+
+
+def test_the_association_limit_is_audited_as_such(node_config) -> None:  # type: ignore[no-untyped-def]
+    """Beyond ``max_associations`` the node answers A-ASSOCIATE-RJ local-limit-exceeded; the
+    audit said "called AE title 'DEFAULT' is not 'CXRNODE'" and sent admins after AE titles."""
+    node = Node(configure(max_associations=1))
+    _, port = node.start()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    held = ae.associate("127.0.0.1", port, ae_title="CXRNODE")
+    try:
+        assert held.is_established
+        second = run([dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "CXRNODE", "127.0.0.1", str(port)])
+        assert second.returncode != 0
+        rejected = wait_until(lambda: events(kind="association.rejected"), timeout=30, interval=0.1)
+        assert rejected[-1].message == "too many associations at once (at most 1)"
+        assert rejected[-1].calling_ae == "MODALITY"
+    finally:
+        held.release()
+        node.stop()
 
 
 def test_duplicate_is_audited_not_stored_twice(running_node: Node, cr_chest: Path) -> None:
