@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import logging
 import os
 import tempfile
@@ -692,7 +693,7 @@ def _notify_urgent(url: str, decision: Triage, result: AnalysisResult, uids: Ins
         payload["opacity"] = round(result.severity.opacity, 2)
     try:
         triage.notify(url, payload)
-    except OSError as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # a URL urllib cannot use
         audit.record(EventKind.TRIAGE_NOTIFIED, Outcome.FAILURE, f"webhook: {exc}", **uids)
     else:
         audit.record(EventKind.TRIAGE_NOTIFIED, Outcome.SUCCESS, "webhook", **uids)

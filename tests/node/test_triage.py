@@ -119,3 +119,21 @@ def test_webhook_carries_only_what_was_not_withheld(
     )  # type: ignore[arg-type]
     scores = {"predicted_class", "covid19_probability", "geographic_extent", "opacity"}
     assert set(posted[0]) & scores == sent
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://", "http://exa mple.org/hook"])
+def test_a_webhook_url_urllib_cannot_use_is_an_audited_failure(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """urllib raises ValueError for a URL it cannot use; the task died with it, after the
+    study was marked urgent, and no triage.notified row said the webhook was never called."""
+    from workers import pipeline
+
+    rows: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(pipeline.audit, "record", lambda *args, **kwargs: rows.append(args) or True)
+    decision = evaluate("covid19 >= auto", result(covid=0.5), [], 0.076)
+    assert decision is not None
+    uids = {"study_instance_uid": "1.2", "series_instance_uid": "1.3", "sop_instance_uid": "1.4"}
+    pipeline._notify_urgent(url, decision, result(covid=0.5), uids)  # type: ignore[arg-type]
+    (kind, outcome, message), *_ = rows
+    assert (str(kind), str(outcome)) == ("triage.notified", "failure") and message.startswith("webhook: ")
