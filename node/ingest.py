@@ -359,10 +359,15 @@ class Ingest:
             return (row.state, row.updated_at) if row is not None else (None, None)
 
     @staticmethod
-    def _wants_sweep(state: tuple[str | None, datetime | None], stale_before: datetime) -> bool:
-        """No row, recorded but never queued, or queued or running for too long (lost message)."""
+    def _wants_sweep(
+        state: tuple[str | None, datetime | None], stale_before: datetime, running_lost: bool = False
+    ) -> bool:
+        """No row, recorded but never queued, or queued or running for too long (lost message);
+        ``running_lost``: running at all (its worker is known to be gone)."""
         name, updated_at = state
         if name in (None, InstanceState.RECEIVED):
+            return True
+        if running_lost and name == InstanceState.RUNNING:
             return True
         return (
             name in (InstanceState.QUEUED, InstanceState.RUNNING)
@@ -371,9 +376,12 @@ class Ingest:
         )
 
     # Start-up sweep -------------------------------------------------------------------
-    def sweep(self, at_start: bool = False) -> int:
+    def sweep(self, at_start: bool = False, running_lost: bool = False) -> int:
         """Queue every stored instance whose analysis is not under way; ``at_start`` (before
         the SCP listens), also remove the partial writes a crash left in the spool.
+        ``running_lost``: every running job's worker is known to be gone (a node starting its
+        embedded worker, after stopping any orphan of its home): re-queued at once, not after
+        ``stale_job_seconds`` (15 minutes by default, for a study that may be urgent).
 
         Covers a crash between the spool write and the queue, a broker that was
         down, files whose database row was never written, and jobs whose
@@ -398,13 +406,13 @@ class Ingest:
             }
         queued = 0
         for sop_instance_uid in self.spool.stored_uids():
-            if not self._wants_sweep(known.get(sop_instance_uid, (None, None)), stale_before):
+            if not self._wants_sweep(known.get(sop_instance_uid, (None, None)), stale_before, running_lost):
                 continue
             with INSTANCE_LOCKS.hold(sop_instance_uid):
                 # The listing is older than this moment: an association may have recorded and
                 # queued the instance since, and a worker analysed it. Look again, under its lock.
                 state = self._state(sop_instance_uid)
-                if not self._wants_sweep(state, stale_before):
+                if not self._wants_sweep(state, stale_before, running_lost):
                     continue
                 path = self.spool.path_for(sop_instance_uid)
                 try:

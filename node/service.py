@@ -48,7 +48,8 @@ class Node:
         audit.record(EventKind.NODE_STARTED, Outcome.INFO, f"AE {self.settings.ae_title}")
         self.ingest.spool.ensure()
         stop_orphan_worker(self.worker_pid_file)  # before the sweep queues anything it could take
-        requeued = self.ingest.sweep(at_start=True)  # before the SCP listens
+        # before the SCP listens; the embedded worker's running jobs died with the last node
+        requeued = self.ingest.sweep(at_start=True, running_lost=self.settings.embedded_worker)
         if requeued:
             logger.info("start-up sweep re-queued %d instance(s)", requeued)
         self.address = self.scp.start()

@@ -232,3 +232,35 @@ def test_sweep_leaves_an_instance_routed_since_its_listing_alone(node_config, cr
     with session_scope() as session:
         assert session.get(Instance, ds.SOPInstanceUID).state == InstanceState.DONE
     assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(node_config)] == [ds.SOPInstanceUID]
+
+
+def test_a_running_job_whose_worker_is_gone_is_requeued_at_once(node_config, cr_chest: Path) -> None:
+    """A node killed mid-analysis takes its embedded worker with it; on restart the job was
+    'running' and waited stale_job_seconds (15 minutes) for a possibly urgent study. The
+    start-up sweep of a node with an embedded worker re-queues it at once; a queued one (its
+    message still in the broker) and a sweep that cannot know are left alone."""
+    from datetime import timedelta
+
+    from node.db.tables import utcnow
+    from node.settings import configure
+
+    settings = configure(stale_job_seconds=900)
+    upgrade()
+    ingest = Ingest(settings)
+    ingest.spool.ensure()
+    running, queued = make_dx(cr_chest), make_dx(cr_chest)
+    with session_scope() as session:
+        for ds, state in ((running, InstanceState.RUNNING), (queued, InstanceState.QUEUED)):
+            path = write(ds, ingest.spool.path_for(ds.SOPInstanceUID))
+            session.add(
+                Instance(
+                    sop_instance_uid=ds.SOPInstanceUID,
+                    sop_class_uid=ds.SOPClassUID,
+                    path=str(path),
+                    state=state,
+                    updated_at=utcnow() - timedelta(seconds=30),
+                )
+            )
+    assert ingest.sweep(at_start=True) == 0  # separate workers may still hold it
+    assert ingest.sweep(at_start=True, running_lost=True) == 1
+    assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(settings)] == [running.SOPInstanceUID]
