@@ -85,7 +85,13 @@ class Snapshot:
 
     @property
     def queue_depth(self) -> int:
-        return self.instances.get(InstanceState.QUEUED, 0)
+        return sum(self.instances.get(state, 0) for state in WAITING)
+
+
+# Waiting for analysis: queued, or stored and not yet queued. A broker that cannot be reached
+# leaves instances "received" (the sweep queues them once it answers); counted as queued only,
+# the depth stayed 0 through a broker outage and no alert on it could fire.
+WAITING = (InstanceState.RECEIVED, InstanceState.QUEUED)
 
 
 def _db_error(exc: Exception) -> str:
@@ -205,7 +211,9 @@ class NodeCollector:
         for name, (_, _, help_text) in COUNTERS.items():
             yield CounterMetricFamily(f"cxr_node_{name}", help_text, value=snap.counters[name])
         yield GaugeMetricFamily(
-            "cxr_node_queue_depth", "Instances queued for analysis, not yet started", value=snap.queue_depth
+            "cxr_node_queue_depth",
+            "Instances waiting for analysis (stored or queued), not yet started",
+            value=snap.queue_depth,
         )
         states = GaugeMetricFamily("cxr_node_instances", "Received instances by state", labels=["state"])
         for state, n in sorted(snap.instances.items()):
@@ -271,7 +279,7 @@ def _database_health(settings: Settings) -> tuple[int, dict[str, Any]]:
     try:
         with session_scope() as session:
             queued = session.scalar(
-                select(func.count()).select_from(Instance).where(Instance.state == InstanceState.QUEUED)
+                select(func.count()).select_from(Instance).where(Instance.state.in_(WAITING))
             )
     except SQLAlchemyError as exc:
         return 503, {"status": "unavailable", "database": _db_error(exc), "ae_title": settings.ae_title}

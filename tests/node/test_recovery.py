@@ -264,3 +264,24 @@ def test_a_running_job_whose_worker_is_gone_is_requeued_at_once(node_config, cr_
     assert ingest.sweep(at_start=True) == 0  # separate workers may still hold it
     assert ingest.sweep(at_start=True, running_lost=True) == 1
     assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(settings)] == [running.SOPInstanceUID]
+
+
+def test_a_broker_outage_shows_in_the_queue_depth(node_config, cr_chest: Path) -> None:
+    """Instances the node cannot queue (broker unreachable) wait as 'received'; the queue depth
+    counted only 'queued', read 0 through the outage, and CxrNodeWorkersStalled (depth > 0 and
+    nothing finished) could never fire. Stored and queued now both count."""
+    from node.metrics import health
+    from node.scu import send_datasets
+    from node.settings import Destination, configure
+
+    settings = configure(broker_url="redis://127.0.0.1:1/0")
+    node = Node(settings)
+    host, port = node.start()
+    try:
+        ds = make_dx(cr_chest)
+        statuses = [r.status for r in send_datasets([ds], Destination("CXRNODE", host, port), "M")]
+        assert statuses == [0x0000]
+        status, body = health(settings)
+        assert status == 200 and body["queue_depth"] == 1
+    finally:
+        node.stop()
