@@ -298,6 +298,7 @@ def load_image(path_or_dataset: Any) -> LoadedImage:
         If the input cannot be read or decoded.
     """
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     if isinstance(path_or_dataset, pydicom.Dataset):
         source = str(getattr(path_or_dataset, "filename", None) or "<dataset>")
@@ -310,6 +311,8 @@ def load_image(path_or_dataset: Any) -> LoadedImage:
     if head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom"):
         try:
             ds = pydicom.dcmread(path)
+        except InvalidDicomError as exc:  # pydicom's own text says "use force=True"
+            raise ImageError(f"{path} is not a DICOM file (no DICM preamble or File Meta)") from exc
         except Exception as exc:
             raise ImageError(f"cannot read DICOM file {path}: {exc}") from exc
         return _from_dataset(ds, str(path))

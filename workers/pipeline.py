@@ -276,7 +276,13 @@ def analyze_path(
     cases, the patient's course) is read where it exists, never written."""
     started = time.monotonic()
     analysis = Analysis(input=str(path), sop_instance_uid=None, eligible=False)
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        analysis.error = f"--out {out_dir} is a file, not a folder"  # before the analysis, not after
+        return analysis
     try:
+        if path.is_file() and path.stat().st_size == 0:
+            analysis.error = f"{path} is empty"
+            return analysis
         ds: Dataset | None = dcmread(path)
     except (InvalidDicomError, EOFError, ValueError, TypeError):
         ds = None  # not DICOM: a PNG or JPEG
@@ -296,8 +302,8 @@ def analyze_path(
             if out_dir is not None and (unfit := _no_outputs_for(ds)):
                 analysis.error = f"no SR/SC/SEG can be made for it: {unfit}"  # before the analysis
                 return analysis
-        analysis.eligible = True
         analysis.result = analyze_image(ds if ds is not None else path, heatmap)
+        analysis.eligible = True  # a picture it could not read is not called eligible
         settings = settings or get_settings()
         analysis.result.context = archive.case_context(
             ds, analysis.result, settings, use_archive=archive.readable(settings)

@@ -143,3 +143,24 @@ def test_a_whole_instance_is_not_called_incomplete(cr_chest: Path) -> None:
     assert incomplete_file(Dataset()) == "no SOP Class UID"
     del whole.PixelData
     assert "no Pixel Data" in (incomplete_file(whole) or "")
+
+
+def test_unreadable_inputs_say_why_before_any_analysis(tmp_path: Path, cr_chest: Path) -> None:
+    """An empty file was read as 'File is missing DICOM File Meta ... use force=True' (pydicom's
+    hint to a programmer), a file that is no DICOM and no picture was called eligible beside its
+    error, and an --out that is a file failed after the models ran, with a traceback."""
+    from workers.pipeline import analyze_path
+
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    got = analyze_path(empty)
+    assert got.error == f"{empty} is empty" and not got.eligible
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x00\x01 not an image")
+    got = analyze_path(junk)
+    assert got.error and "not a DICOM file" in got.error and "force" not in got.error
+    assert not got.eligible and got.result is None
+    a_file = tmp_path / "out"
+    a_file.write_text("")
+    got = analyze_path(cr_chest, out_dir=a_file)
+    assert got.error == f"--out {a_file} is a file, not a folder" and got.result is None
