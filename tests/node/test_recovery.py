@@ -101,34 +101,25 @@ def test_broker_down_keeps_instance_for_the_sweep(node_config, cr_chest: Path) -
         assert failed and failed[-1].outcome == "failure"
         with session_scope() as session:
             assert session.get(Instance, ds.SOPInstanceUID).state == InstanceState.RECEIVED
+        # It waits for analysis: the queue depth (health, metrics, the stalled-workers alert)
+        # counted only 'queued' and read 0 through a broker outage.
+        from node.metrics import health
+
+        status, body = health(settings)
+        assert status == 200 and body["queue_depth"] == 1
     finally:
         node.stop()
 
 
 def test_stale_queued_job_is_requeued(node_config, cr_chest: Path) -> None:
     """A queued job whose message was lost (broker restarted empty) is queued again."""
-    from datetime import timedelta
 
-    from node.db.tables import utcnow
     from node.settings import configure
 
     settings = configure(stale_job_seconds=60)
-    upgrade()
     ingest = Ingest(settings)
-    ingest.spool.ensure()
     fresh, stale = make_dx(cr_chest), make_dx(cr_chest)
-    with session_scope() as session:
-        for ds, age in ((fresh, 5), (stale, 120)):
-            path = write(ds, ingest.spool.path_for(ds.SOPInstanceUID))
-            session.add(
-                Instance(
-                    sop_instance_uid=ds.SOPInstanceUID,
-                    sop_class_uid=ds.SOPClassUID,
-                    path=str(path),
-                    state=InstanceState.QUEUED,
-                    updated_at=utcnow() - timedelta(seconds=age),
-                )
-            )
+    _spooled(ingest, [(fresh, InstanceState.QUEUED, 5), (stale, InstanceState.QUEUED, 120)])
     assert ingest.sweep() == 1
     assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(settings)] == [stale.SOPInstanceUID]
     assert ingest.sweep() == 0  # its clock was reset: not again on the next sweep
@@ -239,49 +230,35 @@ def test_a_running_job_whose_worker_is_gone_is_requeued_at_once(node_config, cr_
     'running' and waited stale_job_seconds (15 minutes) for a possibly urgent study. The
     start-up sweep of a node with an embedded worker re-queues it at once; a queued one (its
     message still in the broker) and a sweep that cannot know are left alone."""
-    from datetime import timedelta
 
-    from node.db.tables import utcnow
     from node.settings import configure
 
     settings = configure(stale_job_seconds=900)
-    upgrade()
     ingest = Ingest(settings)
-    ingest.spool.ensure()
     running, queued = make_dx(cr_chest), make_dx(cr_chest)
-    with session_scope() as session:
-        for ds, state in ((running, InstanceState.RUNNING), (queued, InstanceState.QUEUED)):
-            path = write(ds, ingest.spool.path_for(ds.SOPInstanceUID))
-            session.add(
-                Instance(
-                    sop_instance_uid=ds.SOPInstanceUID,
-                    sop_class_uid=ds.SOPClassUID,
-                    path=str(path),
-                    state=state,
-                    updated_at=utcnow() - timedelta(seconds=30),
-                )
-            )
+    _spooled(ingest, [(running, InstanceState.RUNNING, 30), (queued, InstanceState.QUEUED, 30)])
     assert ingest.sweep(at_start=True) == 0  # separate workers may still hold it
     assert ingest.sweep(at_start=True, running_lost=True) == 1
     assert [m["kwargs"]["sop_instance_uid"] for m in queued_messages(settings)] == [running.SOPInstanceUID]
 
 
-def test_a_broker_outage_shows_in_the_queue_depth(node_config, cr_chest: Path) -> None:
-    """Instances the node cannot queue (broker unreachable) wait as 'received'; the queue depth
-    counted only 'queued', read 0 through the outage, and CxrNodeWorkersStalled (depth > 0 and
-    nothing finished) could never fire. Stored and queued now both count."""
-    from node.metrics import health
-    from node.scu import send_datasets
-    from node.settings import Destination, configure
+def _spooled(ingest: Ingest, rows: list[tuple[object, str, int]]) -> None:
+    """Each data set in the spool with a database row in ``state``, last updated ``age`` s ago."""
+    from datetime import timedelta
 
-    settings = configure(broker_url="redis://127.0.0.1:1/0")
-    node = Node(settings)
-    host, port = node.start()
-    try:
-        ds = make_dx(cr_chest)
-        statuses = [r.status for r in send_datasets([ds], Destination("CXRNODE", host, port), "M")]
-        assert statuses == [0x0000]
-        status, body = health(settings)
-        assert status == 200 and body["queue_depth"] == 1
-    finally:
-        node.stop()
+    from node.db.tables import utcnow
+
+    upgrade()
+    ingest.spool.ensure()
+    with session_scope() as session:
+        for ds, state, age in rows:
+            path = write(ds, ingest.spool.path_for(ds.SOPInstanceUID))  # type: ignore[attr-defined]
+            session.add(
+                Instance(
+                    sop_instance_uid=ds.SOPInstanceUID,  # type: ignore[attr-defined]
+                    sop_class_uid=ds.SOPClassUID,  # type: ignore[attr-defined]
+                    path=str(path),
+                    state=state,
+                    updated_at=utcnow() - timedelta(seconds=age),
+                )
+            )
