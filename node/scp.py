@@ -82,6 +82,31 @@ def _assoc_info(event: evt.Event) -> AssociationInfo:
     )
 
 
+# A-ASSOCIATE-AC presentation context results (PS3.8 Table 9-18) other than acceptance.
+_CONTEXT_RESULTS = {
+    0x01: "user rejection",
+    0x02: "no reason",
+    0x03: "SOP class not supported",
+    0x04: "transfer syntaxes not supported",
+}
+
+
+def _refused_contexts(event: evt.Event) -> str:
+    """The presentation contexts the association refused, in words ('' for none)."""
+    try:
+        refused = list(event.assoc.rejected_contexts)
+    except Exception:  # no negotiation record on this path
+        return ""
+    seen: dict[str, str] = {}
+    for cx in refused:
+        syntax = cx.abstract_syntax
+        name = getattr(syntax, "name", None) or str(syntax)
+        seen.setdefault(name, _CONTEXT_RESULTS.get(int(cx.result or 0), f"result {cx.result}"))
+    named = [f"{name} ({why})" for name, why in list(seen.items())[:3]]
+    more = f" and {len(seen) - 3} more" if len(seen) > 3 else ""  # dcmtk proposes ~100 classes
+    return "; ".join(named) + more
+
+
 class StorageSCP:
     """The node's DICOM listener. ``start()`` returns once the port is bound."""
 
@@ -196,10 +221,16 @@ class StorageSCP:
 
     def handle_aborted(self, event: evt.Event) -> None:
         info = _assoc_info(event)
+        # A modality aborts when it has no accepted context for a file it holds (a CT): say so,
+        # the audit said only "a data set in transfer was not stored", as if one had been lost.
+        refused = _refused_contexts(event)
         audit.record(
             EventKind.ASSOCIATION_ABORTED,
             Outcome.WARNING,
-            "association aborted; a data set in transfer was not stored",
+            f"association aborted; a data set in transfer, if any, was not stored; refused at "
+            f"negotiation: {refused} (the node takes CR and DX images)"
+            if refused
+            else "association aborted; a data set in transfer was not stored",
             calling_ae=info.calling_ae,
             peer=info.peer,
         )

@@ -87,6 +87,20 @@ def test_ct_is_refused_at_negotiation(running_node: Node) -> None:
         assoc.release()
 
 
+def test_a_modality_that_aborts_over_a_refused_context_is_audited_as_such(running_node: Node) -> None:
+    """dcmtk's storescu with a CT file: the CT context refused, it aborts; the audit said only "a
+    data set in transfer was not stored", as if something had been lost, and nothing of the CT."""
+    from pydicom.data import get_testdata_file
+
+    _, port = running_node.address
+    assert storescu(port, Path(get_testdata_file("CT_small.dcm"))).returncode != 0
+    aborted = wait_until(lambda: events(kind="association.aborted"), timeout=30, interval=0.1)
+    assert (
+        "refused at negotiation: " in aborted[-1].message and "SOP class not supported" in aborted[-1].message
+    )
+    assert aborted[-1].message.endswith(" more (the node takes CR and DX images)")
+
+
 def test_storescu_ct_file_fails(running_node: Node, tmp_path: Path) -> None:
     from pydicom.data import get_testdata_file
 
