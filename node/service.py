@@ -46,6 +46,13 @@ class Node:
     def start(self) -> tuple[str, int]:
         upgrade(self.settings.db_url)
         audit.record(EventKind.NODE_STARTED, Outcome.INFO, f"AE {self.settings.ae_title}")
+        try:
+            return self._start()
+        except BaseException as exc:  # the audit says the node is down again, and why
+            self.stop(f"did not start: {type(exc).__name__}: {exc}")
+            raise
+
+    def _start(self) -> tuple[str, int]:
         self.ingest.spool.ensure()
         stop_orphan_worker(self.worker_pid_file)  # before the sweep queues anything it could take
         # before the SCP listens; the embedded worker's running jobs died with the last node
@@ -117,7 +124,8 @@ class Node:
             except Exception:
                 logger.exception("periodic spool sweep failed")
 
-    def stop(self) -> None:
+    def stop(self, failure: str | None = None) -> None:
+        """Stop what runs; ``failure``: why the node did not start (audited as a failed stop)."""
         self._stop.set()
         self.scp.stop()
         self.exporter.stop()
@@ -132,7 +140,10 @@ class Node:
                 self.worker.wait()
         if self.worker is not None:
             self.worker_pid_file.unlink(missing_ok=True)
-        audit.record(EventKind.NODE_STOPPED, Outcome.INFO, f"AE {self.settings.ae_title}")
+        if failure is None:
+            audit.record(EventKind.NODE_STOPPED, Outcome.INFO, f"AE {self.settings.ae_title}")
+        else:
+            audit.record(EventKind.NODE_STOPPED, Outcome.FAILURE, f"AE {self.settings.ae_title} {failure}")
 
     def run_forever(self) -> None:
         """Serve until SIGINT/SIGTERM."""

@@ -262,3 +262,21 @@ def _spooled(ingest: Ingest, rows: list[tuple[object, str, int]]) -> None:
                     updated_at=utcnow() - timedelta(seconds=age),
                 )
             )
+
+
+def test_a_node_that_cannot_start_says_it_stopped(node_config) -> None:  # type: ignore[no-untyped-def]
+    """The audit said 'node.started' and never 'node.stopped' when the start failed after it
+    (the port taken, a spool it cannot make): an admin tailing it saw a node that was not there."""
+    import socket
+
+    from node.settings import configure
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        node = Node(configure(port=taken.getsockname()[1]))
+        with pytest.raises(OSError):
+            node.start()
+    started, stopped = events(kind="node.started"), events(kind="node.stopped")
+    assert len(started) == 1 and len(stopped) == 1
+    assert stopped[0].outcome == "failure" and "did not start: OSError" in stopped[0].message
