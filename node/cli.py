@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from models.training.cli import eval_app, train_app
 from node.logs import configure_logging
-from node.settings import Destination, configure
+from node.settings import Destination, Settings, configure
 
 if TYPE_CHECKING:
     from workers.pipeline import Analysis
@@ -33,13 +37,20 @@ app.add_typer(export_app, name="export")
 logger = logging.getLogger("node.cli")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"cxr-node: {message}", err=True)
     raise typer.Exit(code)
 
 
-def _settings_or_exit(**overrides: object):  # type: ignore[no-untyped-def]
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (drivers write several)."""
+    return " ".join(str(exc).split())
+
+
+def _settings_or_exit(**overrides: object) -> Settings:
     """The settings with CLI ``overrides`` applied; a clear message if they are invalid."""
+    import tomllib
+
     from pydantic import ValidationError
 
     try:
@@ -49,6 +60,42 @@ def _settings_or_exit(**overrides: object):  # type: ignore[no-untyped-def]
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         _fail(f"invalid settings: {errors}")
+    except tomllib.TOMLDecodeError as exc:
+        source = overrides.get("config") or os.environ.get("CXR_NODE_CONFIG")
+        _fail(f"settings file {source} is not valid TOML: {exc}")
+    except OSError as exc:  # the TOML file exists but cannot be read
+        _fail(f"cannot read settings file {exc.filename}: {exc.strerror}")
+
+
+class OutboxStateName(StrEnum):
+    """The states of an outbox row (``node.db.tables.OutboxState``), for ``--state``."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+@contextmanager
+def _database(what: str, upgrade_hint: bool = True) -> Iterator[None]:
+    """Turn a database failure inside the block into one line and exit 1: the database
+    cannot be reached, or using ``what`` failed (with ``upgrade_hint``, most often because
+    the database was never migrated)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    from node.settings import get_settings
+
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        url = make_url(get_settings().db_url).render_as_string(hide_password=True)
+        why = _one_line(exc.orig or exc) if isinstance(exc, DBAPIError) else _one_line(exc)
+        if isinstance(exc, DBAPIError) and exc.statement is None:  # raised while connecting
+            _fail(f"cannot connect to the database {url}: {why}", code=1)
+        if not upgrade_hint:
+            _fail(f"cannot use {what} in {url}: {why}", code=1)
+        _fail(f"cannot read {what} ({why}); run 'cxr-node db upgrade' first", code=1)
 
 
 @app.callback()
@@ -83,10 +130,47 @@ def serve(
     settings = _settings_or_exit(
         host=host, port=port, ae_title=ae_title, broker_url=broker_url, embedded_worker=worker
     )
+    _check_directories(settings)
+    _check_tls(settings)
     try:
-        Node(settings).run_forever()
+        with _database("the audit database", upgrade_hint=False):
+            Node(settings).run_forever()
     except OSError as exc:
+        if exc.filename is not None:  # a file or folder, not the socket
+            _fail(f"cannot use {exc.filename}: {exc.strerror}", code=1)
         _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+
+
+def _check_directories(settings: Settings) -> None:
+    """Make the home and spool folders now, so that a bad path is named as such."""
+    folders = {"CXR_NODE_HOME": settings.home, "CXR_NODE_SPOOL_DIR": settings.spool_path}
+    for variable, folder in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(f"cannot create the folder {folder} ({variable}): {exc.strerror}", code=1)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            _fail(f"cannot write to the folder {folder} ({variable})", code=1)
+
+
+def _check_tls(settings: Settings) -> None:
+    """Load the SCP's TLS files now, so that a bad one is named rather than the socket."""
+    import ssl
+
+    from node.tls import server_context
+
+    try:
+        server_context(settings)
+    except (ssl.SSLError, OSError) as exc:
+        files = (
+            f"CXR_NODE_TLS_CERT_FILE={settings.tls_cert_file}, CXR_NODE_TLS_KEY_FILE={settings.tls_key_file}"
+        )
+        if settings.tls_ca_file is not None:
+            files += f", CXR_NODE_TLS_CA_FILE={settings.tls_ca_file}"
+        why = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", exc.strerror or str(exc))  # OpenSSL's source line
+        if isinstance(exc, ssl.SSLError):
+            why += " (they must be a PEM certificate, its PEM key and a PEM CA bundle)"
+        _fail(f"cannot load the TLS files ({files}): {why}", code=1)
 
 
 @app.command()
@@ -200,7 +284,12 @@ def _summary(analysis: Analysis) -> str:
 def analyze(
     paths: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per input line")] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Also write SR/SC/SEG files here")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", file_okay=False, writable=True, help="Also write SR/SC/SEG files to this folder"
+        ),
+    ] = None,
     heatmap: Annotated[str, typer.Option(help="gradcam, saliency or occlusion")] = "gradcam",
 ) -> None:
     """Run the whole pipeline on files, without a network or broker."""
@@ -211,6 +300,11 @@ def analyze(
     from workers.pipeline import analyze_path
 
     settings = _settings_or_exit()
+    if out is not None:  # before any analysis: a bad folder would fail only after the models ran
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(f"--out: cannot create the folder {out}: {exc.strerror}")
     failed = 0
     bar = tqdm(paths, desc="analyze", unit="image", disable=len(paths) < 2, file=sys.stderr)
     for path in bar:
@@ -306,16 +400,13 @@ def audit_tail(
     interval: Annotated[float, typer.Option(help="Seconds between polls with -f")] = 1.0,
 ) -> None:
     """Print the latest audit events, like tail(1)."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
     from node.db.audit import tail
 
     try:
-        for line in tail(lines=lines, follow=follow, study_instance_uid=study, poll_seconds=interval):
-            typer.echo(line)
-            sys.stdout.flush()
-    except (OperationalError, ProgrammingError) as exc:
-        _fail(f"cannot read the audit log ({exc.orig}); run 'cxr-node db upgrade' first", code=1)
+        with _database("the audit log"):
+            for line in tail(lines=lines, follow=follow, study_instance_uid=study, poll_seconds=interval):
+                typer.echo(line)
+                sys.stdout.flush()
     except KeyboardInterrupt:
         pass
 
@@ -343,12 +434,12 @@ def audit_search(
     calling_ae: Annotated[str | None, typer.Option("--calling-ae", help="Only this calling AE")] = None,
     study: Annotated[str | None, typer.Option("--study", help="Only this Study Instance UID")] = None,
     output_format: Annotated[str, typer.Option("--format", help="text, csv or json")] = "text",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", dir_okay=False, writable=True, help="Write to this file")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many (the oldest first)")] = None,
 ) -> None:
     """Find audit events by time range, event, calling AE and study; print or export them."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
     from node.db.audit import events, format_event
     from node.db.report import write_csv, write_json
 
@@ -357,13 +448,14 @@ def audit_search(
     start, end = _when(since, "--since"), _when(until, "--until")
     if start is not None and end is not None and end <= start:
         _fail("--until must be after --since")
-    try:
+    with _database("the audit log"):
         rows = events(
             kind=event, calling_ae=calling_ae, study_instance_uid=study, since=start, until=end, limit=limit
         )
-    except (OperationalError, ProgrammingError) as exc:
-        _fail(f"cannot read the audit log ({exc.orig}); run 'cxr-node db upgrade' first", code=1)
-    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror}", code=1)
     try:
         if output_format == "csv":
             write_csv(rows, out)
@@ -381,12 +473,16 @@ def audit_search(
 
 @export_app.command("list")
 def export_list(
-    state: Annotated[str | None, typer.Option(help="pending, sending, sent or dead")] = None,
+    state: Annotated[
+        OutboxStateName | None, typer.Option(case_sensitive=False, help="Only rows in this state")
+    ] = None,
 ) -> None:
     """Show the outbox rows."""
     from node.export import outbox_rows
 
-    for row in outbox_rows(state):
+    with _database("the outbox"):
+        rows = outbox_rows(state.value if state else None)
+    for row in rows:
         error = f" {row.last_error}" if row.last_error else ""
         typer.echo(
             f"{row.id:>6} {row.state:<8} {row.kind:<4} {row.destination} tries={row.attempts} "
@@ -399,12 +495,26 @@ def export_retry(
     ids: Annotated[list[int] | None, typer.Argument(help="Outbox row ids (default: all dead)")] = None,
 ) -> None:
     """Give dead exports a fresh set of attempts (the running node delivers them)."""
+    from sqlalchemy import select
+
+    from node.db.engine import session_scope
+    from node.db.tables import OutboxItem
     from node.export import retry_dead
 
-    count = retry_dead(ids or (), all_dead=not ids)
+    ids = list(dict.fromkeys(ids or ()))
+    with _database("the outbox"):
+        if ids:
+            with session_scope() as session:
+                found = set(session.scalars(select(OutboxItem.id).where(OutboxItem.id.in_(ids))))
+            ids, missing = [i for i in ids if i in found], [i for i in ids if i not in found]
+            count = retry_dead(ids) if ids else 0
+        else:
+            missing, count = [], retry_dead(all_dead=True)
     typer.echo(f"{count} export(s) queued for delivery")
-    if ids and count < len(ids):
-        typer.echo(f"{len(ids) - count} left as they are: sent, being sent, or no such row")
+    if count < len(ids):
+        typer.echo(f"{len(ids) - count} left as they are: sent or being sent")
+    if missing:
+        _fail(f"no outbox row with id {', '.join(map(str, missing))}", code=1)
 
 
 # `train` and `eval` live with the models; models.training.cli imports torch only inside its commands.

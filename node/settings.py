@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -85,7 +86,9 @@ class Settings(BaseSettings):
 
     # Where the TOML file is; read by settings_customise_sources.
     config: Path | None = None
-    environment: str = Field("development", description="'production' enables strict checks")
+    environment: Literal["development", "production"] = Field(
+        "development", description="'production' enables strict checks (any case)"
+    )
 
     # DICOM SCP
     ae_title: str = "CXRNODE"
@@ -96,10 +99,12 @@ class Settings(BaseSettings):
         False, description="permit an empty allow-list when environment is production"
     )
     max_associations: int = Field(16, ge=1)
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 60.0
-    network_timeout: float = 60.0
-    max_pdu: int = 0  # 0: unlimited
+    # Seconds; pynetdicom takes 0 as "time out at once", never what is meant.
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+    # PS3.8 D.3.3.1: the Maximum Length is a 4-byte unsigned value; 0: unlimited.
+    max_pdu: int = Field(0, ge=0, le=2**32 - 1)
 
     # DICOM TLS (PS3.15 Annex B.1, the Basic TLS Secure Transport Connection profile)
     tls_cert_file: Path | None = Field(None, description="PEM certificate: the SCP listens with TLS")
@@ -117,7 +122,7 @@ class Settings(BaseSettings):
     )
 
     # Routing
-    min_patient_age: int = 18
+    min_patient_age: int = Field(18, ge=0)
 
     # Audit database and queue
     database_url: str | None = None
@@ -178,7 +183,7 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9110, ge=0, le=65535, description="0: no metrics/health endpoint")
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @classmethod
     def settings_customise_sources(
@@ -194,6 +199,48 @@ class Settings(BaseSettings):
         if toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment_any_case(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_any_case(cls, v: Any) -> Any:
+        return v.strip().upper() if isinstance(v, str) else v
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: str | None) -> str | None:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        if not v:
+            return None
+        try:
+            make_url(v).get_dialect()  # the dialect, not its driver: nothing connects here
+        except NoSuchModuleError:  # a subclass of ArgumentError
+            raise ValueError(f"unknown database kind {make_url(v).drivername!r}") from None
+        except ArgumentError:
+            raise ValueError(
+                "not a SQLAlchemy database URL (e.g. postgresql+psycopg://user@host/db)"
+            ) from None
+        return v
+
+    @field_validator("triage_webhook")
+    @classmethod
+    def _check_webhook(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        try:
+            url = urlsplit(v.strip())
+            ok = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+        except ValueError:  # an unclosed '[', a port out of range
+            ok = False
+        if not ok:
+            raise ValueError(f"{v!r} is not an http(s) URL with a host")
+        return v.strip()
 
     @field_validator("sc_max_size")
     @classmethod
