@@ -225,11 +225,17 @@ def _wide_voi_lut(ds: Any) -> Any:
         return ds
     desc = [int(v) for v in _values(seq[0].LUTDescriptor)]
     data = seq[0]["LUTData"].value
-    if len(desc) != 3 or desc[2] != 8 or isinstance(data, bytes | bytearray):
-        return ds  # a 16-bit table, or 8-bit entries packed in OW: pydicom's own reading
+    if len(desc) != 3 or desc[2] != 8:
+        return ds  # a 16-bit table: pydicom reads it right
+    if isinstance(data, bytes | bytearray):  # OW (every implicit VR file): 16-bit words, as pydicom reads
+        little = (getattr(ds, "original_encoding", None) or (None, True))[1] is not False
+        n = desc[0] or 1 << 16
+        entries = np.frombuffer(bytes(data), dtype="<u2" if little else ">u2", count=min(n, len(data) // 2))
+    else:
+        entries = np.asarray(_values(data))
     item = Dataset()
     item.LUTDescriptor = [desc[0], desc[1], 16]
-    item.LUTData = [int(v) for v in _values(data)]
+    item.LUTData = [int(v) for v in entries]
     wide = Dataset()
     wide.VOILUTSequence = Sequence([item])
     return wide

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -158,14 +159,27 @@ def test_an_8_bit_voi_lut_on_a_12_bit_film_looks_up_every_value(cr_chest_dicom: 
     hi = int(ds.pixel_array.max())
     values = np.arange(hi + 1)
 
-    def with_lut(bits: int) -> np.ndarray:
+    def with_lut(bits: int, words: bool = False) -> np.ndarray:
         item = Dataset()
         item.LUTDescriptor = [hi + 1, 0, bits]
-        item.LUTData = [int(v) for v in values * (2**bits - 1) // hi]
+        table = values * (2**bits - 1) // hi
+        if words:  # OW, as an implicit VR file holds it
+            item.add_new("LUTData", "OW", table.astype("<u2").tobytes())
+        else:
+            item.LUTData = [int(v) for v in table]
         ds.VOILUTSequence = Sequence([item])
         return load_image(ds).pixels
 
     eight, twelve = with_lut(8), with_lut(12)
+    # As a file: implicit VR, where pydicom reads the table as OW bytes (every received film)
+    with_lut(8, words=True)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    from_file = load_image(pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)).pixels
+    np.testing.assert_array_equal(from_file, eight)
     assert hi >= 1024
     expected = (ds.pixel_array.astype(np.int64) * 255 // hi).astype(np.float32)
     if str(ds.PhotometricInterpretation) == "MONOCHROME1":
