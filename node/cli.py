@@ -88,6 +88,9 @@ def _database(what: str, upgrade_hint: bool = True) -> Iterator[None]:
 
     try:
         yield
+    except ImportError as exc:  # a URL naming a driver that is not installed (psycopg2, mysql)
+        url = make_url(get_settings().db_url).render_as_string(hide_password=True)
+        _fail(f"cannot use the database {url}: its driver is not installed ({exc.name or exc})", code=1)
     except SQLAlchemyError as exc:
         url = make_url(get_settings().db_url).render_as_string(hide_password=True)
         why = _one_line(exc.orig or exc) if isinstance(exc, DBAPIError) else _one_line(exc)
@@ -492,7 +495,9 @@ def export_list(
 
 @export_app.command("retry")
 def export_retry(
-    ids: Annotated[list[int] | None, typer.Argument(help="Outbox row ids (default: all dead)")] = None,
+    ids: Annotated[
+        list[int] | None, typer.Argument(min=1, max=2**63 - 1, help="Outbox row ids (default: all dead)")
+    ] = None,
 ) -> None:
     """Give dead exports a fresh set of attempts (the running node delivers them)."""
     from sqlalchemy import select

@@ -208,7 +208,10 @@ class Settings(BaseSettings):
     @field_validator("log_level", mode="before")
     @classmethod
     def _log_level_any_case(cls, v: Any) -> Any:
-        return v.strip().upper() if isinstance(v, str) else v
+        if not isinstance(v, str):
+            return v
+        level = v.strip().upper()
+        return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)  # logging's own aliases
 
     @field_validator("database_url")
     @classmethod

@@ -73,19 +73,22 @@ def instance_number(source: object) -> int:
     and kind) for every film of the study, and in the films' order. Two films in one study each
     gave Instance Number 1, so the PACS's order was arbitrary. From the source's Series Number
     and Instance Number (``series * 1000 + instance``; the modalities' numbering, one film per
-    series or several), its Instance Number alone where it has no Series Number, else 1."""
+    series or several); ``series * 1000`` without an Instance Number; its Instance Number alone
+    where it has no Series Number or the number is 1000 or more; else 1."""
 
     def number(keyword: str) -> int | None:
         try:
             value = int(getattr(source, keyword, None))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # absent, empty, "x", "inf"
             return None
         return value if 0 <= value < 1_000_000 else None
 
     series, instance = number("SeriesNumber"), number("InstanceNumber")
-    if instance is None or instance >= 1000:
-        return max(instance or 1, 1)
-    return (series or 0) * 1000 + instance if series is not None else max(instance, 1)
+    if instance is None:  # Type 2, may be empty: the series still orders it
+        return max((series or 0) * 1000, 1)
+    if instance >= 1000:
+        return instance
+    return series * 1000 + instance if series is not None else max(instance, 1)
 
 
 def series_number(kind: str) -> int:

@@ -87,6 +87,14 @@ def test_unknown_log_level_and_any_case(env: dict[str, str], settings_env) -> No
     one_line_error(done, 2, "log_level")
     assert Settings(log_level="debug").log_level == "DEBUG"
     assert Settings(log_level=" Warning ").log_level == "WARNING"
+    assert Settings(log_level="warn").log_level == "WARNING"  # logging's and Celery's alias
+
+
+def test_a_database_driver_that_is_not_installed(env: dict[str, str]) -> None:
+    """A URL naming a driver this install lacks (psycopg2; the node ships psycopg 3) printed a
+    ModuleNotFoundError traceback."""
+    done = cxr(env, "export", "list", CXR_NODE_DATABASE_URL="postgresql+psycopg2://u@127.0.0.1:1/db")
+    one_line_error(done, 1, "driver is not installed", "psycopg2")
 
 
 def test_malformed_toml(env: dict[str, str], tmp_path: Path) -> None:
@@ -250,4 +258,6 @@ def test_export_retry_names_missing_ids(env: dict[str, str]) -> None:
     migrated(env)
     done = cxr(env, "export", "retry", "999", "1000")
     one_line_error(done, 1, "999", "1000")
+    done = cxr(env, "export", "retry", "99999999999999999999")  # over SQL's INTEGER: was a traceback
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert cxr(env, "export", "retry").returncode == 0  # every dead row: none is not an error

@@ -280,3 +280,23 @@ def test_a_node_that_cannot_start_says_it_stopped(node_config) -> None:  # type:
     started, stopped = events(kind="node.started"), events(kind="node.stopped")
     assert len(started) == 1 and len(stopped) == 1
     assert stopped[0].outcome == "failure" and "did not start: OSError" in stopped[0].message
+
+
+@pytest.mark.parametrize("embedded", [True, False])
+def test_the_start_up_sweep_knows_whether_running_jobs_are_lost(
+    node_config, monkeypatch: pytest.MonkeyPatch, embedded: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """Only a node that runs its own worker (the orphan stopped first) knows that the jobs left
+    running died with the last node; with separate workers they may still be running."""
+    from node.settings import configure
+
+    seen: list[dict[str, bool]] = []
+
+    def sweep(self: Ingest, **kwargs: bool) -> int:
+        seen.append(kwargs)
+        raise RuntimeError("enough")  # the rest of the start is not this test's
+
+    monkeypatch.setattr(Ingest, "sweep", sweep)
+    with pytest.raises(RuntimeError):
+        Node(configure(embedded_worker=embedded)).start()
+    assert seen == [{"at_start": True, "running_lost": embedded}]

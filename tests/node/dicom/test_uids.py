@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from types import SimpleNamespace
 
 import pytest
 from pydicom.dataset import Dataset
@@ -80,3 +81,7 @@ def test_films_of_one_study_get_their_own_instance_numbers(dx_source: Dataset) -
     assert instance_number(bare) == 1
     bare.InstanceNumber = "7"
     assert instance_number(bare) == 7
+    # as read from a file with raw values pydicom keeps as given: "inf" raised OverflowError
+    # and no output was made; an empty (Type 2) Instance Number gave every film 1
+    assert instance_number(SimpleNamespace(SeriesNumber="3", InstanceNumber="inf")) == 3000
+    assert instance_number(SimpleNamespace(SeriesNumber=3, InstanceNumber="")) == 3000
