@@ -80,6 +80,23 @@ def patient_key(ds: Dataset, settings: Settings) -> str | None:
     return hmac.new(secret, f"{issuer}\x00{patient_id}".encode(), hashlib.sha256).hexdigest()
 
 
+def person_key(ds: Dataset, settings: Settings) -> str | None:
+    """Keyed hash of Patient's Birth Date and Sex; None without either. Patient IDs collide (two
+    issuers, a missing Issuer of Patient ID): two archived films with the same patient key and
+    different person keys are two people, and one is never the other's earlier study."""
+    birth = str(ds.get("PatientBirthDate") or "").strip()
+    sex = str(ds.get("PatientSex") or "").strip().upper()
+    if not birth or sex not in ("M", "F", "O"):
+        return None
+    secret = _secret(settings.patient_key_file or settings.home / "patient-key")
+    return hmac.new(secret, f"person\x00{birth}\x00{sex}".encode(), hashlib.sha256).hexdigest()
+
+
+def _same_person(row: ArchivedAnalysis, person: str | None) -> bool:
+    """Not known to be someone else: the person keys agree, or either is unknown."""
+    return person is None or row.person_key is None or row.person_key == person
+
+
 def _prior(row: ArchivedAnalysis) -> PriorCase:
     return PriorCase(
         sop_instance_uid=row.sop_instance_uid,
@@ -164,9 +181,10 @@ def embedding_index(settings: Settings, model: str, dim: int) -> EmbeddingIndex:
 def _earlier(rows: list[ArchivedAnalysis], day: date, clock: str | None) -> list[ArchivedAnalysis]:
     """One image per earlier study, oldest first (by study date, then time)."""
     this = (day, clock or "")
+    dated = [r for r in rows if r.study_date is not None]  # an undated film has no place in it
     by_study: dict[str, ArchivedAnalysis] = {}
-    for row in sorted(rows, key=lambda r: (r.study_date, r.study_time or "", r.id)):
-        if row.study_date is not None and (row.study_date, row.study_time or "") < this:
+    for row in sorted(dated, key=lambda r: (r.study_date, r.study_time or "", r.id)):
+        if (row.study_date, row.study_time or "") < this:
             by_study.setdefault(row.study_instance_uid, row)
     return list(by_study.values())
 
@@ -231,7 +249,9 @@ def _from_archive(ds: Dataset, result: AnalysisResult, settings: Settings, conte
                 )
             )
         if day is not None:
-            others = [r for r in own if r.study_instance_uid != str(ds.get("StudyInstanceUID", ""))]
+            person = person_key(ds, settings)
+            study = str(ds.get("StudyInstanceUID", ""))
+            others = [r for r in own if r.study_instance_uid != study and _same_person(r, person)]
             context.course = [_prior(r) for r in _earlier(others, day, clock)]
             if context.course and result.quality.assessable:  # no change from a withheld score
                 context.changes = _changes(result, day, context.course)
@@ -273,6 +293,7 @@ def record(session: Session, ds: Dataset, result: AnalysisResult, settings: Sett
         "study_instance_uid": str(ds.StudyInstanceUID),
         "series_instance_uid": str(ds.SeriesInstanceUID),
         "patient_key": patient_key(ds, settings),
+        "person_key": person_key(ds, settings),
         "study_date": day,
         "study_time": clock,
         "predicted_class": result.predicted_class,

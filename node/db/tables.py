@@ -152,6 +152,8 @@ class ArchivedAnalysis(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
     series_instance_uid: Mapped[str] = mapped_column(String(64))
     patient_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    # keyed hash of birth date and sex (node.archive.person_key): one ID, two people
+    person_key: Mapped[str | None] = mapped_column(String(64))
     study_date: Mapped[date | None] = mapped_column(Date)
     study_time: Mapped[str | None] = mapped_column(String(16))
     predicted_class: Mapped[str] = mapped_column(String(16))

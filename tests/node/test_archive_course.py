@@ -1,0 +1,79 @@
+"""A patient's course from the archive: which earlier films count (no models run here)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from node.archive import case_context, patient_key, person_key
+from node.db.engine import session_scope, upgrade
+from node.db.tables import ArchivedAnalysis
+from node.settings import Settings, configure
+from tests.node.dicom.fakes import make_result
+
+
+def _film(day: str, birth: str = "19600101", sex: str = "F") -> Dataset:
+    ds = Dataset()
+    ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "PATA001", birth, sex
+    ds.StudyDate, ds.StudyTime = day, "101500"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+    )
+    ds.Rows, ds.Columns = 64, 64
+    return ds
+
+
+def _archive(settings: Settings, ds: Dataset, day: date | None, extent: float) -> None:
+    with session_scope() as session:
+        session.add(
+            ArchivedAnalysis(
+                sop_instance_uid=ds.SOPInstanceUID,
+                sop_class_uid=ds.SOPClassUID,
+                study_instance_uid=ds.StudyInstanceUID,
+                series_instance_uid=ds.SeriesInstanceUID,
+                patient_key=patient_key(ds, settings),
+                person_key=person_key(ds, settings),
+                study_date=day,
+                study_time="101500" if day else None,
+                predicted_class="covid19",
+                covid19_probability=0.9,
+                geographic_extent=extent,
+                opacity=1.0,
+                embedding_model="none",
+                embedding=np.zeros(4, "<f4").tobytes(),
+            )
+        )
+
+
+def _course(settings: Settings, ds: Dataset) -> list[date | None]:
+    context = case_context(ds, make_result(ds), settings)
+    return [c.study_date for c in context.course]
+
+
+def test_an_undated_film_is_left_out_of_the_course(node_config) -> None:  # type: ignore[no-untyped-def]
+    """An archived film with no Study Date made every later film of the patient fail
+    (TypeError sorting None against a date): no SR, SC or SEG, for good."""
+    settings = configure(similar_cases=0)
+    upgrade()
+    _archive(settings, _film("20240301"), date(2024, 3, 1), 2.0)
+    _archive(settings, _film(""), None, 3.0)
+    assert _course(settings, _film("20240305")) == [date(2024, 3, 1)]
+
+
+def test_one_id_two_people_are_two_courses(node_config) -> None:  # type: ignore[no-untyped-def]
+    """Patients were matched on Patient ID (and issuer) alone: another hospital's patient with
+    the same ID, no issuer, got her films as his 'previous study' and his changes from them."""
+    settings = configure(similar_cases=0)
+    upgrade()
+    _archive(settings, _film("20240301"), date(2024, 3, 1), 2.0)
+    bob = _film("20240310", birth="19900505", sex="M")
+    assert _course(settings, bob) == []
+    assert _course(settings, _film("20240310")) == [date(2024, 3, 1)]  # the same woman: her course
+    unknown = _film("20240310", birth="", sex="")
+    assert _course(settings, unknown) == [date(2024, 3, 1)]  # nothing says otherwise
