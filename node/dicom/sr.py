@@ -507,6 +507,9 @@ def image_group(
     )
 
 
+SIMILAR_TIME_POINT = "another patient's earlier study"
+
+
 def _study_label(case: PriorCase) -> str:
     return f"study of {case.study_date.isoformat()}" if case.study_date else "study of unknown date"
 
@@ -578,7 +581,9 @@ def context_groups(
                 tracking_similar(rank),
                 algorithm_id,
                 earlier_image_region(case),
-                time_point_context=TimePointContext(time_point=_study_label(case)),
+                # another patient's study: no date of it in this patient's report (a date of
+                # service identifies); the image's UIDs stay, for a viewer to open it
+                time_point_context=TimePointContext(time_point=SIMILAR_TIME_POINT),
                 finding_type=cxr_codes.SIMILAR_CASE,
                 measurements=[
                     _measurement(

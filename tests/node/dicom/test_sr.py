@@ -412,3 +412,30 @@ def test_a_clear_lung_is_not_coded_abnormal_opacity(dx_source: Dataset) -> None:
 
     assert findings(groups[TRACKING_RIGHT]) == [("DCM", "112033")]  # extent 3.0
     assert findings(groups[TRACKING_LEFT]) == []
+
+
+def test_a_similar_case_gives_no_date_of_the_other_patient(dx_source: Dataset) -> None:
+    """Similar cases are other patients' films; their exact study date ("study of 2024-03-09",
+    a date of service) went into this patient's report in the PACS."""
+    from datetime import date
+
+    from models.result import CaseContext, PriorCase, SimilarCase
+
+    other = PriorCase(
+        sop_instance_uid="1.2.826.0.1.3680043.8.498.1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        study_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.3",
+        study_date=date(2024, 3, 9),
+        predicted_class="covid19",
+        geographic_extent=4.0,
+        opacity=2.0,
+        rows=64,
+        columns=64,
+    )
+    result = make_result(dx_source)
+    result.context = CaseContext(similar=[SimilarCase(other, 0.2)])
+    sr = roundtrip(build_sr(dx_source, result, ALGORITHM_NAME, ALGORITHM_VERSION))
+    texts = [str(getattr(item, "TextValue", "")) for item in content_items(sr)]
+    assert "another patient's earlier study" in texts
+    assert not any("2024-03-09" in t or "20240309" in t for t in texts)
