@@ -134,6 +134,11 @@ class Triage:
     # film): no decision, neither urgent nor routine; a person has to look
     assessed: bool = True
 
+    @property
+    def priority(self) -> str:
+        """``urgent``, ``routine``, or ``not assessed`` (nothing the rule reads was left)."""
+        return "urgent" if self.urgent else "routine" if self.assessed else "not assessed"
+
     def as_json(self) -> dict[str, Any]:
         return {
             "urgent": self.urgent,

@@ -76,8 +76,7 @@ def patient_key(ds: Dataset, settings: Settings) -> str | None:
     if not patient_id:
         return None
     issuer = str(ds.get("IssuerOfPatientID") or "").strip()
-    secret = _secret(settings.patient_key_file or settings.home / "patient-key")
-    return hmac.new(secret, f"{issuer}\x00{patient_id}".encode(), hashlib.sha256).hexdigest()
+    return _keyed(settings, f"{issuer}\x00{patient_id}")
 
 
 def person_key(ds: Dataset, settings: Settings) -> str | None:
@@ -88,8 +87,13 @@ def person_key(ds: Dataset, settings: Settings) -> str | None:
     sex = str(ds.get("PatientSex") or "").strip().upper()
     if not birth or sex not in ("M", "F", "O"):
         return None
+    return _keyed(settings, f"person\x00{birth}\x00{sex}")
+
+
+def _keyed(settings: Settings, text: str) -> str:
+    """HMAC-SHA256 of ``text`` under the node's patient-key secret."""
     secret = _secret(settings.patient_key_file or settings.home / "patient-key")
-    return hmac.new(secret, f"person\x00{birth}\x00{sex}".encode(), hashlib.sha256).hexdigest()
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
 def _same_person(row: ArchivedAnalysis, person: str | None) -> bool:

@@ -380,6 +380,13 @@ def build_measurement_groups(
     return groups
 
 
+# The coded value of each Triage.priority.
+TRIAGE_PRIORITIES = {
+    "urgent": cxr_codes.URGENT,
+    "routine": cxr_codes.ROUTINE,
+    "not assessed": cxr_codes.NOT_ASSESSABLE,
+}
+
 # A lung's group names the finding "Abnormal opacity" from this extent on (half of one of
 # Cohen's 0-4 points per lung): every lung was coded so, the clear ones of a normal film too.
 FINDING_EXTENT = 0.5
@@ -410,13 +417,7 @@ def image_comments(result: AnalysisResult) -> list[str]:
     comments = []
     context = result.context
     if context is not None and context.triage is not None:
-        comments.append(
-            "Triage urgent"
-            if context.triage.urgent
-            else "Triage routine"
-            if context.triage.assessed
-            else "Triage not assessed"
-        )
+        comments.append(f"Triage {context.triage.priority}")
     reported = result.reported_class
     if reported:
         comments.append(f"{cxr_codes.CLASS_LABELS[reported]} most likely")
@@ -454,14 +455,7 @@ def image_group(
         evaluations += _not_assessable(quality.reasons)
     context = result.context
     if context is not None and context.triage is not None:
-        triage = context.triage
-        priority = (
-            cxr_codes.URGENT
-            if triage.urgent
-            else cxr_codes.ROUTINE
-            if triage.assessed
-            else cxr_codes.NOT_ASSESSABLE
-        )
+        priority = TRIAGE_PRIORITIES[context.triage.priority]
         evaluations.append(QualitativeEvaluation(name=cxr_codes.TRIAGE, value=priority))
     ranked = sorted(CLASSES, key=lambda name: -result.classification[name])
     anchor = [_anchor(source, image_anchor(source))]
