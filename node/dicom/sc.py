@@ -494,7 +494,6 @@ def build_sc(
         today=study_date(source)[0],
         window_from_lungs=not has_window(source),
     )
-    laterality = str(source.get("Laterality") or "")
     sop_instance_uid = derive_uid(source.SOPInstanceUID, KIND, algorithm_version)
     sc = SCImage.from_ref_dataset(
         ref_dataset=header,
@@ -509,7 +508,7 @@ def build_sc(
         manufacturer=MANUFACTURER,
         patient_orientation=patient_orientation(source),
         pixel_spacing=result.pixel_spacing_mm,  # type: ignore[arg-type]  # highdicom hints int
-        laterality=laterality if laterality in ("L", "R") else None,
+        laterality=None,  # a chest is no paired body part (PS3.3 C.7.3.1: Laterality 2C)
         transfer_syntax_uid=transfer_syntax_uid,
         contributing_equipment=[algorithm_equipment(algorithm_name, algorithm_version)],
         manufacturer_model_name=algorithm_name,

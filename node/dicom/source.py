@@ -86,14 +86,15 @@ def check_result(result: AnalysisResult) -> None:
 
 # Date and time VRs (PS3.5 6.2) that highdicom parses when it copies them.
 _TEMPORAL_VRS = {"DA": DA, "DT": DT, "TM": TM}
+_CHECKED_VRS = {*_TEMPORAL_VRS, "AS"}  # AS: an age, nnnD/W/M/Y
 
 
 def evidence_header(source: Dataset) -> Dataset:
     """Copy of the source header (no Pixel Data) usable as highdicom evidence.
 
-    Dates and times that do not conform to PS3.5 6.2 (a birth date
-    ``19519999``) are left out: highdicom would raise parsing them, and
-    copied into the outputs they would make them invalid. Type 2 patient and
+    Dates, times and ages that do not conform to PS3.5 6.2 (a birth date
+    ``19519999``, a Patient's Age ``5Y``) are left out: highdicom would raise
+    parsing dates, and copied into the outputs they would make them invalid. Type 2 patient and
     study attributes missing from the source, or left out so, are added
     empty, since highdicom's SR constructor reads them unconditionally.
     """
@@ -106,7 +107,7 @@ def evidence_header(source: Dataset) -> Dataset:
     if hasattr(source, "file_meta"):
         ds.file_meta = copy.deepcopy(source.file_meta)
     for elem in list(ds):
-        if elem.VR in _TEMPORAL_VRS and not _conformant_temporal(elem):
+        if elem.VR in _CHECKED_VRS and not _conformant_temporal(elem):
             # The value may be a patient's birth date: name the attribute, never the value.
             logger.warning(
                 "source %s: %s is not a valid %s; left out of the outputs",
@@ -128,13 +129,13 @@ def evidence_header(source: Dataset) -> Dataset:
 
 
 def _declare_character_set(ds: Dataset, source: Dataset) -> None:
-    """Specific Character Set (0008,0005) as the outputs can declare it. An empty first of
-    several values is the default repertoire (PS3.3 C.12.1.1.2: the usual Japanese header,
-    ``\\ISO 2022 IR 87``) and is written out as ``ISO 2022 IR 6``. Where a value is not one
-    highdicom writes (a vendor's ``ISO-IR 100``, which pydicom reads by a corrected name; Korean
-    ``ISO 2022 IR 149``, a defined term highdicom 0.28 lacks), the outputs are UTF-8
-    (``ISO_IR 192``): the text was decoded on reading, and UTF-8 writes any of it. Before, any of
-    these made highdicom refuse, and no SR, SC or SEG was made."""
+    """Specific Character Set (0008,0005) as the outputs can declare it. A single value that
+    highdicom writes is copied. Code extensions (several values, ISO 2022 escapes: the usual
+    Japanese header ``\\ISO 2022 IR 87``), or a value highdicom does not write (a vendor's
+    ``ISO-IR 100``, which pydicom reads by a corrected name), make the outputs UTF-8
+    (``ISO_IR 192``): the text was decoded on reading, and UTF-8 writes any of it. Before, an
+    unknown value made highdicom refuse (no SR, SC or SEG), and escapes copied as such showed
+    garbled names in Orthanc 1.10 (``Yamada^Tarou=$B;3ED(B``), which reads the source right."""
     from highdicom.enum import SpecificCharacterSetValues
 
     if "SpecificCharacterSet" not in ds:
@@ -144,22 +145,20 @@ def _declare_character_set(ds: Dataset, source: Dataset) -> None:
     if not any(values):
         del ds["SpecificCharacterSet"]  # the default repertoire
         return
-    if len(values) > 1 and not values[0]:
-        values[0] = "ISO 2022 IR 6"
     known = {m.value for m in SpecificCharacterSetValues}
-    declared: str | list[str] = values if len(values) > 1 else values[0]
-    if not all(v in known for v in values):
-        logger.warning(
-            "source %s: Specific Character Set %s is not one the outputs can declare; written in UTF-8",
-            source.SOPInstanceUID,
-            "\\".join(values),
-        )
-        declared = "ISO_IR 192"
-    ds.SpecificCharacterSet = declared
+    if len(values) == 1 and values[0] in known:
+        ds.SpecificCharacterSet = values[0]
+        return
+    logger.info(
+        "source %s: Specific Character Set %s; the outputs are written in UTF-8",
+        source.SOPInstanceUID,
+        "\\".join(values),
+    )
+    ds.SpecificCharacterSet = "ISO_IR 192"
 
 
 def _conformant_temporal(elem: DataElement) -> bool:
-    """Whether every value of a DA, DT or TM element is well formed and a real date or time."""
+    """Whether every value of a DA, DT, TM or AS element is well formed and a real date or time."""
     values = elem.value if elem.VM > 1 else [elem.value]
     for value in values:
         if value is None or value == "":
@@ -167,7 +166,8 @@ def _conformant_temporal(elem: DataElement) -> bool:
         text = str(value)
         try:
             validate_value(elem.VR, text, config.RAISE)
-            _TEMPORAL_VRS[elem.VR](text)  # the calendar check (month 1-12, hour 0-23)
+            if elem.VR in _TEMPORAL_VRS:
+                _TEMPORAL_VRS[elem.VR](text)  # the calendar check (month 1-12, hour 0-23)
         except ValueError:
             return False
     return True

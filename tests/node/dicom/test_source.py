@@ -79,12 +79,13 @@ def test_wellformed_dates_and_times_kept(dx_source: Dataset) -> None:
 
 
 @pytest.mark.parametrize(
-    ("charset", "name"),
+    ("charset", "name", "declared"),
     [
-        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),
-        (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동"),
-        ("ISO-IR 100", "Müller^Jürgen"),  # a vendor's spelling, no defined term
-        ("ISO_IR 192", "Müller^Jürgen"),
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", "ISO_IR 192"),
+        (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동", "ISO_IR 192"),
+        ("ISO-IR 100", "Müller^Jürgen", "ISO_IR 192"),  # a vendor's spelling, no defined term
+        ("ISO_IR 100", "Müller^Jürgen", "ISO_IR 100"),
+        ("ISO_IR 192", "Müller^Jürgen", "ISO_IR 192"),
     ],
 )
 def test_character_sets_give_outputs_with_the_same_names(
@@ -92,11 +93,13 @@ def test_character_sets_give_outputs_with_the_same_names(
     validate: Callable[[Dataset, str], list[str]],
     charset: str | list[str],
     name: str,
+    declared: str,
 ) -> None:
     """An empty first value of Specific Character Set is the default repertoire (PS3.3
     C.12.1.1.2; the usual Japanese and Korean header); highdicom refused it, and a vendor's
     ``ISO-IR 100``, and no SR, SC or SEG was made. Every output now declares a defined term and
-    carries the name as the source's reader decodes it."""
+    carries the name as the source's reader decodes it. Code extensions (ISO 2022 escapes) are
+    written as UTF-8: copied, Orthanc 1.10 showed the outputs' names garbled."""
     ds = copy.deepcopy(dx_source)
     ds.SpecificCharacterSet = charset
     ds.PatientName = name
@@ -114,7 +117,9 @@ def test_character_sets_give_outputs_with_the_same_names(
         out.save_as(written, enforce_file_format=True)
         back = pydicom.dcmread(io.BytesIO(written.getvalue()))
         assert str(back.PatientName) == name, kind
-        assert "" not in list(back.get("SpecificCharacterSet", ["x"]))[:1], kind
+        assert back.SpecificCharacterSet == declared, kind
+        raw = pydicom.dcmread(io.BytesIO(written.getvalue())).get_item("PatientName").value
+        assert b"\x1b" not in raw, kind  # no ISO 2022 escape sequence
 
 
 class _no_warning:
@@ -123,3 +128,21 @@ class _no_warning:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_malformed_age_left_out_and_a_chest_has_no_laterality(
+    dx_source: Dataset, validate: Callable[[Dataset, str], list[str]]
+) -> None:
+    """A Patient's Age ``5Y`` (AS is nnnD/W/M/Y) copied into the outputs failed dciodvfy's VR
+    check, and the SC copied the source's Laterality, which the General Series Module allows
+    only for a paired body part (found by a black-box review)."""
+    source = with_bad_value(dx_source, "PatientAge", "AS", "5Y")
+    source.Laterality = "R"
+    source.BodyPartExamined = "CHEST"
+    assert "PatientAge" not in evidence_header(source)
+    assert evidence_header(with_bad_value(dx_source, "PatientAge", "AS", "045Y")).PatientAge == "045Y"
+    outputs = build_outputs(source, make_result(source), ALGORITHM_NAME, ALGORITHM_VERSION)
+    for kind, out in outputs.items():
+        assert validate(out, kind) == [], kind
+        assert "PatientAge" not in out, kind
+    assert "Laterality" not in outputs["sc"]
