@@ -37,6 +37,8 @@ STORE_STATUSES: dict[int, str] = {
     scp.STATUS_SUCCESS: "stored in the spool (also for duplicates and for instances not analysed)",
     scp.STATUS_OUT_OF_RESOURCES: "spool below `min_free_bytes`, a storage error, or the audit database "
     "unavailable (nothing acknowledged that is not recorded); nothing kept, the modality retries",
+    scp.STATUS_DATASET_MISMATCH: "the data set does not match its SOP Class: another SOP Class UID than "
+    "the request's, or no Pixel Data in an image (PS3.4 B.2.3); the data set is kept in `spool/rejected/`",
     scp.STATUS_CANNOT_UNDERSTAND: "header or Image Pixel module cannot be understood; "
     "the attribute is named in the audit row and the data set is kept in `spool/rejected/`",
     scp.STATUS_PROCESSING_FAILURE: "unexpected internal error; the data set is kept in `spool/rejected/`",

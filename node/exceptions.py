@@ -19,6 +19,12 @@ class InvalidInstanceError(NodeError):
     """A received data set that cannot be understood (0xC210): names the attribute."""
 
 
+class DatasetMismatchError(InvalidInstanceError):
+    """A received data set that does not match its SOP Class (0xA900, PS3.4 B.2.3): another SOP
+    Class UID than the request's, or an image without Pixel Data (an SR, a PDF or a presentation
+    state sent as a radiograph)."""
+
+
 class DatabaseUnavailableError(NodeError):
     """A received instance could not be recorded in the audit database (0xA700: the
     modality keeps it and retries; nothing is acknowledged that the node cannot account for)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-from node.exceptions import InvalidInstanceError
+from node.exceptions import DatasetMismatchError, InvalidInstanceError
 
 # PS3.3 C.7.6.3.1.2: Samples per Pixel of each Photometric Interpretation.
 SAMPLES_PER_PHOTOMETRIC: dict[str, int] = {
@@ -61,7 +61,7 @@ def _integer(ds: Dataset, keyword: str) -> int:
 def check_pixels(ds: Dataset) -> None:
     """Raise InvalidInstanceError naming the first Image Pixel module rule ``ds`` breaks."""
     if "PixelData" not in ds:
-        raise InvalidInstanceError("Pixel Data (7FE0,0010) is missing")
+        raise DatasetMismatchError("Pixel Data (7FE0,0010) is missing: no image of its SOP Class")
     rows, columns = _integer(ds, "Rows"), _integer(ds, "Columns")
     if rows < 1 or columns < 1:
         raise InvalidInstanceError(f"Rows/Columns (0028,0010/0011) are {rows}x{columns}")

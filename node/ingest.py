@@ -27,7 +27,7 @@ from node.db import audit
 from node.db.audit import EventKind, InstanceUIDs, Outcome, instance_uids
 from node.db.engine import session_scope
 from node.db.tables import AuditEvent, Instance, InstanceState, utcnow
-from node.exceptions import DatabaseUnavailableError, InvalidInstanceError, QueueError
+from node.exceptions import DatabaseUnavailableError, DatasetMismatchError, InvalidInstanceError, QueueError
 from node.image_pixel import check_pixels
 from node.queue import enqueue_analysis
 from node.settings import Settings, get_settings
@@ -183,7 +183,7 @@ class Ingest:
                 f"Affected SOP Instance UID {affected_sop_instance_uid}"
             )
         if affected_sop_class_uid and affected_sop_class_uid != str(ds.SOPClassUID):
-            raise InvalidInstanceError(
+            raise DatasetMismatchError(
                 f"SOP Class UID (0008,0016) {ds.SOPClassUID} differs from the request's "
                 f"Affected SOP Class UID {affected_sop_class_uid}"
             )

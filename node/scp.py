@@ -27,7 +27,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.db import audit
 from node.db.audit import EventKind, Outcome
-from node.exceptions import DatabaseUnavailableError, InvalidInstanceError, SpoolFullError
+from node.exceptions import (
+    DatabaseUnavailableError,
+    DatasetMismatchError,
+    InvalidInstanceError,
+    SpoolFullError,
+)
 from node.ingest import Ingest
 from node.settings import Settings, get_settings
 
@@ -259,6 +264,8 @@ class StorageSCP:
                 peer=info.peer,
                 started=started,
             )
+        except DatasetMismatchError as exc:
+            return self._refuse(info, STATUS_DATASET_MISMATCH, str(exc), data, affected_uid)
         except InvalidInstanceError as exc:
             return self._refuse(info, STATUS_CANNOT_UNDERSTAND, str(exc), data, affected_uid)
         except SpoolFullError as exc:

@@ -14,7 +14,17 @@ from node.db.audit import events
 from node.scu import send_datasets
 from node.service import Node
 from node.settings import Destination, configure
-from tests.helpers import dcmtk, make_dx, queued_messages, run, storescu, wait_until, with_new_uids, write
+from tests.helpers import (
+    dcmtk,
+    encoded,
+    make_dx,
+    queued_messages,
+    run,
+    storescu,
+    wait_until,
+    with_new_uids,
+    write,
+)
 
 
 def kinds(**filters: str) -> list[str]:
@@ -247,18 +257,34 @@ def test_child_is_stored_not_queued(running_node: Node, cr_chest: Path) -> None:
     assert queued_messages(running_node.settings) == []
 
 
-def test_missing_pixel_data_is_c210_and_kept(running_node: Node, cr_chest: Path) -> None:
+def test_missing_pixel_data_is_a900_and_kept(running_node: Node, cr_chest: Path) -> None:
+    """An image without Pixel Data does not match its SOP Class (PS3.4 B.2.3: 0xA900; an SR or
+    a PDF sent as a radiograph answered 0xC210, 'cannot understand')."""
     host, port = running_node.address
     ds = make_dx(cr_chest)
     del ds.PixelData
     results = send_datasets([ds], Destination("CXRNODE", host, port), "MODALITY")
-    assert [r.status for r in results] == [0xC210]
+    assert [r.status for r in results] == [0xA900]
     rejected = events(kind="instance.rejected")[-1]
     assert "Pixel Data (7FE0,0010) is missing" in rejected.message
     assert len(list(running_node.ingest.spool.rejected_dir.iterdir())) == 1  # nothing lost
     assert not running_node.ingest.spool.contains(ds.SOPInstanceUID)
     echo = run([dcmtk("echoscu"), "-aec", "CXRNODE", "127.0.0.1", str(port)])
     assert echo.returncode == 0
+
+
+def test_another_sop_class_than_the_requests_does_not_match(node_config, cr_chest: Path) -> None:
+    """A data set whose SOP Class UID is not the request's Affected SOP Class UID (PS3.4 B.2.3:
+    0xA900 at the SCP), refused before anything is stored."""
+    from node.exceptions import DatasetMismatchError
+    from node.ingest import Ingest
+
+    ingest = Ingest(node_config)
+    ingest.spool.ensure()
+    ds = make_dx(cr_chest)
+    with pytest.raises(DatasetMismatchError, match="differs from the request's Affected SOP Class UID"):
+        ingest.receive(encoded(ds), affected_sop_class_uid=CTImageStorage)
+    assert not ingest.spool.contains(ds.SOPInstanceUID)
 
 
 def test_spool_below_reserve_is_a700(node_config, cr_chest: Path) -> None:

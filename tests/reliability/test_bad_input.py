@@ -29,7 +29,7 @@ from node.service import Node
 from node.settings import configure
 from tests.helpers import echo_ok, make_dx, new_uid, queued_messages
 
-SUCCESS, CANNOT_UNDERSTAND = 0x0000, 0xC210
+SUCCESS, DATASET_MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA900, 0xC210
 
 
 def dx(cr_chest: Path, **attrs: object) -> Dataset:
@@ -179,7 +179,7 @@ CASES = [
         "instance.rejected",
     ),
     Case("truncated", _truncated, CANNOT_UNDERSTAND, "instance.rejected"),
-    Case("no pixel data", _no_pixels, CANNOT_UNDERSTAND, "instance.rejected"),
+    Case("no pixel data", _no_pixels, DATASET_MISMATCH, "instance.rejected"),
     Case("pixel data too short", _short_pixels, CANNOT_UNDERSTAND, "instance.rejected"),
     Case("zero rows", _zero_rows, CANNOT_UNDERSTAND, "instance.rejected"),
     Case("1 pixel", lambda cr: resized(make_dx(cr), 1, 1), SUCCESS, "instance.ineligible"),
