@@ -23,6 +23,8 @@ from models.exceptions import ImageError
 logger = logging.getLogger(__name__)
 
 INTENSITY_RANGE = 1024.0
+# A window spanning less than 1/16 of the film's own grey range is no view of it (read without).
+MIN_WINDOW_SHARE = 16
 
 
 @dataclass
@@ -202,6 +204,36 @@ def _widest_window(ds: Any) -> int:
     return int(np.argmax(widths[:pairs])) if pairs > 1 else 0
 
 
+def _window_sees_the_film(ds: Any, window: int, sample: np.ndarray) -> bool:
+    """Whether the window the models would read through (``window``-th) spans at least
+    1/:data:`MIN_WINDOW_SHARE` of the film's own grey range (``sample``'s 1st to 99th
+    percentile, after the Modality LUT). A header's only window of width 2 or 10, or one beside
+    the film's values, turned a normal film black and white (COVID-19 0.36, urgent; without
+    it, normal 0.62) or blank: such a window is no view of the film, and the film is read
+    without it. True where there is no window or it cannot be read (pydicom judges those)."""
+    if "VOILUTSequence" in ds or "WindowWidth" not in ds or "WindowCenter" not in ds:
+        return True
+    try:
+        width = float(_values(ds["WindowWidth"].value)[window])
+        center = float(_values(ds["WindowCenter"].value)[window])
+    except (TypeError, ValueError, IndexError):
+        return True
+    lo, hi = (float(v) for v in np.percentile(np.asarray(sample, np.float64), (1, 99)))
+    seen = min(hi, center + width / 2) - max(lo, center - width / 2)
+    if hi <= lo or seen * MIN_WINDOW_SHARE >= hi - lo:
+        return True
+    logger.warning(
+        "%s: window %g/%g spans %.1f%% of the film's grey range (%g-%g); read without it",
+        ds.get("SOPInstanceUID", "image"),
+        center,
+        width,
+        100 * max(seen, 0.0) / (hi - lo),
+        lo,
+        hi,
+    )
+    return False
+
+
 def _values(value: Any) -> list[Any]:
     """A DICOM element's value as a list (one value or several)."""
     from pydicom.multival import MultiValue
@@ -253,13 +285,17 @@ def _through_luts(arr: np.ndarray, ds: Any) -> np.ndarray:
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    window = _widest_window(ds)
-    voi = _wide_voi_lut(ds)
-
-    def apply(values: np.ndarray) -> np.ndarray:
+    def modality(values: np.ndarray) -> np.ndarray:
         if _has_modality_lut(ds):  # the identity (slope 1, intercept 0) changes nothing
             values = apply_modality_lut(values, ds)
-        return np.asarray(apply_voi_lut(values, voi, index=window), dtype=np.float32)
+        return values
+
+    window = _widest_window(ds)
+    voi = _wide_voi_lut(ds) if _window_sees_the_film(ds, window, modality(arr[::8, ::8])) else None
+
+    def apply(values: np.ndarray) -> np.ndarray:
+        values = modality(values)
+        return np.asarray(values if voi is None else apply_voi_lut(values, voi, index=window), np.float32)
 
     if arr.dtype.kind not in "ui" or arr.size < 1 << 16:
         return apply(arr)

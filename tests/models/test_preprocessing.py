@@ -200,3 +200,19 @@ def test_detector_spacing_is_corrected_by_the_magnification_factor(cr_chest_dico
     assert load_image(ds).pixel_spacing_mm == pytest.approx((0.139 / 1.15, 0.139 / 1.15))
     ds.PixelSpacing = [0.12, 0.12]
     assert load_image(ds).pixel_spacing_mm == pytest.approx((0.12, 0.12))
+
+
+@pytest.mark.parametrize(("center", "width"), [(12000, 10), (12000, 2), (60000, 4000), (-5000, 100)])
+def test_a_window_that_is_no_view_of_the_film_is_not_read(
+    cr_chest_dicom: Path, center: int, width: int
+) -> None:
+    """A header's only window of width 10 or 2 (or beside the film's values) turned a normal film
+    black and white (COVID-19 0.36, urgent; without it normal 0.62) or blank (found by a
+    black-box review): the film is read as without a window."""
+    ds = pydicom.dcmread(cr_chest_dicom)
+    del ds.WindowCenter, ds.WindowWidth
+    plain = load_image(ds).pixels
+    ds.WindowCenter, ds.WindowWidth = center, width
+    np.testing.assert_array_equal(load_image(ds).pixels, plain)
+    ds.WindowCenter, ds.WindowWidth = 12000, 2000  # a tenth of its range: a view, applied
+    assert not np.array_equal(load_image(ds).pixels, plain)
