@@ -100,6 +100,10 @@ LABEL_ANCHOR = _private("LABELANCHOR", "Where a viewer writes the group's text")
 
 # The anatomical quality check (models/quality.py, issue 15): a result the node withholds.
 ASSESSMENT = _private("ASSESSMENT", "Assessment by the algorithm")
+# Where the lungs were found and the class stands, only the severity is withheld: so named (a
+# whole-image "Assessment by the algorithm: Not assessable" beside "Triage: Urgent" read as a
+# contradiction).
+SEVERITY_ASSESSMENT = _private("SEVASSESSMENT", "Severity assessment by the algorithm")
 NOT_ASSESSABLE = _private("NOTASSESSABLE", "Not assessable")
 # Why: one coded reason per failed check (a blank or noise film is not a failed outline).
 NOT_ASSESSABLE_REASON = _private("NAREASON", "Reason not assessable")

@@ -285,10 +285,12 @@ def _anchor(source: Dataset, point: np.ndarray) -> CoordinatesForMeasurement:
     )
 
 
-def _not_assessable(reasons: tuple[str, ...]) -> list[QualitativeEvaluation]:
+def _not_assessable(reasons: tuple[str, ...], lungs_found: bool) -> list[QualitativeEvaluation]:
     """The coded "not assessable" a group carries instead of numbers the quality check withholds,
-    and why: one coded reason per failed check (:data:`models.quality.REASONS`)."""
-    return [QualitativeEvaluation(name=cxr_codes.ASSESSMENT, value=cxr_codes.NOT_ASSESSABLE)] + [
+    and why: one coded reason per failed check (:data:`models.quality.REASONS`). With the lungs
+    found the class stands and only the severity is withheld, and the concept says so."""
+    name = cxr_codes.SEVERITY_ASSESSMENT if lungs_found else cxr_codes.ASSESSMENT
+    return [QualitativeEvaluation(name=name, value=cxr_codes.NOT_ASSESSABLE)] + [
         QualitativeEvaluation(name=cxr_codes.NOT_ASSESSABLE_REASON, value=cxr_codes.QC_REASONS[reason])
         for reason in reasons
         if reason in cxr_codes.QC_REASONS
@@ -452,7 +454,7 @@ def image_group(
             QualitativeEvaluation(name=cxr_codes.CLASSIFICATION, value=cxr_codes.CLASS_CONCEPTS[reported])
         )
     if not quality.assessable:  # the numbers the quality check withholds are left out
-        evaluations += _not_assessable(quality.reasons)
+        evaluations += _not_assessable(quality.reasons, quality.lungs_found)
     context = result.context
     if context is not None and context.triage is not None:
         priority = TRIAGE_PRIORITIES[context.triage.priority]

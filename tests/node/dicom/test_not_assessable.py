@@ -64,6 +64,9 @@ def test_severity_not_assessable(cr_source: Dataset) -> None:
     groups = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
     image = groups[TRACKING_IMAGE]
     assert NOT_ASSESSABLE in _coded_values(image)
+    # what is not assessable: the severity (the class stands; found by a black-box review)
+    [withheld] = [c for c in image.ContentSequence if c.ValueType == "CODE" and _code_of(c) == NOT_ASSESSABLE]
+    assert concept(withheld) == ("99CXRNODE", "SEVASSESSMENT")
     assert ("99CXRNODE", "QCOUTSIDEBODY") in _coded_values(image)  # and why
     assert "Outline outside the body" in _comments(image)
     assert not SCORES & set(_numbers(image))  # no extent, opacity nor area
@@ -84,6 +87,8 @@ def test_nothing_lung_like_withholds_the_class(cr_source: Dataset) -> None:
     groups = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))
     image = groups[TRACKING_IMAGE]
     assert NOT_ASSESSABLE in _coded_values(image)
+    [withheld] = [c for c in image.ContentSequence if c.ValueType == "CODE" and _code_of(c) == NOT_ASSESSABLE]
+    assert concept(withheld) == ("99CXRNODE", "ASSESSMENT")  # nothing stands: the whole image
     reasons = [c for c in image.ContentSequence if c.ValueType == "CODE" and concept(c) == REASON]
     assert [r.ConceptCodeSequence[0].CodeMeaning for r in reasons] == ["No image content"]
     assert CLASSIFICATION not in _evaluations(image)
