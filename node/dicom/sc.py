@@ -66,6 +66,7 @@ MIN_FONT = 8  # pixels; below this the default font is unreadable
 HEADER_FONT = 1 / 40
 FOOTER_FONT = 1 / 52
 MAX_TEXT_WIDTH = 0.9  # fraction of the columns a text box may cover
+MIN_SIDE = 512  # a smaller image is upscaled to this shorter side: room for the legend's text
 SCALE_SUFFIX = "high;  green: lung outline"
 SCALE_HIGH = "high"  # the scale's end when no outline is drawn
 
@@ -407,9 +408,11 @@ def render(
     )
 
 
-def fit_to_size(result: AnalysisResult, max_size: int) -> AnalysisResult:
+def fit_to_size(result: AnalysisResult, max_size: int, min_side: int = MIN_SIDE) -> AnalysisResult:
     """The result with its image, heatmap and lungs downscaled so that the longer side is at
-    most ``max_size`` pixels (0: unchanged), and its pixel spacing scaled to match.
+    most ``max_size`` pixels (0: unchanged), or upscaled so that the shorter side is at least
+    ``min_side`` (the legend's text needs the room: on a 192-px film its lines were cut and
+    covered most of the film), and its pixel spacing scaled to match.
 
     Rows and columns are scaled by the same factor, rounded each; the spacing
     of each axis by that axis's own ratio, so that rows x spacing still spans
@@ -421,9 +424,14 @@ def fit_to_size(result: AnalysisResult, max_size: int) -> AnalysisResult:
     """
     image = np.asarray(result.image)
     rows, columns = image.shape[:2]
-    if max_size <= 0 or max(rows, columns) <= max_size:
+    if 0 < max_size < max(rows, columns):
+        scale = max_size / max(rows, columns)
+    elif min(rows, columns) < min_side:
+        scale = min_side / min(rows, columns)
+        if max_size > 0:
+            scale = min(scale, max_size / max(rows, columns))
+    else:
         return result
-    scale = max_size / max(rows, columns)
     new_rows, new_columns = max(1, round(rows * scale)), max(1, round(columns * scale))
     spacing = result.pixel_spacing_mm
     if spacing is not None:
@@ -438,7 +446,7 @@ def fit_to_size(result: AnalysisResult, max_size: int) -> AnalysisResult:
         return np.asarray(values)[pick_rows][:, pick_columns]
 
     grey = Image.fromarray(image.astype(np.uint8, copy=False)).resize(
-        (new_columns, new_rows), Image.Resampling.BOX
+        (new_columns, new_rows), Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     )
     return replace(
         result,

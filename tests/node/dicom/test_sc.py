@@ -14,6 +14,7 @@ from node.dicom.sc import (
     OUTLINE_RGB,
     WARNING_RGB,
     build_sc,
+    fit_to_size,
     footer_lines,
     has_window,
     header_lines,
@@ -30,12 +31,19 @@ def sc(outputs: dict[str, Dataset]) -> Dataset:
     return roundtrip(outputs["sc"])
 
 
-def test_header(any_source: Dataset, sc: Dataset) -> None:
+@pytest.fixture(scope="module")
+def shown(result: AnalysisResult) -> AnalysisResult:
+    """The result at the SC's size (a small film is upscaled: room for the legend)."""
+    return fit_to_size(result, 0)
+
+
+def test_header(any_source: Dataset, sc: Dataset, shown: AnalysisResult) -> None:
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
     assert sc.BurnedInAnnotation == "YES"
     assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert sc.PhotometricInterpretation == "RGB"
-    assert (sc.Rows, sc.Columns, sc.SamplesPerPixel) == (any_source.Rows, any_source.Columns, 3)
+    assert (sc.Rows, sc.Columns, sc.SamplesPerPixel) == (*shown.image.shape, 3)
+    assert min(sc.Rows, sc.Columns) >= min(any_source.Rows, any_source.Columns, 512)
     assert sc.BodyPartExamined == any_source.BodyPartExamined
 
 
@@ -53,7 +61,8 @@ def test_lossy_source_keeps_lossy_flag(any_source: Dataset, sc: Dataset) -> None
         assert sc.get("LossyImageCompression") != "01"
 
 
-def test_heatmap_changes_pixels_where_high(sc: Dataset, result: AnalysisResult) -> None:
+def test_heatmap_changes_pixels_where_high(sc: Dataset, shown: AnalysisResult) -> None:
+    result = shown
     pixels = sc.pixel_array
     grey = result.image
     row, col = np.unravel_index(np.argmax(result.heatmap), result.heatmap.shape)
@@ -71,7 +80,8 @@ def _is_outline(pixels: np.ndarray) -> np.ndarray:
     return (pixels == OUTLINE_RGB).all(axis=-1)
 
 
-def test_lung_outline_drawn(sc: Dataset, result: AnalysisResult) -> None:
+def test_lung_outline_drawn(sc: Dataset, shown: AnalysisResult) -> None:
+    result = shown
     pixels = sc.pixel_array
     width = outline_width(sc.Rows, sc.Columns)
     for mask in (result.right_lung, result.left_lung):
@@ -198,7 +208,8 @@ def test_sc_window_from_lungs_only_without_the_sources(dx_source: Dataset) -> No
     result.heatmap = np.zeros_like(result.heatmap)  # grey only
     plain = build_sc(dx_source, result, ALGORITHM_NAME, ALGORITHM_VERSION).pixel_array[..., 0]
     windowed = build_sc(bare, result, ALGORITHM_NAME, ALGORITHM_VERSION).pixel_array[..., 0]
-    lungs = result.right_lung & ~result.left_lung
+    shown = fit_to_size(result, 0)
+    lungs = shown.right_lung & ~shown.left_lung
     lungs[: lungs.shape[0] // 3] = False  # below the legend
     spread = lambda grey: np.ptp(np.percentile(grey[lungs], [5, 95]))  # noqa: E731
     assert spread(windowed) > 1.5 * spread(plain)

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGLSLossless
 
 from node.dicom.outputs import build_outputs
-from node.dicom.sc import build_sc, fit_to_size
+from node.dicom.sc import MIN_SIDE, build_sc, fit_to_size
 from node.settings import MIN_SC_SIZE, Settings
 from tests.node.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result, roundtrip
 
@@ -38,11 +38,20 @@ def test_cr_downscaled_to_max_size_with_spacing_scaled(
     assert validate(sc, "sc-1024") == []
 
 
-def test_small_image_and_zero_keep_the_source_size(dx_source: Dataset, cr_source: Dataset) -> None:
+def test_a_small_image_is_upscaled_and_zero_keeps_the_source_size(
+    dx_source: Dataset, cr_source: Dataset
+) -> None:
+    """A film under MIN_SIDE (512) on its shorter side is upscaled to it: on a 192-px film the
+    legend's lines were cut and covered most of the film (found by a black-box review)."""
     result = make_result(dx_source)
+    rows, columns = int(dx_source.Rows), int(dx_source.Columns)
+    assert min(rows, columns) < MIN_SIDE
     small = build_sc(dx_source, result, ALGORITHM_NAME, ALGORITHM_VERSION, max_size=2048)
-    assert (small.Rows, small.Columns) == (dx_source.Rows, dx_source.Columns)
-    assert tuple(float(v) for v in small.PixelSpacing) == result.pixel_spacing_mm
+    scale = MIN_SIDE / min(rows, columns)
+    assert (small.Rows, small.Columns) == (round(rows * scale), round(columns * scale))
+    assert result.pixel_spacing_mm is not None
+    assert float(small.PixelSpacing[0]) == pytest.approx(result.pixel_spacing_mm[0] * rows / small.Rows)
+    assert float(small.PixelSpacing[1]) == pytest.approx(result.pixel_spacing_mm[1] * columns / small.Columns)
     full = build_sc(cr_source, make_result(cr_source), ALGORITHM_NAME, ALGORITHM_VERSION, max_size=0)
     assert (full.Rows, full.Columns) == (cr_source.Rows, cr_source.Columns)
 
