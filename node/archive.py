@@ -13,7 +13,9 @@ UIDs, study date, results, the triage decision and its retrieval embedding
   ``similar_same_patient`` is set.
 - **the patient's course** (Cohen et al. 2020's stated use): earlier studies of
   the same patient (Patient ID + Issuer of Patient ID), oldest first, and the
-  change in extent and opacity since the previous and since the first.
+  change in extent and opacity since the previous and since the first; only
+  studies scored by the same models (:func:`score_models`): after a model
+  upgrade an unchanged film read "extent -1.6 since the previous study".
 - **triage** (:mod:`node.triage`).
 
 The patient is known only as a keyed hash (HMAC-SHA256 under a secret file of
@@ -94,6 +96,11 @@ def _keyed(settings: Settings, text: str) -> str:
     """HMAC-SHA256 of ``text`` under the node's patient-key secret."""
     secret = _secret(settings.patient_key_file or settings.home / "patient-key")
     return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
+
+
+def score_models(result: AnalysisResult) -> str:
+    """The models an image's severity scores come from: LungNet and the severity ridge."""
+    return f"{result.models.get('segmentation', '')}+{result.models.get('severity', '')}"
 
 
 def _same_person(row: ArchivedAnalysis, person: str | None) -> bool:
@@ -255,7 +262,14 @@ def _from_archive(ds: Dataset, result: AnalysisResult, settings: Settings, conte
         if day is not None:
             person = person_key(ds, settings)
             study = str(ds.get("StudyInstanceUID", ""))
-            others = [r for r in own if r.study_instance_uid != study and _same_person(r, person)]
+            models = score_models(result)
+            # Scores of other models (or of rows archived before they were recorded) do not
+            # compare with this film's: left out of its course, its changes and its trend.
+            others = [
+                r
+                for r in own
+                if r.study_instance_uid != study and _same_person(r, person) and r.score_models == models
+            ]
             context.course = [_prior(r) for r in _earlier(others, day, clock)]
             if context.course and result.quality.assessable:  # no change from a withheld score
                 context.changes = _changes(result, day, context.course)
@@ -309,6 +323,7 @@ def record(session: Session, ds: Dataset, result: AnalysisResult, settings: Sett
         "urgent": bool(result.context and result.context.triage and result.context.triage.urgent),
         "embedding_model": result.models.get("retrieval", ""),
         "embedding": np.asarray(result.embedding, "<f4").tobytes(),
+        "score_models": score_models(result),
     }
     for name, value in values.items():
         setattr(row, name, value)

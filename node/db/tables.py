@@ -164,5 +164,7 @@ class ArchivedAnalysis(Base):
     columns: Mapped[int | None] = mapped_column(Integer)
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     embedding_model: Mapped[str] = mapped_column(String(64), index=True)
+    # the models the scores came from (node.archive.score_models): a course compares only these
+    score_models: Mapped[str | None] = mapped_column(String(128))
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
