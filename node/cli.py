@@ -135,9 +135,17 @@ def serve(
     )
     _check_directories(settings)
     _check_tls(settings)
+    from alembic.util import CommandError
+
+    from node.exceptions import ConfigurationError
+
     try:
         with _database("the audit database", upgrade_hint=False):
             Node(settings).run_forever()
+    except ConfigurationError as exc:  # a database schema newer than this version
+        _fail(str(exc), code=1)
+    except CommandError as exc:  # Alembic could not migrate the database
+        _fail(f"database upgrade failed: {_one_line(exc)}", code=1)
     except OSError as exc:
         if exc.filename is not None:  # a file or folder, not the socket
             _fail(f"cannot use {exc.filename}: {exc.strerror}", code=1)
@@ -210,8 +218,13 @@ def worker(
     ]
     if is_embedded_broker(settings):
         argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
-    from workers.readiness import install
+    from node.exceptions import ConfigurationError
+    from workers.readiness import install, wait_for_schema
 
+    try:
+        wait_for_schema(settings.db_url)  # no task before the database is at this version's head
+    except ConfigurationError as exc:  # newer than this version
+        _fail(str(exc), code=1)
     install(settings.home, concurrency, pool)  # each child loads its models before its first task
     get_app().worker_main(argv)
 
@@ -332,16 +345,20 @@ def analyze(
 def status() -> None:
     """The node's health and numbers, as /metrics has them, for a person."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from node.metrics import COUNTERS, snapshot
 
     snap = snapshot()
+    schema = _schema_problem()
     console = Console()
+    if schema is not None:  # the tables may read, but this version's code does not fit them
+        console.print(f"[red]{escape(schema)}[/red]")
     if not snap.database_ok:
         console.print(f"[red]database unavailable[/red]: {snap.error}")
     else:
-        console.print(f"database ok; queue depth {snap.queue_depth}")
+        console.print(f"database {'reachable' if schema else 'ok'}; queue depth {snap.queue_depth}")
         counts = Table("counter", "total", title="Since the database was created")
         for name, (_, _, help_text) in COUNTERS.items():
             counts.add_row(f"{name} ({help_text})", str(snap.counters[name]))
@@ -361,8 +378,21 @@ def status() -> None:
     for role, info in sorted(snap.models.items()):
         models.add_row(role, info["name"], info["version"])
     console.print(models)
-    if not snap.database_ok:
+    if not snap.database_ok or schema is not None:
         raise typer.Exit(1)
+
+
+def _schema_problem() -> str | None:
+    """One line if the database's schema is not this version's Alembic head; None if it is,
+    or if the database cannot be read (the snapshot says why)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from node.db.engine import schema_state
+
+    try:
+        return schema_state().problem
+    except SQLAlchemyError:
+        return None
 
 
 def _print_worker_readiness(console) -> None:  # type: ignore[no-untyped-def]
@@ -387,9 +417,12 @@ def _print_worker_readiness(console) -> None:  # type: ignore[no-untyped-def]
 def db_upgrade(revision: str = "head") -> None:
     """Apply the database migrations."""
     from node.db.engine import upgrade
+    from node.exceptions import ConfigurationError
 
     try:
         upgrade(revision=revision)
+    except ConfigurationError as exc:  # a database schema newer than this version
+        _fail(str(exc), code=1)
     except Exception as exc:
         _fail(f"database upgrade failed: {type(exc).__name__}: {exc}", code=1)
     typer.echo(f"database at revision {revision}")

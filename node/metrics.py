@@ -32,7 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.db.engine import session_scope
+from node.db.engine import schema_state, session_scope
 from node.db.tables import AuditEvent, Instance, InstanceState, OutboxItem
 from node.settings import Settings, get_settings
 
@@ -262,7 +262,8 @@ class NodeCollector:
 def health(
     settings: Settings, workers: Callable[[], dict[str, Any] | None] | None = None
 ) -> tuple[int, dict[str, Any]]:
-    """HTTP status and JSON body: 200 when the database answers, 503 otherwise.
+    """HTTP status and JSON body: 200 when the database answers at this version's schema,
+    503 otherwise (``database`` says why; ``schema`` gives both revisions on a mismatch).
 
     With ``workers`` (the embedded worker's readiness), the body also says how
     many worker processes hold their models and ``ready`` whether all do.
@@ -277,6 +278,14 @@ def health(
 
 def _database_health(settings: Settings) -> tuple[int, dict[str, Any]]:
     try:
+        schema = schema_state()
+        if not schema.is_current:  # behind: never migrated or downgraded; ahead: a newer node migrated it
+            return 503, {
+                "status": "unavailable",
+                "database": schema.problem,
+                "schema": schema.as_json(),
+                "ae_title": settings.ae_title,
+            }
         with session_scope() as session:
             queued = session.scalar(
                 select(func.count()).select_from(Instance).where(Instance.state.in_(WAITING))

@@ -19,7 +19,8 @@ from types import FrameType
 
 from node.db import audit
 from node.db.audit import EventKind, Outcome
-from node.db.engine import upgrade
+from node.db.engine import schema_state, upgrade
+from node.exceptions import ConfigurationError
 from node.export import Exporter
 from node.ingest import Ingest
 from node.metrics import MetricsServer
@@ -44,6 +45,11 @@ class Node:
         self.address: tuple[str, int] | None = None
 
     def start(self) -> tuple[str, int]:
+        """Migrate the database to this version's head, then start; a database newer than
+        this version is refused (ConfigurationError) before anything is written to it."""
+        state = schema_state(self.settings.db_url)
+        if state.is_newer:
+            raise ConfigurationError(state.refusal("start"))
         upgrade(self.settings.db_url)
         audit.record(EventKind.NODE_STARTED, Outcome.INFO, f"AE {self.settings.ae_title}")
         try:

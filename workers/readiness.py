@@ -17,6 +17,11 @@ Readiness is a folder per worker under ``<home>/workers``:
 child writes ``<host>-<pid>/<child pid>`` once warm. ``cxr-node serve`` and
 ``cxr-node status`` read it (:func:`readiness`); folders of workers that are
 gone on this host are removed, files of children that died are ignored.
+
+Before any of that, a worker waits for the database to be at this version's
+Alembic head (:func:`wait_for_schema`): a worker of the new version started
+beside the node that migrates (compose, Kubernetes) would otherwise analyse
+against the old schema and fail its jobs for good.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ EXPECTED = "expected"
 WARM_UP_SIZE = (2048, 1664)
 WARM_UP_SC_SIZE = 1024  # smaller than the image: the SC's downscaling runs too
 PROC_ALIVE_TIMEOUT = 300.0  # seconds a prefork child may take to warm up before Celery kills it
+SCHEMA_POLL_SECONDS = 2.0  # how often a waiting worker reads the database's revision
+SCHEMA_LOG_SECONDS = 60.0  # and how often it says why it waits
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,44 @@ def warm_up() -> float:
     except Exception as exc:  # the task will report a database that is away
         logger.warning("warm-up could not reach the database: %s", exc)
     return time.perf_counter() - started
+
+
+def wait_for_schema(
+    url: str | None = None,
+    poll_seconds: float = SCHEMA_POLL_SECONDS,
+    log_seconds: float = SCHEMA_LOG_SECONDS,
+) -> None:
+    """Return once the database is at this version's Alembic head; until then log why,
+    once every ``log_seconds``, and read it again every ``poll_seconds``.
+
+    A database behind the head (or one that cannot be reached) is waited for: the node
+    that migrates it (``serve`` on start, or ``cxr-node db upgrade``) often starts beside
+    the workers. A newer one raises ConfigurationError: waiting does not make it older.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from node.db.engine import schema_state
+    from node.exceptions import ConfigurationError
+
+    logged_at: float | None = None
+    while True:
+        try:
+            state = schema_state(url)
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc  # the driver's words, without the SQL
+            why = f"cannot read the database's schema ({' '.join(str(cause).split())[:200]})"
+        else:
+            if state.is_current:
+                if logged_at is not None:
+                    logger.info("%s: starting", state.summary)
+                return
+            if state.is_newer:
+                raise ConfigurationError(state.refusal("start"))
+            why = f"{state.summary}: {state.remedy}"
+        if logged_at is None or time.monotonic() - logged_at >= log_seconds:
+            logger.warning("%s; waiting", why)
+            logged_at = time.monotonic()
+        time.sleep(poll_seconds)
 
 
 def install(home: Path, children: int, pool: str) -> None:
