@@ -15,12 +15,18 @@ Two verdicts (:class:`LungQC`):
   :data:`MAX_RATIO` times the other), ``orientation`` (the patient's right lung not on the
   image's left, or the lungs not side by side, or the film not upright by the orientation
   model, :mod:`models.orientation`: turned 90, 180 or 270 degrees, or flipped top to bottom),
+  ``inverted`` (the grey of a negative: the dense zones of an upright film, mediastinum and below
+  the diaphragm, no brighter than its air zones, lungs and above the shoulders,
+  :func:`dense_over_air`; the orientation model reads gradients whatever their sign, so it cannot
+  tell),
   ``image_edge`` (more than :data:`MAX_EDGE` of the outline on the image's edge),
   ``outside_body`` (more than :data:`MAX_OUTSIDE` of the lung pixels in the air around the
   body), ``shape`` (a lung's solidity below :data:`MIN_SOLIDITY`: an outline that loops out).
 
 The thresholds are anatomical priors, fixed before measuring; their false-alarm rate on
-normal films of every source is in the segmentation card.
+normal films of every source is in the segmentation card. The zones of ``inverted`` are where the
+mean upright film of the seven sources is dark or dense; its rates on those films and on their
+negatives: ``python -m models.training.inverted --cache CACHE``.
 
 :func:`refine_lungs` is the outline the node reports: the LungNet masks with the pixels in the
 air around the body removed, thin bridges opened and the largest component kept per lung.
@@ -44,6 +50,7 @@ MAX_OUTSIDE = 0.05
 MIN_SOLIDITY = 0.80
 MIN_UPRIGHT = 0.2  # the orientation model's probability of upright below which a film is turned
 MAX_ATYPICAL = 1.0  # ChestLikeness.atypical at or above which a film is unlike any chest film
+MIN_DENSE_OVER_AIR = 0.0  # grey levels (dense zones' median minus air zones'); at or below: a negative
 
 REASONS = {
     "blank": "no image content",
@@ -53,6 +60,7 @@ REASONS = {
     "lung_area": "lung fields implausibly large",
     "left_right_ratio": "left/right lung sizes implausible",
     "orientation": "lungs not in chest position (film turned or not a chest PA/AP)",
+    "inverted": "grey inverted (a negative: lungs brighter than the mediastinum)",
     "image_edge": "lung outline runs along the image edge",
     "outside_body": "lung outline outside the body",
     "shape": "lung outline implausible in shape",
@@ -67,12 +75,13 @@ SHORT_REASONS = {
     "lung_area": "Lungs implausibly large",
     "left_right_ratio": "Lung sizes implausible",
     "orientation": "Turned or not a chest film",
+    "inverted": "Grey inverted: a negative",
     "image_edge": "Outline at the image edge",
     "outside_body": "Outline outside the body",
     "shape": "Outline shape implausible",
 }
 # Reasons after which nothing lung-like was found: the classification is not reported either.
-NOTHING_FOUND = ("blank", "no_structure", "atypical", "no_lungs", "orientation")
+NOTHING_FOUND = ("blank", "no_structure", "atypical", "no_lungs", "orientation", "inverted")
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,29 @@ def body_mask(img8: np.ndarray, content: np.ndarray) -> np.ndarray:
     outside = np.isin(labels, np.unique(labels[edge & air]))
     outside &= labels > 0
     return content & ~outside
+
+
+def grey_zones(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (air, dense) of a content box of ``shape`` for an upright PA/AP film: air, the lungs
+    (ellipses centred at 45 % of the height and 28 % and 72 % of the width, half-axes 25 % and 14 %)
+    and above the shoulders (the top 10 %, more than 20 % of the width off the middle); dense, the
+    mediastinum (within 7 % of the middle, 15-75 % of the height) and below the diaphragm (under
+    75 %). Fractions of the box, so a film's size and margins do not move them."""
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w]
+    y, x = (y + 0.5) / h, np.abs((x + 0.5) / w - 0.5)
+    lungs = ((y - 0.45) / 0.25) ** 2 + ((x - 0.22) / 0.14) ** 2 <= 1  # 0.22 off the middle: 28 / 72 %
+    air = lungs | ((y < 0.10) & (x > 0.20))
+    dense = ((x < 0.07) & (y > 0.15) & (y < 0.75)) | (y > 0.75)
+    return air, dense
+
+
+def dense_over_air(content: np.ndarray) -> float:
+    """Median grey of the dense zones minus that of the air zones (:func:`grey_zones`) of a film's
+    ``content`` (the image inside its margins): positive on a chest film, the same negated on its
+    negative. LungNet's outline plays no part: on a negative it outlines dark (dense) parts too."""
+    air, dense = grey_zones(content.shape)
+    return float(np.median(content[dense]) - np.median(content[air]))
 
 
 def _solidity(lung: np.ndarray) -> float:
@@ -174,6 +206,10 @@ def check(
         # NaN included; a film called turned keeps that as its first reason (one a person can act on)
         if unlike_a_chest_film(atypical):
             return LungQC(False, False, (*reasons, "atypical"), m)
+    m["dense_over_air"] = dense_over_air(sub)
+    # the zones are those of an upright film: a film called turned is not read for its grey
+    if m["dense_over_air"] <= MIN_DENSE_OVER_AIR and "orientation" not in reasons:
+        return LungQC(False, False, ("inverted",), m)
     right, left = lungs[0], lungs[1]
     m["right_area"], m["left_area"] = float(right.sum()) / area, float(left.sum()) / area
     if min(m["right_area"], m["left_area"]) < MIN_LUNG:

@@ -53,8 +53,9 @@ TARGET_SENSITIVITY = 0.97  # the auto threshold's sensitivity on the sources it 
 # 3.2.0 (on lung-net@3.0.0, the severity totals as inputs) + its twin without the totals (3.3.0),
 # fitted on films whose constant margins (padding, shutters) are cropped whatever their width
 # (3.4.0), its logits mixed with those of the regression on the two totals alone (3.5.0); the
-# same, on films whose grey is scaled without their constant margins (3.6.0)
-VERSION = "3.6.0"
+# same, on films whose grey is scaled without their constant margins (3.6.0); refitted after the
+# quality check learnt to tell a negative film (3.6.1)
+VERSION = "3.6.1"
 EXTENT_URGENT = 4.0
 MIN_CELL = 20  # source x class cells smaller than this weigh as if they had this many images
 C_REG = 1.0
@@ -576,7 +577,9 @@ def release(
             "refined lungs and the severity ridge's two totals (each image's from a ridge refitted "
             "without its patient group); class- and source-balanced weights; the regression on "
             "every input and the one on the two totals alone, their logits averaged",
-            "previous": "opacity-classifier@3.5.0 (the same, on films whose grey was scaled with "
+            "previous": "opacity-classifier@3.6.0 (the same, before the quality check's 'inverted' "
+            "reason: its temperature and out-of-source numbers moved in the third decimal); 3.5.0 (the "
+            "same, on films whose grey was scaled with "
             "their constant margins: a frame counted in the percentiles); 3.4.0 (the regression on "
             "every input alone, model selection's C); 3.3.0 (the same, on films whose constant margins were "
             "cropped only up to a fifth of each side); "

@@ -1,7 +1,7 @@
 """The anatomical quality check owns nonsense input: blank, noise, a film turned 90 degrees,
 one upside down or flipped top to bottom (with no Patient Orientation to say so), a gradient,
-another body part come out as "not assessable", never as a finding; an upright chest film
-passes."""
+another body part, a negative come out as "not assessable", never as a finding; an upright chest
+film passes."""
 
 from __future__ import annotations
 
@@ -203,3 +203,28 @@ def test_a_mirrored_film_is_upright_to_the_orientation_model(analyzer, cr_chest_
     pixels = load_image(cr_chest_dicom).pixels[:, ::-1]
     res = analyzer.analyze(_loaded(pixels.copy()))
     assert res.extra["quality_measures"]["upright"] >= MIN_UPRIGHT
+
+
+def test_a_negative_film_is_not_assessable(analyzer, jpeg_path, cr_chest_dicom) -> None:
+    """A film's grey inverted (``255 - image`` stored as MONOCHROME2) read "COVID-19 0.43, extent
+    6.6/8, URGENT, quality check passed" (a black-box review): the orientation model reads
+    gradients whatever their sign and LungNet still outlines lung-like fields on it. A film of the
+    data release and pydicom-data's CR (a hospital never trained on), and their negatives."""
+    for pixels in (load_image(jpeg_path).pixels, load_image(cr_chest_dicom).pixels):
+        negative = analyzer.analyze(_loaded(pixels.max() + pixels.min() - pixels))
+        assert negative.quality.reasons == ("inverted",), negative.quality
+        assert not negative.quality.lungs_found and negative.reported_class is None
+        assert not negative.extra["covid19_positive"]
+        film = analyzer.analyze(_loaded(pixels))
+        assert "inverted" not in film.quality.reasons
+        # grey levels, each well off the limit (0) on its side
+        measures = (film.extra["quality_measures"], negative.extra["quality_measures"])
+        assert measures[0]["dense_over_air"] > 20 and measures[1]["dense_over_air"] < -20, measures
+
+
+def test_the_phantom_inverted_and_a_turned_negative() -> None:
+    img, lungs = _phantom()
+    assert check(255 - img, lungs).reasons == ("inverted",)
+    # a film called turned is not read for its grey (its zones are an upright film's)
+    assert check(255 - img, lungs, upright=0.01).reasons[0] == "orientation"
+    assert "inverted" not in check(255 - img, lungs, upright=0.01).reasons
