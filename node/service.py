@@ -51,12 +51,35 @@ class Node:
         if state.is_newer:
             raise ConfigurationError(state.refusal("start"))
         upgrade(self.settings.db_url)
-        audit.record(EventKind.NODE_STARTED, Outcome.INFO, f"AE {self.settings.ae_title}")
+        notes = [f"AE {self.settings.ae_title}"]
+        if not state.is_current:
+            notes.append(f"database schema {', '.join(state.current) or 'none'} upgraded to {state.head}")
+        unclean = self._previous_run_unstopped()
+        if unclean:
+            notes.append("the previous run of this home ended without a stop (killed or crashed)")
+        audit.record(EventKind.NODE_STARTED, Outcome.WARNING if unclean else Outcome.INFO, "; ".join(notes))
         try:
             return self._start()
         except BaseException as exc:  # the audit says the node is down again, and why
             self.stop(f"did not start: {type(exc).__name__}: {exc}")
             raise
+
+    @property
+    def running_file(self) -> Path:
+        """Written on start, removed on stop: left behind, the node was killed or crashed."""
+        return self.settings.home / "node.running"
+
+    def _previous_run_unstopped(self) -> bool:
+        """Whether an earlier node of this home ended without a stop (its running file is
+        there and names no live process), and mark this one running."""
+        try:
+            pid = int(self.running_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        unstopped = pid is not None and pid != os.getpid() and not _proc_alive(pid)
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.running_file.write_text(f"{os.getpid()}\n")
+        return unstopped
 
     def _start(self) -> tuple[str, int]:
         self.ingest.spool.ensure()
@@ -146,6 +169,7 @@ class Node:
                 self.worker.wait()
         if self.worker is not None:
             self.worker_pid_file.unlink(missing_ok=True)
+        self.running_file.unlink(missing_ok=True)
         if failure is None:
             audit.record(EventKind.NODE_STOPPED, Outcome.INFO, f"AE {self.settings.ae_title}")
         else:

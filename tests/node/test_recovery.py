@@ -300,3 +300,34 @@ def test_the_start_up_sweep_knows_whether_running_jobs_are_lost(
     with pytest.raises(RuntimeError):
         Node(configure(embedded_worker=embedded)).start()
     assert seen == [{"at_start": True, "running_lost": embedded}]
+
+
+def test_the_audit_says_when_the_last_run_was_killed_and_what_was_migrated(node_config) -> None:  # type: ignore[no-untyped-def]
+    """After a kill -9 the audit had two node.started rows and nothing between them, and a
+    migration on start left no trace (found by a black-box review of an upgrade)."""
+    import subprocess
+    import sys
+
+    from node.db.engine import code_revisions
+    from node.settings import configure
+
+    settings = configure(embedded_worker=False, metrics_port=0)
+    upgrade(settings.db_url, "0006")
+    first = Node(settings)
+    first.start()
+    first.stop()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    Node(settings).running_file.write_text(dead.stdout)  # a node of this home killed with -9
+    again = Node(settings)
+    again.start()
+    again.stop()
+    clean = Node(settings)
+    clean.start()
+    clean.stop()
+    started = events(kind="node.started")
+    assert [e.outcome for e in started] == ["info", "warning", "info"]
+    assert f"database schema 0006 upgraded to {code_revisions()[0]}" in started[0].message
+    assert "ended without a stop (killed or crashed)" in started[1].message
+    assert "upgraded" not in started[1].message and "ended without" not in started[2].message
