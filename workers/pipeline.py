@@ -489,9 +489,9 @@ def process_instance(
     batcher = model_batcher(settings)
     with SLOTS.hold(alone=bool(suspect)):
         if batcher is None:
-            return _process(sop_instance_uid, path, attempt, settings, None, suspect)
+            return _process(sop_instance_uid, path, attempt, settings, None, suspect, lost)
         with batcher.task():
-            return _process(sop_instance_uid, path, attempt, settings, batcher, suspect)
+            return _process(sop_instance_uid, path, attempt, settings, batcher, suspect, lost)
 
 
 def _process(
@@ -501,8 +501,12 @@ def _process(
     settings: Settings,
     batcher: MicroBatcher[Any, AnalysisResult] | None,
     suspect: int = 0,
+    lost: int = 0,
 ) -> Analysis | None:
-    """read -> start -> eligible? -> analyse -> SR out first, then SC/SEG -> archive and done."""
+    """read -> start -> eligible? -> analyse -> SR out first, then SC/SEG -> archive and done.
+
+    ``lost``: earlier starts of this instance with no end (its worker lost); job.started says
+    so, or a re-queued job read "attempt 1" twice."""
     started = time.monotonic()
     stages: dict[str, float] = {}
     ds = _read_spooled(sop_instance_uid, path, started, stages)
@@ -513,6 +517,7 @@ def _process(
         with _timed(stages, "database"):
             _set_state(sop_instance_uid, InstanceState.RUNNING)
             note = f"; {ALONE} (lost {suspect} times)" if suspect else ""
+            note = note or (f"; started {lost} time(s) before with no end (worker lost)" if lost else "")
             audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}{note}", **uids)
         if not _still_eligible(ds, settings, sop_instance_uid, uids):
             return None
