@@ -186,12 +186,21 @@ class Node:
         signal.signal(signal.SIGTERM, _on_signal)
         self.start()
         announced = False
+        backoff = RestartBackoff()
+        started_at, restart_at = time.monotonic(), None
         try:
             while not self._stop.wait(0.5 if not announced else 1.0):
                 if self.worker is not None and self.worker.poll() is not None:
-                    logger.error("embedded worker exited (%s); restarting", self.worker.returncode)
-                    self.worker = self._start_worker()
-                    announced = False
+                    now = time.monotonic()
+                    if restart_at is None:  # just exited
+                        delay = backoff.next_delay(now - started_at)
+                        logger.error(
+                            "embedded worker exited (%s); restarting in %.0f s", self.worker.returncode, delay
+                        )
+                        restart_at = now + delay
+                    if now >= restart_at:
+                        self.worker = self._start_worker()
+                        started_at, restart_at, announced = now, None, False
                 status = self.workers_status()
                 if not announced and status is not None and status["all_ready"]:
                     logger.info(
@@ -202,6 +211,20 @@ class Node:
                     announced = True
         finally:
             self.stop()
+
+
+class RestartBackoff:
+    """Seconds to wait before starting the embedded worker again: none after a run of at least
+    ``stable`` seconds, then 1, 3, 7, ... up to ``cap`` for each exit in a row that came sooner.
+    A worker that cannot start (a database newer than its code, a broken setting) was started
+    again twice a second, for good, each time logging its failure."""
+
+    def __init__(self, stable: float = 60.0, cap: float = 60.0) -> None:
+        self.stable, self.cap, self.quick = stable, cap, 0
+
+    def next_delay(self, ran_for: float) -> float:
+        self.quick = self.quick + 1 if ran_for < self.stable else 0
+        return min(self.cap, 2.0**self.quick - 1)
 
 
 def _proc_alive(pid: int) -> bool:

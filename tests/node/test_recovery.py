@@ -331,3 +331,14 @@ def test_the_audit_says_when_the_last_run_was_killed_and_what_was_migrated(node_
     assert f"database schema 0006 upgraded to {code_revisions()[0]}" in started[0].message
     assert "ended without a stop (killed or crashed)" in started[1].message
     assert "upgraded" not in started[1].message and "ended without" not in started[2].message
+
+
+def test_an_embedded_worker_that_keeps_exiting_is_restarted_ever_more_slowly() -> None:
+    """A worker that cannot start (a database newer than its code) was started again twice a
+    second for good; one that ran a while is restarted at once, as before."""
+    from node.service import RestartBackoff
+
+    backoff = RestartBackoff(stable=60.0, cap=60.0)
+    assert [backoff.next_delay(0.5) for _ in range(8)] == [1, 3, 7, 15, 31, 60, 60, 60]
+    assert backoff.next_delay(3600.0) == 0  # ran for an hour: a fresh fault, no wait
+    assert backoff.next_delay(1.0) == 1
