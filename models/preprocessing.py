@@ -23,8 +23,10 @@ from models.exceptions import ImageError
 logger = logging.getLogger(__name__)
 
 INTENSITY_RANGE = 1024.0
-# A window spanning less than 1/16 of the film's own grey range is no view of it (read without).
-MIN_WINDOW_SHARE = 16
+# A window spanning less than 1/8 of the film's own grey range is no view of it (read without):
+# width 16-20 of an 8-bit film's 255 still made a normal film urgent. Read without its window, a
+# film is stretched over its own percentiles, as every training image was.
+MIN_WINDOW_SHARE = 8
 
 
 @dataclass
