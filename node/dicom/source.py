@@ -116,6 +116,9 @@ def evidence_header(source: Dataset) -> Dataset:
                 elem.VR,
             )
             del ds[elem.tag]
+    # Decode every text value, in sequences too, under the source's character set before the
+    # outputs' may replace it (an item left raw kept its ISO 2022 bytes under UTF-8: garbled).
+    ds.walk(lambda dataset, elem: None)
     _declare_character_set(ds, source)
     for keyword in TYPE2_PATIENT_STUDY:
         if keyword not in ds:

@@ -103,6 +103,9 @@ def test_character_sets_give_outputs_with_the_same_names(
     ds = copy.deepcopy(dx_source)
     ds.SpecificCharacterSet = charset
     ds.PatientName = name
+    other = Dataset()  # text in a sequence item too (left raw, it kept the source's bytes)
+    other.PatientID, other.IssuerOfPatientID, other.TypeOfPatientID = "P2", name.split("=")[-1], "TEXT"
+    ds.OtherPatientIDsSequence = [other]
     buffer = io.BytesIO()
     with pytest.warns(UserWarning) if charset == "ISO-IR 100" else _no_warning():
         ds.save_as(buffer, enforce_file_format=True)
@@ -117,6 +120,7 @@ def test_character_sets_give_outputs_with_the_same_names(
         out.save_as(written, enforce_file_format=True)
         back = pydicom.dcmread(io.BytesIO(written.getvalue()))
         assert str(back.PatientName) == name, kind
+        assert back.OtherPatientIDsSequence[0].IssuerOfPatientID == name.split("=")[-1], kind
         assert back.SpecificCharacterSet == declared, kind
         raw = pydicom.dcmread(io.BytesIO(written.getvalue())).get_item("PatientName").value
         assert b"\x1b" not in raw, kind  # no ISO 2022 escape sequence
