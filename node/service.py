@@ -7,6 +7,7 @@ a thread-free way with ``Node.start()`` / ``Node.stop()``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -43,6 +44,7 @@ class Node:
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
+        self._running_fd: int | None = None  # the locked running file (_previous_run_unstopped)
 
     def start(self) -> tuple[str, int]:
         """Migrate the database to this version's head, then start; a database newer than
@@ -70,16 +72,24 @@ class Node:
         return self.settings.home / "node.running"
 
     def _previous_run_unstopped(self) -> bool:
-        """Whether an earlier node of this home ended without a stop (its running file is
-        there and names no live process), and mark this one running."""
-        try:
-            pid = int(self.running_file.read_text().strip())
-        except (OSError, ValueError):
-            pid = None
-        unstopped = pid is not None and pid != os.getpid() and not _proc_alive(pid)
+        """Whether an earlier node of this home ended without a stop, and mark this one running.
+
+        The running file is locked (``flock``) while a node runs; the kernel lets the lock go
+        when the process dies however it dies. So a file that is there and not locked was left
+        by a node that never stopped, whatever PID it names (in a container every run is PID
+        1). A file another live node holds is neither this node's nor a sign of a crash."""
         self.settings.home.mkdir(parents=True, exist_ok=True)
-        self.running_file.write_text(f"{os.getpid()}\n")
-        return unstopped
+        left = self.running_file.exists()
+        fd = os.open(self.running_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._running_fd = fd
+        return left
 
     def _start(self) -> tuple[str, int]:
         self.ingest.spool.ensure()
@@ -169,7 +179,10 @@ class Node:
                 self.worker.wait()
         if self.worker is not None:
             self.worker_pid_file.unlink(missing_ok=True)
-        self.running_file.unlink(missing_ok=True)
+        if self._running_fd is not None:  # only the node that holds it says it stopped
+            self.running_file.unlink(missing_ok=True)
+            os.close(self._running_fd)
+            self._running_fd = None
         if failure is None:
             audit.record(EventKind.NODE_STOPPED, Outcome.INFO, f"AE {self.settings.ae_title}")
         else:
