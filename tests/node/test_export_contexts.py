@@ -119,10 +119,12 @@ def test_jpeg_ls_sc_reaches_a_pacs_of_implicit_vr_only(
 
 def test_decompressed_copy_leaves_the_data_set_alone(outputs: dict[str, Dataset]) -> None:
     sc = outputs["sc"]
+    compressed = bytes(sc.PixelData)
     plain = _as_accepted(sc, [ImplicitVRLittleEndian])
     assert plain is not None and plain is not sc
     assert plain.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-    assert sc.file_meta.TransferSyntaxUID == JPEGLSLossless and sc["PixelData"].is_undefined_length
+    assert len(plain.PixelData) == sc.Rows * sc.Columns * 3 != len(compressed)
+    assert sc.file_meta.TransferSyntaxUID == JPEGLSLossless and bytes(sc.PixelData) == compressed
     assert _as_accepted(sc, [JPEGLSLossless]) is sc
     assert _as_accepted(sc, [JPEG2000Lossless]) is None  # no conversion between compressed syntaxes
 
