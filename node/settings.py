@@ -159,7 +159,10 @@ class Settings(BaseSettings):
     # The heatmap secondary capture (node/dicom/sc.py): a secondary view, so by default
     # no larger than a viewer shows it (the SR and SEG keep the source's geometry).
     sc_max_size: int = Field(
-        2048, ge=0, description="longest side of the SC in pixels (downscaled, spacing scaled); 0: full size"
+        2048,
+        ge=0,
+        description="longest side of the SC in pixels (downscaled, spacing scaled); 0: full size "
+        "(under 512 px on the shorter side, upscaled either way)",
     )
     sc_compression: Literal["none", "jpeg-ls"] = Field(
         "none", description="SC transfer syntax: none (Explicit VR Little Endian) or jpeg-ls (lossless)"

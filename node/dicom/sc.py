@@ -67,6 +67,7 @@ HEADER_FONT = 1 / 40
 FOOTER_FONT = 1 / 52
 MAX_TEXT_WIDTH = 0.9  # fraction of the columns a text box may cover
 MIN_SIDE = 512  # a smaller image is upscaled to this shorter side: room for the legend's text
+MAX_UPSCALED_SIDE = 4096  # ... while its longer side stays within this (a 100 x 20000 strip)
 SCALE_SUFFIX = "high;  green: lung outline"
 SCALE_HIGH = "high"  # the scale's end when no outline is drawn
 
@@ -427,9 +428,10 @@ def fit_to_size(result: AnalysisResult, max_size: int, min_side: int = MIN_SIDE)
     if 0 < max_size < max(rows, columns):
         scale = max_size / max(rows, columns)
     elif min(rows, columns) < min_side:
-        scale = min_side / min(rows, columns)
-        if max_size > 0:
-            scale = min(scale, max_size / max(rows, columns))
+        # ... without the longer side passing max_size (or, with none, MAX_UPSCALED_SIDE)
+        scale = min(min_side / min(rows, columns), (max_size or MAX_UPSCALED_SIDE) / max(rows, columns))
+        if scale <= 1:
+            return result
     else:
         return result
     new_rows, new_columns = max(1, round(rows * scale)), max(1, round(columns * scale))
@@ -480,7 +482,8 @@ def build_sc(
     max_size
         Longest side of the SC in pixels: a larger image is downscaled
         (:func:`fit_to_size`) and its Pixel Spacing scaled; 0 keeps the
-        source's size. The node's default is ``Settings.sc_max_size``.
+        source's size. Either way an image under :data:`MIN_SIDE` on its shorter side is
+        upscaled towards it. The node's default is ``Settings.sc_max_size``.
     transfer_syntax_uid
         Explicit VR Little Endian, or JPEG-LS Lossless (``Settings.sc_compression``).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -11,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGLSLossless
 
 from node.dicom.outputs import build_outputs
-from node.dicom.sc import MIN_SIDE, build_sc, fit_to_size
+from node.dicom.sc import MAX_UPSCALED_SIDE, MIN_SIDE, build_sc, fit_to_size
 from node.settings import MIN_SC_SIZE, Settings
 from tests.node.dicom.fakes import ALGORITHM_NAME, ALGORITHM_VERSION, make_result, roundtrip
 
@@ -104,3 +105,15 @@ def test_sc_settings_defaults_and_choices() -> None:
     assert Settings(sc_compression="jpeg-ls").sc_compression == "jpeg-ls"
     with pytest.raises(ValidationError, match="sc_compression"):
         Settings(sc_compression="jpeg2000")
+
+
+def test_an_elongated_image_is_upscaled_only_as_far_as_its_longer_side_allows(
+    cr_source: Dataset,
+) -> None:
+    """A 100 x 20000 strip upscaled to 512 on its short side would have been 102400 rows, more
+    than Rows (US) can hold (found by a code review)."""
+    result = make_result(cr_source)
+    strip = fit_to_size(dataclasses.replace(result, image=result.image[:100, :1500]), 0)
+    assert strip.image.shape[1] <= MAX_UPSCALED_SIDE and strip.image.shape[0] < 512
+    capped = fit_to_size(dataclasses.replace(result, image=result.image[:100, :1500]), 1024)
+    assert capped.image.shape == (round(100 * 1024 / 1500), 1024)
