@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -18,6 +19,35 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 CLI = [sys.executable, "-m", "node.cli"]
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    """This process's environment without its CXR_NODE_* settings, for a ``cxr-node``
+    subprocess of its own home on ports the OS picks. COLUMNS: typer's usage errors come in a
+    box as wide as this; a long path wraps in a narrow one."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
+    return {
+        **clean,
+        "COLUMNS": "400",
+        "CXR_NODE_HOME": str(home),
+        "CXR_NODE_PORT": "0",
+        "CXR_NODE_METRICS_PORT": "0",
+    }
+
+
+def schema_revisions() -> tuple[str, str]:
+    """This version's Alembic head and the revision before it (never written in a test: a new
+    revision must not need the tests changed)."""
+    from alembic.script import ScriptDirectory
+
+    from node.db.engine import MIGRATIONS_DIR
+
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    head = script.get_current_head()
+    assert head is not None
+    previous = script.get_revision(head).down_revision  # type: ignore[union-attr]
+    assert isinstance(previous, str)
+    return head, previous
 
 
 def free_port() -> int:

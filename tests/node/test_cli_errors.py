@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from node.db.tables import OutboxState
 from node.settings import Settings, reset
-from tests.helpers import CLI
+from tests.helpers import CLI, cli_env
 
 # Nothing listens on port 1: connecting is refused at once.
 UNREACHABLE_DB = "postgresql+psycopg://postgres@127.0.0.1:1/x"
@@ -24,15 +24,7 @@ UNREACHABLE_DB = "postgresql+psycopg://postgres@127.0.0.1:1/x"
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
-    # COLUMNS: typer's usage errors come in a box as wide as this; a long path wraps in a narrow one.
-    return {
-        **clean,
-        "COLUMNS": "400",
-        "CXR_NODE_HOME": str(tmp_path / "home"),
-        "CXR_NODE_PORT": "0",
-        "CXR_NODE_METRICS_PORT": "0",
-    }
+    return cli_env(tmp_path / "home")
 
 
 @pytest.fixture

@@ -16,34 +16,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from node.db.engine import MIGRATIONS_DIR, upgrade
 from node.metrics import health
 from node.settings import Settings
-from tests.helpers import CLI, wait_until
+from tests.helpers import CLI, cli_env, schema_revisions, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NEWER = "9999"  # the revision a later version of the software migrated the database to
 
-SCRIPT = ScriptDirectory(str(MIGRATIONS_DIR))
-HEAD = SCRIPT.get_current_head()
-assert HEAD is not None
-PREVIOUS = SCRIPT.get_revision(HEAD).down_revision  # type: ignore[union-attr]
-assert isinstance(PREVIOUS, str)
+HEAD, PREVIOUS = schema_revisions()
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
-    return {
-        **clean,
-        "COLUMNS": "400",
-        "CXR_NODE_HOME": str(tmp_path / "home"),
-        "CXR_NODE_PORT": "0",
-        "CXR_NODE_METRICS_PORT": "0",
-    }
+    return cli_env(tmp_path / "home")
 
 
 def cxr(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

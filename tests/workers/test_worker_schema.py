@@ -16,16 +16,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from alembic.script import ScriptDirectory
 
-from node.db.engine import MIGRATIONS_DIR, upgrade
+from node.db.engine import upgrade
 from node.exceptions import ConfigurationError
-from tests.helpers import CLI, wait_until
+from tests.helpers import CLI, schema_revisions, wait_until
 
-SCRIPT = ScriptDirectory(str(MIGRATIONS_DIR))
-HEAD = SCRIPT.get_current_head()
-PREVIOUS = SCRIPT.get_revision(HEAD).down_revision  # type: ignore[arg-type,union-attr]
-assert isinstance(HEAD, str) and isinstance(PREVIOUS, str)
+HEAD, PREVIOUS = schema_revisions()
 
 
 @pytest.fixture
