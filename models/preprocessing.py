@@ -190,20 +190,27 @@ def _has_modality_lut(ds: Any) -> bool:
         return True  # let pydicom judge a malformed value
 
 
+def _windows(ds: Any) -> list[tuple[float, float]]:
+    """The header's windows as (centre, width) pairs (a width without its centre is not a
+    window); none where a VOI LUT Sequence is there (pydicom applies that first) or the values
+    cannot be read (pydicom judges those)."""
+    if "VOILUTSequence" in ds or "WindowWidth" not in ds or "WindowCenter" not in ds:
+        return []
+    try:
+        widths = [float(w) for w in _values(ds["WindowWidth"].value)]
+        centers = [float(c) for c in _values(ds["WindowCenter"].value)]
+    except (TypeError, ValueError):
+        return []
+    return list(zip(centers, widths, strict=False))
+
+
 def _widest_window(ds: Any) -> int:
     """Which of several windows (PS3.3 C.11.2.1.2: alternative views) the models read through:
     the widest, so a preset that clips the film (a bone or soft-tissue window listed first) does
     not change what the models see; after the window, :func:`normalize` stretches the film to its
-    own range anyway. 0 where there is a VOI LUT Sequence (pydicom applies that first) or one
-    window; only pairs count (a width without its centre is not a window)."""
-    if "VOILUTSequence" in ds or "WindowWidth" not in ds or "WindowCenter" not in ds:
-        return 0
-    try:
-        widths = [float(w) for w in _values(ds["WindowWidth"].value)]
-        pairs = min(len(widths), len(_values(ds["WindowCenter"].value)))
-    except (TypeError, ValueError):
-        return 0
-    return int(np.argmax(widths[:pairs])) if pairs > 1 else 0
+    own range anyway. 0 where there is one window or none (:func:`_windows`)."""
+    windows = _windows(ds)
+    return int(np.argmax([width for _, width in windows])) if len(windows) > 1 else 0
 
 
 def _window_sees_the_film(ds: Any, window: int, sample: np.ndarray) -> bool:
@@ -212,14 +219,11 @@ def _window_sees_the_film(ds: Any, window: int, sample: np.ndarray) -> bool:
     percentile, after the Modality LUT). A header's only window of width 2 or 10, or one beside
     the film's values, turned a normal film black and white (COVID-19 0.36, urgent; without
     it, normal 0.62) or blank: such a window is no view of the film, and the film is read
-    without it. True where there is no window or it cannot be read (pydicom judges those)."""
-    if "VOILUTSequence" in ds or "WindowWidth" not in ds or "WindowCenter" not in ds:
+    without it. True where there is no window (:func:`_windows`)."""
+    windows = _windows(ds)
+    if window >= len(windows):
         return True
-    try:
-        width = float(_values(ds["WindowWidth"].value)[window])
-        center = float(_values(ds["WindowCenter"].value)[window])
-    except (TypeError, ValueError, IndexError):
-        return True
+    center, width = windows[window]
     lo, hi = (float(v) for v in np.percentile(np.asarray(sample, np.float64), (1, 99)))
     seen = min(hi, center + width / 2) - max(lo, center - width / 2)
     if hi <= lo or seen * MIN_WINDOW_SHARE >= hi - lo:
