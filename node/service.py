@@ -54,8 +54,10 @@ class Node:
             raise ConfigurationError(state.refusal("start"))
         upgrade(self.settings.db_url)
         notes = [f"AE {self.settings.ae_title}"]
-        if not state.is_current:
-            notes.append(f"database schema {', '.join(state.current) or 'none'} upgraded to {state.head}")
+        if not state.current:
+            notes.append(f"database schema created at {state.head}")
+        elif not state.is_current:
+            notes.append(f"database schema {', '.join(state.current)} upgraded to {state.head}")
         unclean = self._previous_run_unstopped()
         if unclean:
             notes.append("the previous run of this home ended without a stop (killed or crashed)")
