@@ -517,7 +517,7 @@ def _process(
         with _timed(stages, "database"):
             _set_state(sop_instance_uid, InstanceState.RUNNING)
             note = f"; {ALONE} (lost {suspect} times)" if suspect else ""
-            note = note or (f"; started {lost} time(s) before with no end (worker lost)" if lost else "")
+            note = note or (f"; re-queued: {lost} earlier start(s) lost with their worker" if lost else "")
             audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}{note}", **uids)
         if not _still_eligible(ds, settings, sop_instance_uid, uids):
             return None

@@ -66,7 +66,8 @@ def test_an_image_that_kills_its_worker_each_time_is_failed_and_kept(node_config
     started = [e for e in events(kind="job.started") if e.sop_instance_uid == uid]
     assert pipeline.ALONE in started[-1].message and pipeline.ALONE not in started[0].message
     # each re-queued start says how many were lost before it (all read "attempt 1")
-    assert "before" not in started[0].message and "started 1 time(s) before" in started[1].message
+    assert "re-queued" not in started[0].message
+    assert "re-queued: 1 earlier start(s) lost with their worker" in started[1].message
     assert pipeline.lost_starts(uid) == (node_config.max_lost_starts + 1, True)
 
     # The next delivery (Celery's redelivery or the sweep's re-queue) does not start it again.
