@@ -485,13 +485,12 @@ def process_instance(
             time.monotonic(),
         )
         return None
-    suspect = lost if lost >= settings.max_lost_starts else 0  # a suspect: one more try, alone
     batcher = model_batcher(settings)
-    with SLOTS.hold(alone=bool(suspect)):
+    with SLOTS.hold(alone=lost >= settings.max_lost_starts):  # a suspect: one more try, alone
         if batcher is None:
-            return _process(sop_instance_uid, path, attempt, settings, None, suspect, lost)
+            return _process(sop_instance_uid, path, attempt, settings, None, lost)
         with batcher.task():
-            return _process(sop_instance_uid, path, attempt, settings, batcher, suspect, lost)
+            return _process(sop_instance_uid, path, attempt, settings, batcher, lost)
 
 
 def _process(
@@ -500,13 +499,12 @@ def _process(
     attempt: int,
     settings: Settings,
     batcher: MicroBatcher[Any, AnalysisResult] | None,
-    suspect: int = 0,
     lost: int = 0,
 ) -> Analysis | None:
     """read -> start -> eligible? -> analyse -> SR out first, then SC/SEG -> archive and done.
 
     ``lost``: earlier starts of this instance with no end (its worker lost); job.started says
-    so, or a re-queued job read "attempt 1" twice."""
+    so (a re-queued job read "attempt 1" twice), and that a suspect runs alone."""
     started = time.monotonic()
     stages: dict[str, float] = {}
     ds = _read_spooled(sop_instance_uid, path, started, stages)
@@ -516,8 +514,10 @@ def _process(
     try:
         with _timed(stages, "database"):
             _set_state(sop_instance_uid, InstanceState.RUNNING)
-            note = f"; {ALONE} (lost {suspect} times)" if suspect else ""
-            note = note or (f"; re-queued: {lost} earlier start(s) lost with their worker" if lost else "")
+            if lost >= settings.max_lost_starts:
+                note = f"; {ALONE} (lost {lost} times)"
+            else:
+                note = f"; re-queued: {lost} earlier start(s) lost with their worker" if lost else ""
             audit.record(EventKind.JOB_STARTED, Outcome.INFO, f"attempt {attempt}{note}", **uids)
         if not _still_eligible(ds, settings, sop_instance_uid, uids):
             return None
