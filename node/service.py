@@ -20,8 +20,7 @@ from types import FrameType
 
 from node.db import audit
 from node.db.audit import EventKind, Outcome
-from node.db.engine import schema_state, upgrade
-from node.exceptions import ConfigurationError
+from node.db.engine import upgrade
 from node.export import Exporter
 from node.ingest import Ingest
 from node.metrics import MetricsServer
@@ -49,10 +48,7 @@ class Node:
     def start(self) -> tuple[str, int]:
         """Migrate the database to this version's head, then start; a database newer than
         this version is refused (ConfigurationError) before anything is written to it."""
-        state = schema_state(self.settings.db_url)
-        if state.is_newer:
-            raise ConfigurationError(state.refusal("start"))
-        upgrade(self.settings.db_url)
+        state = upgrade(self.settings.db_url, refusing="start")
         notes = [f"AE {self.settings.ae_title}"]
         if not state.current:
             notes.append(f"database schema created at {state.head}")

@@ -91,24 +91,27 @@ def alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]
     return cfg
 
 
-def upgrade(url: str | None = None, revision: str = "head") -> None:
+def upgrade(url: str | None = None, revision: str = "head", refusing: str = "upgrade it") -> SchemaState:
     """Apply the Alembic migrations up to ``revision``, all in one transaction (see
-    :func:`migration_connection` and ``migrations/env.py``).
+    :func:`migration_connection` and ``migrations/env.py``); returns where the schema stood
+    before.
 
-    Raises ConfigurationError for a database newer than this version: Alembic cannot
-    place its revision, and downgrading it takes the newer version's migrations.
+    Raises ConfigurationError (saying it refuses to ``refusing``) for a database newer than
+    this version: Alembic cannot place its revision, and downgrading it takes the newer
+    version's migrations.
     """
     from alembic import command
 
     state = schema_state(url)
     if state.is_newer:
-        raise ConfigurationError(state.refusal("upgrade it"))
+        raise ConfigurationError(state.refusal(refusing))
     command.upgrade(alembic_config(url), revision)
     logger.info(
         "database at %s upgraded to %s",
         make_url(url or get_settings().db_url).render_as_string(hide_password=True),
         revision,
     )
+    return state
 
 
 def _sqlite_own_transactions(dbapi_connection, connection_record) -> None:  # type: ignore[no-untyped-def]
