@@ -204,26 +204,22 @@ def _windows(ds: Any) -> list[tuple[float, float]]:
     return list(zip(centers, widths, strict=False))
 
 
-def _widest_window(ds: Any) -> int:
-    """Which of several windows (PS3.3 C.11.2.1.2: alternative views) the models read through:
-    the widest, so a preset that clips the film (a bone or soft-tissue window listed first) does
-    not change what the models see; after the window, :func:`normalize` stretches the film to its
-    own range anyway. 0 where there is one window or none (:func:`_windows`)."""
-    windows = _windows(ds)
+def _widest_window(windows: list[tuple[float, float]]) -> int:
+    """Which of several windows (PS3.3 C.11.2.1.2: alternative views; :func:`_windows`) the
+    models read through: the widest, so a preset that clips the film (a bone or soft-tissue
+    window listed first) does not change what the models see; after the window,
+    :func:`normalize` stretches the film to its own range anyway. 0 where there is one or none."""
     return int(np.argmax([width for _, width in windows])) if len(windows) > 1 else 0
 
 
-def _window_sees_the_film(ds: Any, window: int, sample: np.ndarray) -> bool:
-    """Whether the window the models would read through (``window``-th) spans at least
+def _window_sees_the_film(ds: Any, window: tuple[float, float], sample: np.ndarray) -> bool:
+    """Whether ``window`` (centre, width), the one the models would read through, spans at least
     1/:data:`MIN_WINDOW_SHARE` of the film's own grey range (``sample``'s 1st to 99th
     percentile, after the Modality LUT). A header's only window of width 2 or 10, or one beside
     the film's values, turned a normal film black and white (COVID-19 0.36, urgent; without
     it, normal 0.62) or blank: such a window is no view of the film, and the film is read
-    without it. True where there is no window (:func:`_windows`)."""
-    windows = _windows(ds)
-    if window >= len(windows):
-        return True
-    center, width = windows[window]
+    without it."""
+    center, width = window
     lo, hi = (float(v) for v in np.percentile(np.asarray(sample, np.float64), (1, 99)))
     seen = min(hi, center + width / 2) - max(lo, center - width / 2)
     if hi <= lo or seen * MIN_WINDOW_SHARE >= hi - lo:
@@ -296,8 +292,10 @@ def _through_luts(arr: np.ndarray, ds: Any) -> np.ndarray:
             values = apply_modality_lut(values, ds)
         return values
 
-    window = _widest_window(ds)
-    voi = _wide_voi_lut(ds) if _window_sees_the_film(ds, window, modality(arr[::8, ::8])) else None
+    windows = _windows(ds)
+    window = _widest_window(windows)
+    seen = not windows or _window_sees_the_film(ds, windows[window], modality(arr[::8, ::8]))
+    voi = _wide_voi_lut(ds) if seen else None
 
     def apply(values: np.ndarray) -> np.ndarray:
         values = modality(values)
