@@ -34,6 +34,7 @@ from node.exceptions import (
     SpoolFullError,
 )
 from node.ingest import Ingest
+from node.scu import CONTEXT_RESULTS
 from node.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -87,15 +88,6 @@ def _assoc_info(event: evt.Event) -> AssociationInfo:
     )
 
 
-# A-ASSOCIATE-AC presentation context results (PS3.8 Table 9-18) other than acceptance.
-_CONTEXT_RESULTS = {
-    0x01: "user rejection",
-    0x02: "no reason",
-    0x03: "SOP class not supported",
-    0x04: "transfer syntaxes not supported",
-}
-
-
 def _refused_contexts(event: evt.Event) -> str:
     """The presentation contexts the association refused, in words ('' for none)."""
     try:
@@ -106,7 +98,7 @@ def _refused_contexts(event: evt.Event) -> str:
     for cx in refused:
         syntax = cx.abstract_syntax
         name = getattr(syntax, "name", None) or str(syntax)
-        seen.setdefault(name, _CONTEXT_RESULTS.get(int(cx.result or 0), f"result {cx.result}"))
+        seen.setdefault(name, CONTEXT_RESULTS.get(int(cx.result or 0), f"result {cx.result}"))
     named = [f"{name} ({why})" for name, why in list(seen.items())[:3]]
     more = f" and {len(seen) - 3} more" if len(seen) > 3 else ""  # dcmtk proposes ~100 classes
     return "; ".join(named) + more
