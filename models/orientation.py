@@ -13,8 +13,11 @@ each shown in every view (the label costs nothing), and measured leaving each so
 (:mod:`models.training.orientation`). Weights: plain JSON (standardisation, coefficients).
 
 The same features also say whether the input looks like the chest films the models know at all
-(:class:`ChestLikeness`): a gradient, a tibia or a film shown through a window that whites it out
-gets lungs from LungNet, and a class and a severity read off them, unless something stops it.
+(:class:`ChestLikeness`): a gradient, a tibia, a smooth random texture or a film shown through a
+window that whites it out gets lungs from LungNet, and a class and a severity read off them,
+unless something stops it. Two measures: how far the film is from every chest film trained on (a
+PCA distance), and how much more it looks like generated pictures than like those films
+(:class:`OtherImages`).
 """
 
 from __future__ import annotations
@@ -69,13 +72,71 @@ N_COMPONENTS = 16  # principal components of the upright chest films' features
 
 
 @dataclass(frozen=True)
+class OtherImages:
+    """The probability that a film's :func:`orientation_features` are those of something other than
+    a chest film: a logistic regression of the upright chest films of the training sources
+    against generated pictures (:mod:`models.training.textures`: smooth noise, clouds, blobs,
+    gratings, ramps, shapes), the two sides weighing the same. ``cut``: the probability at
+    which a film counts as unlike a chest film. The PCA distance of :class:`ChestLikeness` is
+    far from everything it was fitted on; this is what a smooth texture, close enough to a
+    film's grey to pass that distance, is unlike."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # (n_features,)
+    intercept: float
+    cut: float
+
+    def proba(self, feats: np.ndarray) -> np.ndarray:
+        """(N,) probabilities that (N, n_features) features are not a chest film's."""
+        z = (np.atleast_2d(feats) - self.mean) / self.scale @ self.coef + self.intercept
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))))
+
+    @classmethod
+    def fit(cls, films: np.ndarray, others: np.ndarray, c: float, cut: float) -> OtherImages:
+        """scikit-learn's standardisation and logistic regression (inverse L2 strength ``c``),
+        kept as arrays; each side weighs half."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        x = np.vstack([films, others])
+        y = np.r_[np.zeros(len(films)), np.ones(len(others))]
+        weights = np.where(y == 0, len(y) / (2 * len(films)), len(y) / (2 * len(others)))
+        scaler = StandardScaler().fit(x)
+        clf = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x), y, sample_weight=weights)
+        scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+        return cls(scaler.mean_, scale, clf.coef_[0], float(clf.intercept_[0]), float(cut))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "cut": self.cut,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> OtherImages:
+        mean, scale, coef = _arrays(d, ("mean", "scale", "coef"), "other-images")
+        n = N_FEATURES
+        if (mean.shape, scale.shape, coef.shape) != ((n,), (n,), (n,)):
+            raise ValueError(f"other-images arrays not for {n} features")
+        intercept, cut = float(d["intercept"]), float(d["cut"])
+        if not ((scale > 0).all() and np.isfinite(intercept) and 0 < cut < 1):
+            raise ValueError("other-images scale must be positive, its intercept finite, its cut in (0, 1)")
+        return cls(mean, scale, coef, intercept, cut)
+
+
+@dataclass(frozen=True)
 class ChestLikeness:
     """How unlike the upright chest films of the training sources a film's
     :func:`orientation_features` are: a probabilistic PCA of those films' standardised features
     (:data:`N_COMPONENTS` components, the rest as isotropic noise) and the squared Mahalanobis
     distance under it, over ``limit``. ``limit`` is the largest distance of any training film with its own
     source left out, plus a tenth (:mod:`models.training.orientation`): a film beyond it is unlike
-    every film of seven hospitals."""
+    every film of seven hospitals. ``other``: the :class:`OtherImages` of the same films, read
+    beside the distance (:meth:`atypical`)."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -83,6 +144,7 @@ class ChestLikeness:
     variances: np.ndarray  # (N_COMPONENTS,)
     noise: float  # the variance left to each other direction
     limit: float
+    other: OtherImages | None = None  # None: the distance alone (fitting, measuring it)
 
     def distance(self, feats: np.ndarray) -> np.ndarray:
         """(N,) squared Mahalanobis distances of (N, n_features) features."""
@@ -92,8 +154,12 @@ class ChestLikeness:
         return np.asarray((proj**2 / self.variances).sum(axis=1) + ((z**2).sum(axis=1) - inside) / self.noise)
 
     def atypical(self, feats: np.ndarray) -> np.ndarray:
-        """(N,) :meth:`distance` over ``limit``: 1 or more, unlike any chest film trained on."""
-        return self.distance(feats) / self.limit
+        """(N,) the larger of :meth:`distance` over ``limit`` and :meth:`OtherImages.proba` over
+        its ``cut``: 1 or more, unlike any chest film trained on, or like the other pictures."""
+        ratio = self.distance(feats) / self.limit
+        if self.other is None:
+            return ratio
+        return np.asarray(np.fmax(ratio, self.other.proba(feats) / self.other.cut))
 
     @classmethod
     def fit(cls, feats: np.ndarray, limit: float = np.inf) -> ChestLikeness:
@@ -118,6 +184,7 @@ class ChestLikeness:
             "variances": self.variances.tolist(),
             "noise": self.noise,
             "limit": self.limit,
+            **({"other": self.other.to_json()} if self.other is not None else {}),
         }
 
     @classmethod
@@ -130,7 +197,9 @@ class ChestLikeness:
         noise, limit = float(d["noise"]), float(d["limit"])
         if not ((scale > 0).all() and (var > 0).all() and 0 < noise < np.inf and 0 < limit < np.inf):
             raise ValueError("chest-likeness scale, variances, noise and limit must be positive and finite")
-        return cls(mean, scale, comp, var, noise, limit)
+        if "other" not in d:
+            raise ValueError("chest-likeness without its other-images measure (made before version 1.2)")
+        return cls(mean, scale, comp, var, noise, limit, OtherImages.from_json(d["other"]))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ Two verdicts (:class:`LungQC`):
 
   ``blank`` (almost no contrast), ``no_structure`` (neighbouring pixels uncorrelated: noise),
   ``atypical`` (unlike every chest film trained on, by :class:`models.orientation.ChestLikeness`:
-  a gradient, another body part, a film whited out by its display window),
+  a gradient, a smooth random texture, a photograph, another body part or modality, a film
+  whited out by its display window),
   ``no_lungs`` (either lung below :data:`MIN_LUNG` of the content), ``lung_area`` (both lungs
   above :data:`MAX_LUNGS` of the content), ``left_right_ratio`` (one lung over
   :data:`MAX_RATIO` times the other), ``orientation`` (the patient's right lung not on the

@@ -238,6 +238,12 @@ def orientation_card(reg: dict[str, Any]) -> str:
         for s, r in [*m["leave_one_source_out"].items(), ("all", m["all"])]
     )
     c = m["chest_likeness"]
+    families = c.get("families_held_out", {})
+    family_rows = "\n".join(
+        f"| {f.replace('_', ' ')} | {r['n']} | {100 * r['before']:.1f} % | {100 * r['now']:.1f} % | "
+        f"{100 * r['other_alone']:.1f} % |"
+        for f, r in families.items()
+    )
     return f"""# Film orientation: {o["name"]} {o["version"]}
 
 ## What it is
@@ -281,26 +287,53 @@ P(upright) 0.24, just over the 0.2 line.
 ## Is it a chest film at all? (chest-likeness)
 
 LungNet draws lungs on anything: on a left-to-right grey ramp the node read "COVID-19 0.48,
-extent 6.3, URGENT" before this check. The same features, of the upright films only, go through a
-probabilistic PCA ({c["components"]} components, the rest as isotropic noise); a film's
-squared Mahalanobis distance under it, over a limit, is its `atypical` measure. The limit is
-{c["rule"]} ({c["limit"]:.0f}). At 1 or more the quality check's reason is `atypical`
-("Unlike a chest film"): neither class nor severity is reported.
+extent 6.3, URGENT" before this check. Two measures of the same features, each over its own
+line; the larger is the film's `atypical` measure, and at 1 or more the quality check's reason is
+`atypical` ("Unlike a chest film"): neither class nor severity is reported.
+
+- **Distance.** The upright films go through a probabilistic PCA ({c["components"]} components,
+  the rest as isotropic noise); a film's squared Mahalanobis distance under it, over a limit:
+  {c["rule"]} ({c["limit"]:.0f}).
+- **Other pictures** (since 1.2.0). A {c.get("other_images", "–")}
+  (`models/training/textures.py`: smooth noise, 1/f clouds, blobs, gratings, ramps, shapes, each
+  through the node's own preprocessing). The distance alone let smooth random textures through:
+  round 3's review read 5 of 16 as urgent, and scikit-image's camera man, brick wall, grass and
+  coins got lungs and a class.
 
 False alarms are measured one level further out than the limit: for each source held out, the
-PCA and the limit come from the other six sources alone, and the held-out source's upright films
-are read against them.
+PCA, the limit and the other-pictures regression come from the other six sources alone, and the
+held-out source's upright films are read against them.
 
 | held-out source | upright films | false alarms | largest `atypical` of an upright film | turned or flipped views over the limit |
 |---|---|---|---|---|
 {chest_rows}
 
+Read by eye (ours), the upright films over the line in 1.2.0: the two stored upside down (above);
+a cropped right half-chest with a circle drawn on it (covid-cxnet `445.jpg`); an off-centre NIH
+film of one shoulder and half the chest (`00002482_001.jpg`); an NIH film whose top half is neck
+(`00003552_004.jpg`); and one whole portable COVID-19 film, dense throughout, with a dark band
+down its left edge (covid-radiography `COVID-2114.jpg`), the one real loss. With the distance
+alone (1.1.1) none was over it.
+
 The last column is for information only: the orientation model is what catches those, and a
-film it calls turned has `orientation` as its first reason (one a person can act on). The tests
-hold it to what it is for: grey ramps (left to right, top to bottom, radial), stripes,
+film it calls turned has `orientation` as its first reason (one a person can act on); the
+other-pictures regression was shown upright films only, so it finds the turned views unlike them
+too, which catches a turned film the orientation model misses.
+
+**What it catches of a kind it never saw.** Each family held out in turn: the regression fitted on
+the films and the other five families, measured on 200 new pictures of the held-out family (seed 1;
+the fitted ones are seed 0). "Before": withheld by 1.1.1's checks (the distance, or called turned).
+
+| family held out | pictures | withheld before | withheld now | by the other-pictures regression alone |
+|---|---|---|---|---|
+{family_rows}
+
+The tests hold it to what it is for: grey ramps (left to right, top to bottom, radial), stripes,
 pydicom-data's CR of a tibia, and its chest CR shown through a window over its brightest tenth
-(whited out) all come out `atypical`; the same chest CR, never trained on, and a film of the data
-release stay under 0.8 of the limit, mirrored too.
+(whited out) all come out `atypical`; textures of a seed never fitted on, five of scikit-image's
+photographs (camera man, brick wall, grass, coins, a printed page) and pydicom's CT, MR and
+ultrasound images get no lungs and no class; the same chest CR, never trained on, and a film of
+the data release stay under 0.8 of the limit, mirrored too.
 
 ## Limitations
 
@@ -312,10 +345,11 @@ release stay under 0.8 of the limit, mirrored too.
   should be for a film the classifier was not made for), or pass. A chest film narrowed to half
   its width (a lateral's shape) passes both; the routing's View Position check is what stops a
   lateral.
-- The chest-likeness is a distance from seven sources' films: a film from a very different
+- The chest-likeness is learnt from seven sources' films: a film from a very different
   hospital or detector can be called `atypical` (withheld, not misread); one that is not a chest
-  film but looks enough like one (a 1024-px checkerboard comes out at 0.95 of the limit, then
-  fails as "no lungs") passes to the outline checks.
+  film but looks enough like one passes to the outline checks. The other pictures are generated
+  families, not photographs or other modalities: those are caught as far as the tests show, not
+  measured on a set of them.
 """
 
 

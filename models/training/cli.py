@@ -88,7 +88,12 @@ def train(
         registry=registry,
     )
     report["orientation"] = orientation.main(
-        lungnet_cache, out / "orientation", ship=True, weights_dir=out, registry=registry
+        lungnet_cache,
+        out / "orientation",
+        ship=True,
+        weights_dir=out,
+        registry=registry,
+        per_family=(12, 4) if quick else (orientation.OTHER_PER_FAMILY, orientation.OTHER_TEST_PER_FAMILY),
     )
     return report
 

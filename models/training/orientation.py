@@ -24,6 +24,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,24 @@ from models.orientation import (
     VIEWS,
     ChestLikeness,
     OrientationModel,
+    OtherImages,
     orientation_features,
     view,
 )
 from models.training.sources import SOURCES
+from models.training.textures import FAMILIES, sample
 
 logger = logging.getLogger(__name__)
 
 NAME = "film-orientation"
-VERSION = "1.1.1"
+VERSION = "1.2.0"
 FILE = "film-orientation.json"
 C_REG = 0.01  # inverse L2 strength; 1,828 features, about 18,000 views
 LIMIT_MARGIN = 1.1  # the chest-likeness limit: the largest held-out distance times this
+OTHER_C = 0.01  # the other-images regression's inverse L2 strength
+OTHER_CUT = 0.8  # its probability at which a film is unlike a chest film
+OTHER_PER_FAMILY = 500  # generated pictures of each family it is fitted on (seed 0)
+OTHER_TEST_PER_FAMILY = 200  # and measured on (seed 1, never fitted on)
 
 
 def features(cache: Path, sources: tuple[str, ...] = SOURCES) -> dict[str, np.ndarray]:
@@ -65,6 +72,18 @@ def features(cache: Path, sources: tuple[str, ...] = SOURCES) -> dict[str, np.nd
                 srcs.append(s)
     logger.info("orientation features of %d films in %.0fs", len(xs) // len(VIEWS), time.time() - t0)
     return {"x": np.stack(xs), "view": np.array(views), "source": np.array(srcs)}
+
+
+def generated(per_family: int, seed: int) -> dict[str, np.ndarray]:
+    """:func:`orientation_features` of ``per_family`` pictures of each
+    :data:`~models.training.textures.FAMILIES` (``x``, ``family``), drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    xs, families = [], []
+    for family in FAMILIES:
+        for _ in range(per_family):
+            xs.append(orientation_features(*sample(family, rng)))
+            families.append(family)
+    return {"x": np.stack(xs), "family": np.array(families)}
 
 
 def rates(p_upright: np.ndarray, views: np.ndarray) -> dict[str, Any]:
@@ -92,10 +111,50 @@ def chest_limit(x: np.ndarray, src: np.ndarray) -> float:
     return LIMIT_MARGIN * worst
 
 
-def held_out_chest(x: np.ndarray, src: np.ndarray, held: str) -> ChestLikeness:
-    """The chest-likeness of every source but ``held``, its limit from those sources alone."""
+def chest_likeness(x: np.ndarray, src: np.ndarray, others: np.ndarray | None = None) -> ChestLikeness:
+    """The chest-likeness of upright films ``x`` (sources ``src``): the PCA with its
+    :func:`chest_limit`, and (``others``: generated pictures' features) its
+    :class:`~models.orientation.OtherImages`."""
+    chest = ChestLikeness.fit(x, chest_limit(x, src))
+    if others is None:
+        return chest
+    return replace(chest, other=OtherImages.fit(x, others, OTHER_C, OTHER_CUT))
+
+
+def held_out_chest(
+    x: np.ndarray, src: np.ndarray, held: str, others: np.ndarray | None = None
+) -> ChestLikeness:
+    """:func:`chest_likeness` of every source but ``held``, from those sources alone."""
     rest = src != held
-    return ChestLikeness.fit(x[rest], chest_limit(x[rest], src[rest]))
+    return chest_likeness(x[rest], src[rest], others)
+
+
+def other_catches(
+    x: np.ndarray, fitted: dict[str, np.ndarray], test: dict[str, np.ndarray], model: OrientationModel
+) -> dict[str, Any]:
+    """For each family held out, the share of its ``test`` pictures withheld as unlike a chest
+    film or turned: ``before``, by ``model``'s PCA distance or its orientation; ``now``, the same
+    with an other-images measure fitted on the upright films ``x`` and the ``fitted`` pictures of
+    the other families; ``other_alone``, by that measure alone."""
+    from models.quality import not_upright, unlike_a_chest_film
+
+    out: dict[str, Any] = {}
+    for family in FAMILIES:
+        rest = fitted["family"] != family
+        other = OtherImages.fit(x, fitted["x"][rest], OTHER_C, OTHER_CUT)
+        feats = test["x"][test["family"] == family]
+        turned = not_upright(model.proba(feats)[:, 0])
+        out[family] = {
+            "n": len(feats),
+            "before": _share(turned | unlike_a_chest_film(replace(model.chest, other=None).atypical(feats))),
+            "now": _share(turned | unlike_a_chest_film(replace(model.chest, other=other).atypical(feats))),
+            "other_alone": _share(unlike_a_chest_film(other.proba(feats) / other.cut)),
+        }
+    return out
+
+
+def _share(flags: np.ndarray) -> float:
+    return round(float(np.mean(flags)), 4)
 
 
 def atypical_rates(atypical: np.ndarray, views: np.ndarray) -> dict[str, Any]:
@@ -113,15 +172,28 @@ def atypical_rates(atypical: np.ndarray, views: np.ndarray) -> dict[str, Any]:
 
 
 def main(
-    cache: Path, out: Path, ship: bool = False, weights_dir: Path | None = None, registry: Path | None = None
+    cache: Path,
+    out: Path,
+    ship: bool = False,
+    weights_dir: Path | None = None,
+    registry: Path | None = None,
+    per_family: tuple[int, int] = (OTHER_PER_FAMILY, OTHER_TEST_PER_FAMILY),
 ) -> dict[str, Any]:
-    """Leave-one-source-out rates, then the model fitted on every source (``ship``: released)."""
+    """Leave-one-source-out rates, then the model fitted on every source (``ship``: released);
+    ``per_family``: the generated pictures of each family fitted on and measured on."""
     from models.quality import MIN_UPRIGHT
 
     out.mkdir(parents=True, exist_ok=True)
     sources = tuple(s for s in SOURCES if (Path(cache) / f"{s}.npz").is_file())
     data = features(cache, sources)
     x, v, src = data["x"], data["view"], data["source"]
+    t0 = time.time()
+    others, others_test = generated(per_family[0], seed=0), generated(per_family[1], seed=1)
+    logger.info(
+        "features of %d generated pictures in %.0fs",
+        len(others["x"]) + len(others_test["x"]),
+        time.time() - t0,
+    )
     report: dict[str, Any] = {
         "task": "orientation",
         "protocol": "leave one source out: fitted on the other sources' films in all five views, "
@@ -135,7 +207,7 @@ def main(
         test = src == s
         if test.all() or not test.any():
             continue
-        chest = held_out_chest(x[up], src[up], s)
+        chest = held_out_chest(x[up], src[up], s, others["x"])
         model = OrientationModel.fit(x[~test], v[~test], C_REG, chest)
         p = model.proba(x[test])[:, 0]
         atypical = chest.atypical(x[test])
@@ -148,13 +220,17 @@ def main(
         pv = np.concatenate(pooled_v)
         pa = np.concatenate(pooled_a)
         report["all"] = {**rates(np.concatenate(pooled_p), pv), **atypical_rates(pa, pv)}
-    chest = ChestLikeness.fit(x[up], chest_limit(x[up], src[up]))
+    chest = chest_likeness(x[up], src[up], others["x"])
     report["chest_likeness"] = {
         "components": int(chest.components.shape[0]),
         "limit": round(chest.limit, 1),
         "rule": f"{LIMIT_MARGIN} x the largest distance of an upright film with its source left out",
+        "other_images": f"logistic regression (C {OTHER_C}) of the upright films against "
+        f"{per_family[0]} generated pictures of each of {len(FAMILIES)} families (seed 0); "
+        f"unlike a chest film at P >= {OTHER_CUT}",
     }
     final = OrientationModel.fit(x, v, C_REG, chest)
+    report["chest_likeness"]["families_held_out"] = other_catches(x[up], others, others_test, final)
     OrientationModel.from_json(final.to_json())  # what the node would refuse is not written
     (out / FILE).write_text(json.dumps(final.to_json()))
     report["films"] = int((v == 0).sum())
@@ -182,7 +258,9 @@ def release(
             "to 64 px and standardised, + its 8 x 8 thumbnail",
             "views": list(VIEWS),
             "chest_likeness": "probabilistic PCA of the upright films' features "
-            f"({N_COMPONENTS} components), squared Mahalanobis distance over a limit",
+            f"({N_COMPONENTS} components), squared Mahalanobis distance over a limit; and a logistic "
+            "regression of the same films against generated pictures (models.training.textures), "
+            "its probability over a cut",
         },
         "input_size": 256,
         "labels": list(VIEWS),
@@ -194,8 +272,10 @@ def release(
             "or cxr-node train)",
             "images": report["films"],
             "data": "every cached film of the seven sources (the classifier's cache), each in the five "
-            "views; the label is the view",
-            "previous": "film-orientation 1.1.0 (the same, on films whose grey was scaled with their "
+            "views; the label is the view; for the chest-likeness, the upright films against "
+            f"{OTHER_PER_FAMILY} generated pictures of each of {len(FAMILIES)} families",
+            "previous": "film-orientation 1.1.1 (the same, the chest-likeness its PCA distance alone: "
+            "smooth random textures passed it); 1.1.0 (the same, on films whose grey was scaled with their "
             "constant margins); 1.0.0 (the same views, without the chest-likeness); before it, "
             "films turned were caught by LungNet's confidence read turned "
             "(82 % turned 90, 48 % turned 180, 26 % flipped; 160 normals)",

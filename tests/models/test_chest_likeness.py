@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models.orientation import N_COMPONENTS, N_FEATURES, ChestLikeness
-from models.training.orientation import LIMIT_MARGIN, chest_limit, held_out_chest
+from models.training.orientation import LIMIT_MARGIN, chest_likeness, chest_limit, held_out_chest
 
 
 def _films(n_per_source: int = 40, sources: str = "abc", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,3 +44,20 @@ def test_too_little_to_fit_is_an_error_not_a_model() -> None:
         chest_limit(x[src == "a"], src[src == "a"])
     with pytest.raises(ValueError, match="films"):
         ChestLikeness.fit(x[: 2 * N_COMPONENTS])
+
+
+def test_the_other_pictures_measure_stands_beside_the_distance() -> None:
+    """A film is atypical by the larger of the two measures; generated pictures unlike the films
+    are over the line, the films under it."""
+    x, src = _films()
+    others = np.random.default_rng(1).normal(size=(90, N_FEATURES)) + 1.0  # off the films' mean
+    chest = chest_likeness(x, src, others)
+    assert chest.other is not None
+    both = np.vstack([x, others])
+    ratio = chest.distance(both) / chest.limit
+    np.testing.assert_allclose(
+        chest.atypical(both), np.fmax(ratio, chest.other.proba(both) / chest.other.cut)
+    )
+    assert (chest.atypical(x) < 1).all() and (chest.other.proba(others) >= chest.other.cut).all()
+    alone = held_out_chest(x, src, "c")  # no pictures: the distance alone
+    assert alone.other is None and np.allclose(alone.atypical(both), alone.distance(both) / alone.limit)
