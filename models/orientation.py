@@ -71,6 +71,19 @@ def _arrays(d: dict[str, Any], keys: tuple[str, ...], what: str) -> list[np.ndar
 N_COMPONENTS = 16  # principal components of the upright chest films' features
 
 
+def _standardised_logistic(
+    x: np.ndarray, y: np.ndarray, c: float, max_iter: int, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """scikit-learn's standardisation and logistic regression (inverse L2 strength ``c``) of
+    ``x`` on ``y``: the mean, the scale (1 where a column is constant) and the fitted classifier."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(C=c, max_iter=max_iter).fit(scaler.transform(x), y, sample_weight=weights)
+    return scaler.mean_, np.where(scaler.scale_ > 0, scaler.scale_, 1.0), clf
+
+
 @dataclass(frozen=True)
 class OtherImages:
     """The probability that a film's :func:`orientation_features` are those of something other than
@@ -89,23 +102,19 @@ class OtherImages:
 
     def proba(self, feats: np.ndarray) -> np.ndarray:
         """(N,) probabilities that (N, n_features) features are not a chest film's."""
-        z = (np.atleast_2d(feats) - self.mean) / self.scale @ self.coef + self.intercept
-        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))))
+        from scipy.special import expit
+
+        return np.asarray(expit((np.atleast_2d(feats) - self.mean) / self.scale @ self.coef + self.intercept))
 
     @classmethod
     def fit(cls, films: np.ndarray, others: np.ndarray, c: float, cut: float) -> OtherImages:
-        """scikit-learn's standardisation and logistic regression (inverse L2 strength ``c``),
-        kept as arrays; each side weighs half."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-
+        """:func:`_standardised_logistic` of the films against the others, kept as arrays; each
+        side weighs half."""
         x = np.vstack([films, others])
         y = np.r_[np.zeros(len(films)), np.ones(len(others))]
         weights = np.where(y == 0, len(y) / (2 * len(films)), len(y) / (2 * len(others)))
-        scaler = StandardScaler().fit(x)
-        clf = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x), y, sample_weight=weights)
-        scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-        return cls(scaler.mean_, scale, clf.coef_[0], float(clf.intercept_[0]), float(cut))
+        mean, scale, clf = _standardised_logistic(x, y, c, 5000, weights)
+        return cls(mean, scale, clf.coef_[0], float(clf.intercept_[0]), float(cut))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -259,14 +268,9 @@ class OrientationModel:
 
     @classmethod
     def fit(cls, feats: np.ndarray, views: np.ndarray, c: float, chest: ChestLikeness) -> OrientationModel:
-        """scikit-learn's standardisation and multinomial logistic regression, kept as arrays;
+        """:func:`_standardised_logistic` over the views (multinomial), kept as arrays;
         ``chest``: the chest-likeness fitted on the same films upright."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-
-        scaler = StandardScaler().fit(feats)
-        clf = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(feats), views)
+        mean, scale, clf = _standardised_logistic(feats, views, c, 2000)
         if list(clf.classes_) != list(range(len(VIEWS))):
             raise ValueError("every view must be in the training data")
-        scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-        return cls(scaler.mean_, scale, clf.coef_, clf.intercept_, chest)
+        return cls(mean, scale, clf.coef_, clf.intercept_, chest)

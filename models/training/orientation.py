@@ -25,6 +25,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -304,10 +305,7 @@ def unseen(cache: Path, data: Path) -> dict[str, Any]:
         upright, atypical = model.read(*prepare(data, it))
         if not_upright(upright) or unlike_a_chest_film(atypical):
             flagged[it.file] = {"upright": round(upright, 3), "atypical": round(atypical, 3)}
-    counts: dict[str, int] = {}
-    for it in items:
-        counts[it.source] = counts.get(it.source, 0) + 1
-    return {"films": counts, "withheld": flagged}
+    return {"films": dict(Counter(it.source for it in items)), "withheld": flagged}
 
 
 def cli() -> None:
