@@ -87,12 +87,13 @@ def _standardised_logistic(
 @dataclass(frozen=True)
 class OtherImages:
     """The probability that a film's :func:`orientation_features` are those of something other than
-    a chest film: a logistic regression of the upright chest films of the training sources
-    against generated pictures (:mod:`models.training.textures`: smooth noise, clouds, blobs,
-    gratings, ramps, shapes), the two sides weighing the same. ``cut``: the probability at
-    which a film counts as unlike a chest film. The PCA distance of :class:`ChestLikeness` is
-    far from everything it was fitted on; this is what a smooth texture, close enough to a
-    film's grey to pass that distance, is unlike."""
+    a chest film: a logistic regression of the upright chest films of the training sources, and
+    of the same films tilted, cropped tight, collimated or windowed otherwise
+    (:mod:`models.training.altered`), against generated pictures (:mod:`models.training.textures`:
+    smooth noise, clouds, blobs, gratings, ramps, shapes), the two sides weighing the same.
+    ``cut``: the probability at which a film counts as unlike a chest film. The PCA distance of
+    :class:`ChestLikeness` is far from everything it was fitted on; this is what a smooth
+    texture, close enough to a film's grey to pass that distance, is unlike."""
 
     mean: np.ndarray
     scale: np.ndarray

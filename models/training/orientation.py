@@ -41,17 +41,18 @@ from models.orientation import (
     orientation_features,
     view,
 )
+from models.training.altered import ALTERATIONS, alter
 from models.training.sources import SOURCES
 from models.training.textures import FAMILIES, sample
 
 logger = logging.getLogger(__name__)
 
 NAME = "film-orientation"
-VERSION = "1.2.0"
+VERSION = "1.2.1"
 FILE = "film-orientation.json"
 C_REG = 0.01  # inverse L2 strength; 1,828 features, about 18,000 views
 LIMIT_MARGIN = 1.1  # the chest-likeness limit: the largest held-out distance times this
-OTHER_C = 0.01  # the other-images regression's inverse L2 strength
+OTHER_C = 0.1  # the other-images regression's inverse L2 strength (of 0.01-1: best held-out families)
 OTHER_CUT = 0.8  # its probability at which a film is unlike a chest film
 OTHER_PER_FAMILY = 500  # generated pictures of each family it is fitted on (seed 0)
 OTHER_TEST_PER_FAMILY = 200  # and measured on (seed 1, never fitted on)
@@ -74,6 +75,28 @@ def features(cache: Path, sources: tuple[str, ...] = SOURCES) -> dict[str, np.nd
                 srcs.append(s)
     logger.info("orientation features of %d films in %.0fs", len(xs) // len(VIEWS), time.time() - t0)
     return {"x": np.stack(xs), "view": np.array(views), "source": np.array(srcs)}
+
+
+def altered_features(
+    cache: Path, sources: tuple[str, ...], seed: int, every_kind: bool = False
+) -> dict[str, np.ndarray]:
+    """:func:`orientation_features` of the cached films altered (:mod:`models.training.altered`):
+    one alteration of each film drawn at random, or (``every_kind``) one of each kind; ``x``,
+    ``kind``, ``source`` of each row."""
+    from models.training.extract import load
+
+    rng = np.random.default_rng(seed)
+    kinds = list(ALTERATIONS)
+    xs, drawn, srcs = [], [], []
+    for s in sources:
+        arrays = load(cache, (s,), images=True)
+        for img, box in zip(arrays["image"], arrays["box"], strict=True):
+            r0, r1, c0, c1 = (int(v) for v in box)
+            for kind in kinds if every_kind else [kinds[int(rng.integers(len(kinds)))]]:
+                xs.append(orientation_features(*alter(img, (r0, r1, c0, c1), kind, rng)))
+                drawn.append(kind)
+                srcs.append(s)
+    return {"x": np.stack(xs), "kind": np.array(drawn), "source": np.array(srcs)}
 
 
 def generated(per_family: int, seed: int) -> dict[str, np.ndarray]:
@@ -113,22 +136,43 @@ def chest_limit(x: np.ndarray, src: np.ndarray) -> float:
     return LIMIT_MARGIN * worst
 
 
-def chest_likeness(x: np.ndarray, src: np.ndarray, others: np.ndarray | None = None) -> ChestLikeness:
+def chest_likeness(
+    x: np.ndarray, src: np.ndarray, others: np.ndarray | None = None, altered: np.ndarray | None = None
+) -> ChestLikeness:
     """The chest-likeness of upright films ``x`` (sources ``src``): the PCA with its
     :func:`chest_limit`, and (``others``: generated pictures' features) its
-    :class:`~models.orientation.OtherImages`."""
+    :class:`~models.orientation.OtherImages`, the films' side with ``altered`` films' features
+    beside them."""
     chest = ChestLikeness.fit(x, chest_limit(x, src))
     if others is None:
         return chest
-    return replace(chest, other=OtherImages.fit(x, others, OTHER_C, OTHER_CUT))
+    films = x if altered is None else np.vstack([x, altered])
+    return replace(chest, other=OtherImages.fit(films, others, OTHER_C, OTHER_CUT))
 
 
 def held_out_chest(
-    x: np.ndarray, src: np.ndarray, held: str, others: np.ndarray | None = None
+    x: np.ndarray,
+    src: np.ndarray,
+    held: str,
+    others: np.ndarray | None = None,
+    altered: dict[str, np.ndarray] | None = None,
 ) -> ChestLikeness:
-    """:func:`chest_likeness` of every source but ``held``, from those sources alone."""
+    """:func:`chest_likeness` of every source but ``held``, from those sources alone (``altered``:
+    :func:`altered_features`, its rows of ``held`` left out)."""
     rest = src != held
-    return chest_likeness(x[rest], src[rest], others)
+    kept = None if altered is None else altered["x"][altered["source"] != held]
+    return chest_likeness(x[rest], src[rest], others, kept)
+
+
+def altered_rates(model: OrientationModel, altered: dict[str, np.ndarray]) -> dict[str, float]:
+    """The share of each kind of altered film that ``model`` withholds (turned, or unlike a
+    chest film): false alarms, since each is a chest film."""
+    from models.quality import not_upright, unlike_a_chest_film
+
+    flagged = not_upright(model.proba(altered["x"])[:, 0]) | unlike_a_chest_film(
+        model.chest.atypical(altered["x"])
+    )
+    return {kind: _share(flagged[altered["kind"] == kind]) for kind in ALTERATIONS}
 
 
 def other_catches(
@@ -136,8 +180,8 @@ def other_catches(
 ) -> dict[str, Any]:
     """For each family held out, the share of its ``test`` pictures withheld as unlike a chest
     film or turned: ``before``, by ``model``'s PCA distance or its orientation; ``now``, the same
-    with an other-images measure fitted on the upright films ``x`` and the ``fitted`` pictures of
-    the other families; ``other_alone``, by that measure alone."""
+    with an other-images measure fitted on the chest films ``x`` (upright and altered) and the
+    ``fitted`` pictures of the other families; ``other_alone``, by that measure alone."""
     from models.quality import not_upright, unlike_a_chest_film
 
     out: dict[str, Any] = {}
@@ -191,9 +235,12 @@ def main(
     x, v, src = data["x"], data["view"], data["source"]
     t0 = time.time()
     others, others_test = generated(per_family[0], seed=0), generated(per_family[1], seed=1)
+    altered_fit = altered_features(cache, sources, seed=0)
+    altered_test = altered_features(cache, sources, seed=1, every_kind=True)
     logger.info(
-        "features of %d generated pictures in %.0fs",
+        "features of %d generated pictures and %d altered films in %.0fs",
         len(others["x"]) + len(others_test["x"]),
+        len(altered_fit["x"]) + len(altered_test["x"]),
         time.time() - t0,
     )
     report: dict[str, Any] = {
@@ -209,11 +256,18 @@ def main(
         test = src == s
         if test.all() or not test.any():
             continue
-        chest = held_out_chest(x[up], src[up], s, others["x"])
+        chest = held_out_chest(x[up], src[up], s, others["x"], altered_fit)
         model = OrientationModel.fit(x[~test], v[~test], C_REG, chest)
         p = model.proba(x[test])[:, 0]
         atypical = chest.atypical(x[test])
-        report["leave_one_source_out"][s] = {**rates(p, v[test]), **atypical_rates(atypical, v[test])}
+        held_altered = {k: a[altered_test["source"] == s] for k, a in altered_test.items()}
+        without = replace(model, chest=held_out_chest(x[up], src[up], s, others["x"]))
+        report["leave_one_source_out"][s] = {
+            **rates(p, v[test]),
+            **atypical_rates(atypical, v[test]),
+            "altered_withheld": altered_rates(model, held_altered),
+            "altered_withheld_fitted_without_altered": altered_rates(without, held_altered),
+        }
         pooled_p.append(p)
         pooled_v.append(v[test])
         pooled_a.append(atypical)
@@ -222,17 +276,19 @@ def main(
         pv = np.concatenate(pooled_v)
         pa = np.concatenate(pooled_a)
         report["all"] = {**rates(np.concatenate(pooled_p), pv), **atypical_rates(pa, pv)}
-    chest = chest_likeness(x[up], src[up], others["x"])
+    chest = chest_likeness(x[up], src[up], others["x"], altered_fit["x"])
     report["chest_likeness"] = {
         "components": int(chest.components.shape[0]),
         "limit": round(chest.limit, 1),
         "rule": f"{LIMIT_MARGIN} x the largest distance of an upright film with its source left out",
-        "other_images": f"logistic regression (C {OTHER_C}) of the upright films against "
+        "other_images": f"logistic regression (C {OTHER_C}) of the upright films and one altered copy "
+        "of each (models.training.altered) against "
         f"{per_family[0]} generated pictures of each of {len(FAMILIES)} families (seed 0); "
         f"unlike a chest film at P >= {OTHER_CUT}",
     }
     final = OrientationModel.fit(x, v, C_REG, chest)
-    report["chest_likeness"]["families_held_out"] = other_catches(x[up], others, others_test, final)
+    chest_films = np.vstack([x[up], altered_fit["x"]])
+    report["chest_likeness"]["families_held_out"] = other_catches(chest_films, others, others_test, final)
     OrientationModel.from_json(final.to_json())  # what the node would refuse is not written
     (out / FILE).write_text(json.dumps(final.to_json()))
     report["films"] = int((v == 0).sum())
@@ -274,9 +330,13 @@ def release(
             "or cxr-node train)",
             "images": report["films"],
             "data": "every cached film of the seven sources (the classifier's cache), each in the five "
-            "views; the label is the view; for the chest-likeness, the upright films against "
-            f"{OTHER_PER_FAMILY} generated pictures of each of {len(FAMILIES)} families",
-            "previous": "film-orientation 1.1.1 (the same, the chest-likeness its PCA distance alone: "
+            "views; the label is the view; for the chest-likeness, the upright films and one altered "
+            "copy of each (tilted, cropped tight, collimated or windowed otherwise: "
+            f"models.training.altered) against {OTHER_PER_FAMILY} generated pictures of each of "
+            f"{len(FAMILIES)} families",
+            "previous": "film-orientation 1.2.0 (the same, the chest films' side of the other-pictures "
+            "regression the upright films alone: it withheld films tilted, cropped tight or collimated); "
+            "1.1.1 (the same, the chest-likeness its PCA distance alone: "
             "smooth random textures passed it); 1.1.0 (the same, on films whose grey was scaled with their "
             "constant margins); 1.0.0 (the same views, without the chest-likeness); before it, "
             "films turned were caught by LungNet's confidence read turned "

@@ -245,6 +245,27 @@ def test_a_mirrored_film_is_upright_to_the_orientation_model(analyzer, cr_chest_
     assert res.extra["quality_measures"]["upright"] >= MIN_UPRIGHT
 
 
+@pytest.mark.parametrize("kind", ["tilted", "cropped", "collimated", "windowed"])
+def test_a_film_framed_or_windowed_otherwise_is_still_a_chest_film(cr_chest_dicom, kind: str) -> None:
+    """pydicom-data's CR (a hospital never trained on) altered 40 times as another site's films
+    come (:mod:`models.training.altered`: turned up to 15 degrees, framed tight, collimated,
+    another grey curve), through the node's preprocessing: the released model reads every one
+    upright and chest-like (1.2.0, its chest side the upright films alone, withheld 2 of the 40
+    cropped tight)."""
+    from models.evidence import resolution_chain
+    from models.preprocessing import model_square, normalize
+    from models.registry import build_model
+    from models.training.altered import ALTERATIONS
+
+    model = build_model("orientation")
+    rng = np.random.default_rng(2026)
+    film = normalize(load_image(cr_chest_dicom).pixels)
+    for _ in range(40):
+        img8, geom = model_square(ALTERATIONS[kind](film, rng).astype(np.float32) * 4095, 256)
+        upright, atypical = model.read(resolution_chain(img8), geom.content_box)
+        assert upright >= MIN_UPRIGHT and atypical < MAX_ATYPICAL, (upright, atypical)
+
+
 def test_a_negative_film_is_not_assessable(analyzer, jpeg_path, cr_chest_dicom) -> None:
     """A film's grey inverted (``255 - image`` stored as MONOCHROME2) read "COVID-19 0.43, extent
     6.6/8, URGENT, quality check passed" (a black-box review): the orientation model reads
