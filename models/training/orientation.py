@@ -14,6 +14,13 @@ them, plus a tenth (:data:`LIMIT_MARGIN`). Its false alarms are measured one lev
 for each source held out, the limit comes from the other six sources alone (each of them left
 out in turn), and the held-out source's upright films are measured against it.
 
+Its other-pictures regression (:class:`~models.orientation.OtherImages`) is fitted on the upright
+films and one altered copy of each (:mod:`models.training.altered`, seed 0) against generated
+pictures (:mod:`models.training.textures`, seed 0). Its false alarms on films framed or windowed
+otherwise are measured the same way, on one copy of each kind of every film of the held-out
+source (seed 1), beside the same regression fitted on the upright films alone; what it catches of
+a kind of picture it never saw, with each family held out of the fit in turn.
+
     python -m models.training.orientation --cache CACHE --out DIR [--ship]
     python -m models.training.orientation --cache CACHE --unseen   # the films not in CACHE
 """
