@@ -61,3 +61,21 @@ def test_the_other_pictures_measure_stands_beside_the_distance() -> None:
     assert (chest.atypical(x) < 1).all() and (chest.other.proba(others) >= chest.other.cut).all()
     alone = held_out_chest(x, src, "c")  # no pictures: the distance alone
     assert alone.other is None and np.allclose(alone.atypical(both), alone.distance(both) / alone.limit)
+
+
+def test_the_held_out_sources_altered_copies_stay_out_of_its_fit() -> None:
+    """The altered copies of the held-out source's films (:func:`altered_features` rows of that
+    source) take no part in the regression it is measured against; those of the other sources
+    do."""
+    x, src = _films()
+    others = np.random.default_rng(1).normal(size=(90, N_FEATURES)) + 1.0
+    altered = {"x": x + 0.1 * np.random.default_rng(2).normal(size=x.shape), "source": src}
+    before = held_out_chest(x, src, "c", others, altered)
+    poisoned = {"x": altered["x"].copy(), "source": src}
+    poisoned["x"][src == "c"] = others[: (src == "c").sum()]  # would teach it the pictures are films
+    after = held_out_chest(x, src, "c", others, poisoned)
+    assert before.other is not None and after.other is not None
+    np.testing.assert_allclose(after.other.coef, before.other.coef)
+    poisoned["x"][src == "a"] = others[: (src == "a").sum()]  # a training source's copies do count
+    changed = held_out_chest(x, src, "c", others, poisoned)
+    assert changed.other is not None and not np.allclose(changed.other.coef, before.other.coef)
