@@ -7,8 +7,8 @@ film, and a review of 281 films in 25 variants found it withholding 0.7-2.8 % of
 15 degrees, 1.8 % of tight crops and 1.4 % of films with a bright collimator edge (its PCA
 distance alone: 0-0.4 %). Each variant here starts from a cached film's content (the chained
 256-px square inside its content box), is altered, and goes through the node's own preprocessing
-(:func:`models.preprocessing.model_square`, then the resolution chain), as
-:func:`models.training.textures.sample` does for the generated pictures.
+(:func:`models.training.extract.chained`), as the generated pictures of
+:func:`models.training.textures.sample` do.
 """
 
 from __future__ import annotations
@@ -71,11 +71,9 @@ def alter(
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """A cached film (chained 256-px square, content box) altered by ``kind`` of
     :data:`ALTERATIONS`, as the models see it: the chained square and its content box."""
-    from models.evidence import resolution_chain
-    from models.preprocessing import model_square
+    from models.training.extract import chained
 
     r0, r1, c0, c1 = box
     content = np.asarray(img8[r0:r1, c0:c1], np.float64) / 255.0
     altered = ALTERATIONS[kind](content, rng)
-    square, geom = model_square(np.asarray(np.clip(altered, 0, 1) * 4095, np.float32), 256)
-    return resolution_chain(square), geom.content_box
+    return chained(np.asarray(np.clip(altered, 0, 1) * 4095, np.float32))

@@ -29,11 +29,16 @@ logger = logging.getLogger(__name__)
 SIZE = 256
 
 
-def prepare(data: Path, item: Item) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """(chained 256-px uint8 square, content box r0 r1 c0 c1 in the square)."""
-    loaded = load_image(Path(data) / item.file)
-    img8, geom = model_square(loaded.pixels, SIZE)
+def chained(pixels: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A picture as the models see a film: (chained 256-px uint8 square, content box r0 r1 c0 c1
+    in the square)."""
+    img8, geom = model_square(pixels, SIZE)
     return resolution_chain(img8), geom.content_box
+
+
+def prepare(data: Path, item: Item) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """:func:`chained` of the item's image."""
+    return chained(load_image(Path(data) / item.file).pixels)
 
 
 def run(

@@ -65,44 +65,49 @@ OTHER_PER_FAMILY = 500  # generated pictures of each family it is fitted on (see
 OTHER_TEST_PER_FAMILY = 200  # and measured on (seed 1, never fitted on)
 
 
-def features(cache: Path, sources: tuple[str, ...] = SOURCES) -> dict[str, np.ndarray]:
-    """Every cached film's :func:`orientation_features` in each view: ``x`` (N * 5, F), ``view``,
-    ``source`` (of each row)."""
+Film = tuple[str, np.ndarray, tuple[int, int, int, int]]  # source, chained square, content box
+
+
+def cached_films(cache: Path, sources: tuple[str, ...] = SOURCES) -> list[Film]:
+    """Every cached film of ``sources`` (:mod:`models.training.extract`), decoded once for all
+    the features read off it."""
     from models.training.extract import load
 
-    xs, views, srcs = [], [], []
-    t0 = time.time()
+    films: list[Film] = []
     for s in sources:
         arrays = load(cache, (s,), images=True)
         for img, box in zip(arrays["image"], arrays["box"], strict=True):
             r0, r1, c0, c1 = (int(b) for b in box)
-            for k in range(len(VIEWS)):
-                xs.append(orientation_features(view(img[r0:r1, c0:c1], k)))
-                views.append(k)
-                srcs.append(s)
-    logger.info("orientation features of %d films in %.0fs", len(xs) // len(VIEWS), time.time() - t0)
+            films.append((s, img, (r0, r1, c0, c1)))
+    return films
+
+
+def features(films: list[Film]) -> dict[str, np.ndarray]:
+    """Every film's :func:`orientation_features` in each view: ``x`` (N * 5, F), ``view``,
+    ``source`` (of each row)."""
+    xs, views, srcs = [], [], []
+    t0 = time.time()
+    for s, img, (r0, r1, c0, c1) in films:
+        for k in range(len(VIEWS)):
+            xs.append(orientation_features(view(img[r0:r1, c0:c1], k)))
+            views.append(k)
+            srcs.append(s)
+    logger.info("orientation features of %d films in %.0fs", len(films), time.time() - t0)
     return {"x": np.stack(xs), "view": np.array(views), "source": np.array(srcs)}
 
 
-def altered_features(
-    cache: Path, sources: tuple[str, ...], seed: int, every_kind: bool = False
-) -> dict[str, np.ndarray]:
-    """:func:`orientation_features` of the cached films altered (:mod:`models.training.altered`):
+def altered_features(films: list[Film], seed: int, every_kind: bool = False) -> dict[str, np.ndarray]:
+    """:func:`orientation_features` of the films altered (:mod:`models.training.altered`):
     one alteration of each film drawn at random, or (``every_kind``) one of each kind; ``x``,
     ``kind``, ``source`` of each row."""
-    from models.training.extract import load
-
     rng = np.random.default_rng(seed)
     kinds = list(ALTERATIONS)
     xs, drawn, srcs = [], [], []
-    for s in sources:
-        arrays = load(cache, (s,), images=True)
-        for img, box in zip(arrays["image"], arrays["box"], strict=True):
-            r0, r1, c0, c1 = (int(v) for v in box)
-            for kind in kinds if every_kind else [kinds[int(rng.integers(len(kinds)))]]:
-                xs.append(orientation_features(*alter(img, (r0, r1, c0, c1), kind, rng)))
-                drawn.append(kind)
-                srcs.append(s)
+    for s, img, box in films:
+        for kind in kinds if every_kind else [kinds[int(rng.integers(len(kinds)))]]:
+            xs.append(orientation_features(*alter(img, box, kind, rng)))
+            drawn.append(kind)
+            srcs.append(s)
     return {"x": np.stack(xs), "kind": np.array(drawn), "source": np.array(srcs)}
 
 
@@ -238,12 +243,13 @@ def main(
 
     out.mkdir(parents=True, exist_ok=True)
     sources = tuple(s for s in SOURCES if (Path(cache) / f"{s}.npz").is_file())
-    data = features(cache, sources)
+    films = cached_films(cache, sources)
+    data = features(films)
     x, v, src = data["x"], data["view"], data["source"]
     t0 = time.time()
     others, others_test = generated(per_family[0], seed=0), generated(per_family[1], seed=1)
-    altered_fit = altered_features(cache, sources, seed=0)
-    altered_test = altered_features(cache, sources, seed=1, every_kind=True)
+    altered_fit = altered_features(films, seed=0)
+    altered_test = altered_features(films, seed=1, every_kind=True)
     logger.info(
         "features of %d generated pictures and %d altered films in %.0fs",
         len(others["x"]) + len(others_test["x"]),
@@ -268,7 +274,9 @@ def main(
         p = model.proba(x[test])[:, 0]
         atypical = chest.atypical(x[test])
         held_altered = {k: a[altered_test["source"] == s] for k, a in altered_test.items()}
-        without = replace(model, chest=held_out_chest(x[up], src[up], s, others["x"]))
+        rest = up & ~test
+        without_altered = OtherImages.fit(x[rest], others["x"], OTHER_C, OTHER_CUT)
+        without = replace(model, chest=replace(chest, other=without_altered))
         report["leave_one_source_out"][s] = {
             **rates(p, v[test]),
             **atypical_rates(atypical, v[test]),

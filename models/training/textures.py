@@ -113,8 +113,6 @@ def to_pixels(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def sample(family: str, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """One image of ``family`` as the models see a film: the chained 256-px uint8 square and its
     content box."""
-    from models.evidence import resolution_chain
-    from models.preprocessing import model_square
+    from models.training.extract import chained
 
-    img8, geom = model_square(to_pixels(FAMILIES[family](rng), rng), 256)
-    return resolution_chain(img8), geom.content_box
+    return chained(to_pixels(FAMILIES[family](rng), rng))
