@@ -169,8 +169,8 @@ class Analyzer:
         opac = b.net_out["maps"][:, OPACITY]
         b.features = classifier_inputs(
             np.stack([opacity_features(opac[i], b.lungs[i]) for i in range(b.n)]),
-            np.array([s.geographic_extent for s in b.severities]),
-            np.array([s.opacity for s in b.severities]),
+            b.evidence_totals["geographic_extent"],
+            b.evidence_totals["opacity"],
         )
         # A film whose outline failed the check has its totals withheld: its class is read without them.
         withheld = np.array([not c.assessable for c in b.checks])
@@ -180,7 +180,9 @@ class Analyzer:
         """Cohen's scores per lung and in total, and the retrieval embedding."""
         from models.severity import severity_matrix
 
-        pred = self.model("severity").predict(severity_matrix(b.img8, b.net_out))
+        ridge, feats = self.model("severity"), severity_matrix(b.img8, b.net_out)
+        b.evidence_totals = {k: v["total"] for k, v in ridge.predict(feats).items()}
+        pred = ridge.report(feats)
         ext, opa = pred["geographic_extent"], pred["opacity"]
         b.severities = [
             Severity(
@@ -253,6 +255,9 @@ class _Batch:
     features: np.ndarray = field(default_factory=lambda: np.zeros(0))
     probs: np.ndarray = field(default_factory=lambda: np.zeros(0))
     severities: list[Severity] = field(default_factory=list)
+    # The ridge's totals as fitted (LungRidge.predict), which the classifier reads; the
+    # severities are as reported (LungRidge.report: a lung clear by either score is clear by both).
+    evidence_totals: dict[str, np.ndarray] = field(default_factory=dict)
     embeddings: np.ndarray = field(default_factory=lambda: np.zeros(0))
     heats: list[np.ndarray] = field(default_factory=list)
 

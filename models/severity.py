@@ -68,7 +68,8 @@ class LungRidge:
     Fitted on the sum of both lungs' features against the image's total score,
     so the per-lung scores are learned (their sum is the fitted total) rather
     than apportioned afterwards; each lung is clipped to Cohen's per-lung range
-    (extent 0-4, opacity 0-3) and the total is the sum of the clipped lungs.
+    (extent 0-4, opacity 0-3) and the total is the sum of the clipped lungs. :meth:`report` is
+    what the node reports: a lung clear by either score is clear by both.
     """
 
     mean: np.ndarray
@@ -110,6 +111,20 @@ class LungRidge:
                 for j in (0, 1)
             ]
             out[k] = {"right": per[0], "left": per[1], "total": per[0] + per[1]}
+        return out
+
+    def report(self, feats: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """:meth:`predict` as the node reports it: a lung that either score calls clear (0) is
+        clear in both (extent 0 with opacity 0.4 would say two things of one lung), and the totals
+        are the sums of the lungs so reported. The classifier reads :meth:`predict`'s totals, as it
+        was fitted (a sub-threshold opacity still tells it something)."""
+        out = self.predict(feats)
+        for side in ("right", "left"):
+            clear = np.logical_or.reduce([out[k][side] <= 0 for k in out])
+            for k in out:
+                out[k][side] = np.where(clear, 0.0, out[k][side])
+        for scores in out.values():
+            scores["total"] = scores["right"] + scores["left"]
         return out
 
     def to_json(self, feature_names: list[str] | None = None) -> dict[str, Any]:

@@ -399,7 +399,8 @@ def severity_protocols(
 ) -> dict[str, Any]:
     """Cohen's 50 random 50/50 patient-grouped splits on the 94 (ridge trained on the training
     half of the 94 only, and again with the 140 later images of the training patients' *other*
-    patients added), and a patient-grouped 5-fold CV on all 234 (10 repeats)."""
+    patients added), and a patient-grouped 5-fold CV on all 234 (10 repeats). Scored as the node
+    reports them (:meth:`models.severity.LungRidge.report`)."""
     from sklearn.model_selection import GroupShuffleSplit
 
     from models.severity import LungRidge
@@ -422,7 +423,7 @@ def severity_protocols(
         extra = np.array([i for i in np.nonzero(~cohen)[0] if groups[i] not in test_pat], int)
         for name, train_rows in (("cohen94", tr), ("cohen94_plus_extended", np.concatenate([tr, extra]))):
             model = LungRidge.fit(feats[train_rows], {k: v[train_rows] for k, v in targets.items()})
-            pred = model.predict(feats[te])
+            pred = model.report(feats[te])
             for k, y in targets.items():
                 for m, v in regression_scores(y[te], pred[k]["total"]).items():
                     res[name][k][m].append(v)
@@ -441,7 +442,7 @@ def severity_protocols(
         for f in range(N_FOLDS):
             tr, te = np.nonzero(fold != f)[0], np.nonzero(fold == f)[0]
             model = LungRidge.fit(feats[tr], {k: v[tr] for k, v in targets.items()})
-            pred = model.predict(feats[te])
+            pred = model.report(feats[te])
             for k, yk in targets.items():
                 oof[k][rep, te] = pred[k]["total"]
                 base_pred[k][te] = float(yk[tr].mean())
