@@ -15,7 +15,16 @@ from scipy import ndimage
 
 from models.orientation import VIEWS, OrientationModel, orientation_features, view
 from models.preprocessing import LoadedImage, load_image
-from models.quality import MAX_ATYPICAL, MIN_UPRIGHT, check, refine_lungs
+from models.quality import (
+    MAX_ATYPICAL,
+    MIN_FINE_DETAIL,
+    MIN_MID_DETAIL,
+    MIN_UPRIGHT,
+    check,
+    detail,
+    refine_lungs,
+    too_blurred,
+)
 
 
 def _loaded(pixels: np.ndarray) -> LoadedImage:
@@ -289,3 +298,38 @@ def test_the_phantom_inverted_and_a_turned_negative() -> None:
     # a film called turned is not read for its grey (its zones are an upright film's)
     assert check(255 - img, lungs, upright=0.01).reasons[0] == "orientation"
     assert "inverted" not in check(255 - img, lungs, upright=0.01).reasons
+
+
+@pytest.mark.parametrize("percent", [1.0, 2.0])
+def test_a_blurred_film_is_not_assessable(analyzer, jpeg_path, cr_chest_dicom, percent: float) -> None:
+    """A film blurred by a Gaussian of 1 % of its size reads an extent about 0.4 lower (2 %: about
+    1 lower) and passed the check: its severity is withheld now, its lungs still found. pydicom-data's
+    CR (a hospital never trained on) at full size, and a film of the data release."""
+    for pixels in (load_image(cr_chest_dicom).pixels, load_image(jpeg_path).pixels):
+        sigma = percent / 100 * max(pixels.shape)
+        result = analyzer.analyze(_loaded(ndimage.gaussian_filter(pixels.astype(np.float32), sigma)))
+        assert result.quality.reasons == ("blurred",), result.quality
+        assert not result.quality.assessable and result.quality.lungs_found
+        assert result.extra["quality_measures"]["fine_detail"] < MIN_FINE_DETAIL
+
+
+def test_a_sharp_or_slightly_soft_film_is_not_called_blurred(analyzer, jpeg_path, cr_chest_dicom) -> None:
+    """The same films as they are and softened by a Gaussian of 0.25 % of their size (a little
+    motion or a soft detector): not withheld, each measure well above its limit as they are."""
+    for pixels in (load_image(cr_chest_dicom).pixels, load_image(jpeg_path).pixels):
+        film = analyzer.analyze(_loaded(pixels))
+        m = film.extra["quality_measures"]
+        assert film.quality.assessable, film.quality
+        assert m["fine_detail"] > 1.4 * MIN_FINE_DETAIL and m["mid_detail"] > 1.3 * MIN_MID_DETAIL, m
+        soft = ndimage.gaussian_filter(pixels.astype(np.float32), 0.0025 * max(pixels.shape))
+        assert "blurred" not in analyzer.analyze(_loaded(soft)).quality.reasons
+
+
+def test_detail_does_not_depend_on_the_window() -> None:
+    """Ratios of bands: the same film at a quarter of its contrast, or shifted in grey, measures
+    the same (so a film windowed otherwise is not called blurred)."""
+    img, _ = _phantom()
+    base = np.array(detail(img.astype(np.float32)))
+    assert np.allclose(detail(img.astype(np.float32) / 4 + 100), base, rtol=1e-3)
+    assert too_blurred(*detail(ndimage.gaussian_filter(img.astype(np.float32), 5)))
+    assert not too_blurred(*base)

@@ -1,5 +1,5 @@
-"""A negative film (grey inverted) comes out as the SR's coded "not assessable" with its reason,
-and the SC says so in a few words."""
+"""A negative film (grey inverted) or one too blurred to read comes out as the SR's coded "not
+assessable" with its reason, and the SC says so in a few words."""
 
 from __future__ import annotations
 
@@ -37,3 +37,23 @@ def test_a_negative_is_not_assessable_with_its_coded_reason(cr_source: Dataset) 
     assert image_comments(result)[-1] == "Grey inverted: a negative"
     assert "Grey inverted: a negative" in " ".join(header_lines(result))
     assert any(line == "Class: not assessable" for line in header_lines(result))
+
+
+def test_a_blurred_film_has_its_severity_withheld_with_its_coded_reason(cr_source: Dataset) -> None:
+    """Too blurred to read the severity off: the SR codes why, the SC says it in a few words, the
+    class still stands (the lungs were found)."""
+    result = make_result(cr_source, covid=0.97)
+    result.quality = Quality(False, True, ("blurred",), REASONS["blurred"])
+    image = measurement_groups(roundtrip(build_sr(cr_source, result, ALGORITHM_NAME, ALGORITHM_VERSION)))[
+        TRACKING_IMAGE
+    ]
+    coded = [(concept(c), c.ConceptCodeSequence[0]) for c in image.ContentSequence if c.ValueType == "CODE"]
+    reasons = [
+        (str(v.CodeValue), str(v.CodeMeaning)) for name, v in coded if name == ("99CXRNODE", "NAREASON")
+    ]
+    assert reasons == [("QCBLURRED", "Film too blurred for the severity to be read")]
+    classification = (cxr_codes.CLASSIFICATION.scheme_designator, cxr_codes.CLASSIFICATION.value)
+    assert classification in [name for name, _ in coded]
+    assert len(SHORT_REASONS["blurred"]) <= 27  # dsrdump's cut
+    assert image_comments(result)[-1] == "Film too blurred"
+    assert any("Severity: not assessable" in line for line in header_lines(result))
