@@ -59,6 +59,8 @@ def severity_matrix(images8: np.ndarray, pred: dict[str, np.ndarray], pooled: bo
 
 
 PER_LUNG_MAX = {"geographic_extent": 4.0, "opacity": 3.0}
+# A score under this reads 0.0 at the one decimal the SR and SC show: the lung is clear by it.
+CLEAR_BELOW = 0.05
 
 
 @dataclass
@@ -114,13 +116,14 @@ class LungRidge:
         return out
 
     def report(self, feats: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        """:meth:`predict` as the node reports it: a lung that either score calls clear (0) is
-        clear in both (extent 0 with opacity 0.4 would say two things of one lung), and the totals
-        are the sums of the lungs so reported. The classifier reads :meth:`predict`'s totals, as it
-        was fitted (a sub-threshold opacity still tells it something)."""
+        """:meth:`predict` as the node reports it: a lung that either score calls clear (under
+        :data:`CLEAR_BELOW`, 0.0 as the report shows it) is clear in both (extent 0.0 with opacity
+        0.4 would say two things of one lung), and the totals are the sums of the lungs so
+        reported. The classifier reads :meth:`predict`'s totals, as it was fitted (a
+        sub-threshold opacity still tells it something)."""
         out = self.predict(feats)
         for side in ("right", "left"):
-            clear = np.logical_or.reduce([out[k][side] <= 0 for k in out])
+            clear = np.logical_or.reduce([out[k][side] < CLEAR_BELOW for k in out])
             for k in out:
                 out[k][side] = np.where(clear, 0.0, out[k][side])
         for scores in out.values():

@@ -2,8 +2,9 @@
 
 :meth:`models.severity.LungRidge.predict` clips each lung's two scores apart, so a lung can read
 extent 0 with opacity 0.4; :meth:`~models.severity.LungRidge.report`, what the node reports, makes a
-lung clear by either score clear by both. Per source, with the released ridge: the lungs that
-rule changes, by which score was 0, and the largest score it set to 0. ``--ship`` records the
+lung clear by either score (under :data:`models.severity.CLEAR_BELOW`, 0.0 as the report shows it)
+clear by both. Per source, with the released ridge: the lungs that rule changes, by which score
+read clear, and the largest score it set to 0. ``--ship`` records the
 table in the registry's severity entry (its card prints it).
 
     python -m models.training.clear_lungs --cache .gpu/cache-norm [--ship]
@@ -23,14 +24,15 @@ from models.training.sources import SOURCES
 VERSION = "3.0.1"  # 3.0.0's coefficients; a lung clear by either score is reported clear by both
 PREVIOUS = (
     "severity-ridge@3.0.0 (the same coefficients, each lung's two scores clipped apart: "
-    "a lung could read extent 0 with opacity above 0)"
+    "a lung could read extent 0.0 with opacity 0.4)"
 )
 
 
 def disagreements(cache: Path, sources: tuple[str, ...] = SOURCES) -> dict[str, dict[str, Any]]:
-    """Per source: lungs, lungs with extent 0 and opacity above 0, with opacity 0 and extent above
-    0, and the largest score :meth:`~models.severity.LungRidge.report` set to 0."""
+    """Per source: lungs, lungs clear by extent and not by opacity, clear by opacity and not by
+    extent, and the largest score :meth:`~models.severity.LungRidge.report` set to 0."""
     from models.registry import load_ridge
+    from models.severity import CLEAR_BELOW
 
     ridge = load_ridge()
     out = {}
@@ -38,8 +40,8 @@ def disagreements(cache: Path, sources: tuple[str, ...] = SOURCES) -> dict[str, 
         pred = ridge.predict(load(cache, (source,))["severity_features"])
         ext = np.stack([pred["geographic_extent"][s] for s in ("right", "left")])
         opa = np.stack([pred["opacity"][s] for s in ("right", "left")])
-        only_extent = (ext <= 0) & (opa > 0)
-        only_opacity = (opa <= 0) & (ext > 0)
+        only_extent = (ext < CLEAR_BELOW) & (opa >= CLEAR_BELOW)
+        only_opacity = (opa < CLEAR_BELOW) & (ext >= CLEAR_BELOW)
         out[source] = {
             "lungs": int(ext.size),
             "extent_0_opacity_above": int(only_extent.sum()),
@@ -52,7 +54,7 @@ def disagreements(cache: Path, sources: tuple[str, ...] = SOURCES) -> dict[str, 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
     lines = [
-        "| source | lungs | extent 0, opacity above 0 | opacity 0, extent above 0 "
+        "| source | lungs | extent 0.0, opacity not | opacity 0.0, extent not "
         "| largest opacity / extent set to 0 |",
         "|---|---|---|---|---|",
     ]
