@@ -21,20 +21,21 @@ import numpy as np
 from models.training.extract import load
 from models.training.sources import SOURCES
 
-VERSION = "3.0.1"  # 3.0.0's coefficients; a lung clear by either score is reported clear by both
-PREVIOUS = (
-    "severity-ridge@3.0.0 (the same coefficients, each lung's two scores clipped apart: "
-    "a lung could read extent 0.0 with opacity 0.4)"
-)
+COMMAND = "python -m models.training.clear_lungs --cache CACHE --ship"
 
 
-def disagreements(cache: Path, sources: tuple[str, ...] = SOURCES) -> dict[str, dict[str, Any]]:
+def disagreements(
+    cache: Path,
+    sources: tuple[str, ...] = SOURCES,
+    weights_dir: Path | None = None,
+    registry: Path | None = None,
+) -> dict[str, dict[str, Any]]:
     """Per source: lungs, lungs clear by extent and not by opacity, clear by opacity and not by
     extent, and the largest score :meth:`~models.severity.LungRidge.report` set to 0."""
-    from models.registry import load_ridge
+    from models.registry import load_registry, load_ridge
     from models.severity import CLEAR_BELOW
 
-    ridge = load_ridge()
+    ridge = load_ridge(weights_dir, load_registry(registry))
     out = {}
     for source in sources:
         pred = ridge.predict(load(cache, (source,))["severity_features"])
@@ -68,15 +69,13 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def ship(rows: dict[str, dict[str, Any]], command: str) -> None:
-    """The table into the registry's severity entry, at :data:`VERSION`."""
+def ship(rows: dict[str, dict[str, Any]], registry: Path | None = None) -> None:
+    """The table into the registry's severity entry (``metrics.clear_lungs``)."""
     from models.registry import load_registry, update_registry
 
-    entry = load_registry()["models"]["severity"]
-    entry["version"] = VERSION
-    entry["training"]["previous"] = PREVIOUS
-    entry["metrics"]["clear_lungs"] = {"command": command, "by_source": rows}
-    update_registry({"severity": entry})
+    entry = load_registry(registry)["models"]["severity"]
+    entry["metrics"]["clear_lungs"] = {"command": COMMAND, "by_source": rows}
+    update_registry({"severity": entry}, registry)
 
 
 def main() -> None:
@@ -87,7 +86,7 @@ def main() -> None:
     rows = disagreements(a.cache)
     print(table(rows))
     if a.ship:
-        ship(rows, "python -m models.training.clear_lungs --cache CACHE --ship")
+        ship(rows)
 
 
 if __name__ == "__main__":

@@ -57,11 +57,13 @@ def train(
     3. the lung-opacity classifier: the released LungNet run once over every source
        (:mod:`models.training.extract`), then chosen and measured by leave-one-source-out
        (:mod:`models.training.round3`);
-    4. the film-orientation model on the same cache (:mod:`models.training.orientation`).
+    4. the film-orientation model on the same cache (:mod:`models.training.orientation`);
+    5. how often the severity's clear-lung rule changes a lung there
+       (:mod:`models.training.clear_lungs`, into the severity entry).
 
     ``registry`` is updated role by role (:func:`models.registry.update_registry`); work files
     go to ``out/fit``, ``out/round3`` and ``out/orientation``."""
-    from models.training import extract, fit, orientation, release, retrieval, round3
+    from models.training import clear_lungs, extract, fit, orientation, release, retrieval, round3
     from models.training.corpus import build_cache
 
     work = out / "fit"
@@ -95,6 +97,8 @@ def train(
         registry=registry,
         per_family=(12, 4) if quick else (orientation.OTHER_PER_FAMILY, orientation.OTHER_TEST_PER_FAMILY),
     )
+    report["clear_lungs"] = clear_lungs.disagreements(lungnet_cache, weights_dir=out, registry=registry)
+    clear_lungs.ship(report["clear_lungs"], registry)
     return report
 
 

@@ -23,6 +23,12 @@ from models.registry import REGISTRY_PATH, WEIGHTS_DIR, sha256_file, update_regi
 from models.training.fit import LUNGNET_FILES
 
 VERSION = "3.0.0"
+# The ridge of VERSION, reported with the clear-lung rule (models.severity.LungRidge.report)
+SEVERITY_VERSION = "3.0.1"
+SEVERITY_PREVIOUS = (
+    "severity-ridge@3.0.0 (the same coefficients, each lung's two scores clipped apart: "
+    "a lung could read extent 0.0 with opacity 0.4)"
+)
 # The LungNet variant shipped: chosen on held-out Dice and the severity CV of the fit report
 # (models/cards/segmentation.md); the other variant's numbers stay in the registry beside it.
 VARIANT = "scratch"
@@ -102,6 +108,7 @@ def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_P
     }
     roles["severity"] = {
         **_head(weights, "severity-ridge", "severity-ridge.json"),
+        "version": SEVERITY_VERSION,
         "arch": {"class": "LungRidge", "features": SEVERITY_FEATURES},
         "input_size": 256,
         "labels": ["geographic_extent", "opacity"],
@@ -110,6 +117,7 @@ def main(fit_dir: Path, weights: Path = WEIGHTS_DIR, registry: Path = REGISTRY_P
             **training,
             **ridge_data,
             "data": "severity-scores-extended.csv (234 images; 0-8 opacity rows rescaled x 6/8)",
+            "previous": SEVERITY_PREVIOUS,
         },
         "metrics": {k: v for k, v in sev.items() if k != "split0"},
     }

@@ -68,6 +68,7 @@ def test_quick_train_into_a_temporary_registry_then_analyse(tmp_path, shared_dat
     from models.preprocessing import load_image
     from models.registry import INFERENCE_ROLES, ROLES, load_registry, sha256_file
     from models.training.cli import train_app
+    from models.training.sources import SOURCES
 
     shipped = load_registry()
     out = tmp_path / "trained"
@@ -81,6 +82,9 @@ def test_quick_train_into_a_temporary_registry_then_analyse(tmp_path, shared_dat
         assert sha256_file(out / e["file"]) == e["sha256"], role
         assert e["sha256"] != shipped["models"][role]["sha256"], f"{role}: the shipped file, not a new one"
     assert registry["models"]["classification"]["name"] == "opacity-classifier"
+    severity = registry["models"]["severity"]
+    assert severity["version"] == shipped["models"]["severity"]["version"]  # reported as the node reports
+    assert set(severity["metrics"]["clear_lungs"]["by_source"]) == set(SOURCES)
     report = json.loads((out / "fit" / "train.json").read_text())
     assert set(report["classification"]["leave_one_source_out"]) == {
         "cxr",
