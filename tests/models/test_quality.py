@@ -302,7 +302,7 @@ def test_the_phantom_inverted_and_a_turned_negative() -> None:
 
 @pytest.mark.parametrize("percent", [1.0, 2.0])
 def test_a_blurred_film_is_not_assessable(analyzer, jpeg_path, cr_chest_dicom, percent: float) -> None:
-    """A film blurred by a Gaussian of 1 % of its size reads an extent about 0.4 lower (2 %: about
+    """A film blurred by a Gaussian of 1 % of its size reads an extent 0.3-0.5 lower (2 %: about
     1 lower) and passed the check: its severity is withheld now, its lungs still found. pydicom-data's
     CR (a hospital never trained on) at full size, and a film of the data release."""
     for pixels in (load_image(cr_chest_dicom).pixels, load_image(jpeg_path).pixels):
