@@ -178,11 +178,11 @@ class Analyzer:
 
     def _severity(self, b: _Batch) -> None:
         """Cohen's scores per lung and in total, and the retrieval embedding."""
-        from models.severity import severity_matrix
+        from models.severity import clear_together, severity_matrix
 
-        ridge, feats = self.model("severity"), severity_matrix(b.img8, b.net_out)
-        b.evidence_totals = {k: v["total"] for k, v in ridge.predict(feats).items()}
-        pred = ridge.report(feats)
+        fitted = self.model("severity").predict(severity_matrix(b.img8, b.net_out))
+        b.evidence_totals = {k: v["total"] for k, v in fitted.items()}
+        pred = clear_together(fitted)
         ext, opa = pred["geographic_extent"], pred["opacity"]
         b.severities = [
             Severity(

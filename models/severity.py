@@ -63,6 +63,19 @@ PER_LUNG_MAX = {"geographic_extent": 4.0, "opacity": 3.0}
 CLEAR_BELOW = 0.05
 
 
+def clear_together(pred: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """:meth:`LungRidge.predict`'s output as reported (:meth:`LungRidge.report`), as new arrays:
+    a lung clear by either score is clear by both, the totals the sums of the lungs."""
+    clear = {
+        side: np.logical_or.reduce([pred[k][side] < CLEAR_BELOW for k in pred]) for side in ("right", "left")
+    }
+    out = {}
+    for k, scores in pred.items():
+        right, left = (np.where(clear[side], 0.0, scores[side]) for side in ("right", "left"))
+        out[k] = {"right": right, "left": left, "total": right + left}
+    return out
+
+
 @dataclass
 class LungRidge:
     """Per-lung additive ridge: ``score(lung) = (phi(lung) - mean / 2) / scale @ coef + intercept / 2``.
@@ -121,14 +134,7 @@ class LungRidge:
         0.4 would say two things of one lung), and the totals are the sums of the lungs so
         reported. The classifier reads :meth:`predict`'s totals, as it was fitted (a
         sub-threshold opacity still tells it something)."""
-        out = self.predict(feats)
-        for side in ("right", "left"):
-            clear = np.logical_or.reduce([out[k][side] < CLEAR_BELOW for k in out])
-            for k in out:
-                out[k][side] = np.where(clear, 0.0, out[k][side])
-        for scores in out.values():
-            scores["total"] = scores["right"] + scores["left"]
-        return out
+        return clear_together(self.predict(feats))
 
     def to_json(self, feature_names: list[str] | None = None) -> dict[str, Any]:
         return {

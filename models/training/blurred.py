@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from models.evidence import resolution_chain
-from models.quality import MIN_FINE_DETAIL, MIN_MID_DETAIL, detail
+from models.quality import detail, too_blurred
 from models.training.extract import load
 from models.training.sources import DEFAULT_DATA, SOURCES
 
@@ -77,18 +77,15 @@ def held_out(cache: Path, every: int = 4) -> list[dict[str, object]]:
 
 def unseen(cache: Path, data: Path) -> dict[str, object]:
     """The shipped limits on every film of the data release that is not in ``cache``."""
-    from models.training.extract import prepare
-    from models.training.sources import index
+    from models.training.extract import not_cached, prepare
 
-    cached = {str(f) for f in load(cache)["files"]}
-    items = [it for it in index(data) if it.file not in cached]
-    limits = np.array([MIN_FINE_DETAIL, MIN_MID_DETAIL])
+    items = not_cached(cache, data)
     hits = {}
     for it in items:
         img8, (r0, r1, c0, c1) = prepare(data, it)
-        fine_mid = np.array(detail(img8[r0:r1, c0:c1]))
-        if flagged(fine_mid[None], limits)[0]:
-            hits[it.file] = fine_mid.round(4).tolist()
+        fine, mid = detail(img8[r0:r1, c0:c1])
+        if too_blurred(fine, mid):
+            hits[it.file] = [round(fine, 4), round(mid, 4)]
     return {"films": len(items), "flagged": hits}
 
 

@@ -127,6 +127,13 @@ def quality_check(arrays: dict[str, np.ndarray], i: int) -> LungQC:
     return check(arrays["image"][i], arrays["lungs"][i], (r0, r1, c0, c1))
 
 
+def not_cached(cache: Path, data: Path) -> list[Item]:
+    """The films of the data release that are not in ``cache`` (every 4th covid-radiography and
+    every 3rd NIH film are cached: the rest of those two sources)."""
+    cached = {str(f) for f in load(cache)["files"]}
+    return [it for it in index(data) if it.file not in cached]
+
+
 def load(out: Path, sources: tuple[str, ...] = SOURCES, images: bool = False) -> dict[str, np.ndarray]:
     """The cached sources concatenated (in :data:`SOURCES` order); ``images``: decode the JPEGs."""
     merged: dict[str, list[np.ndarray]] = {}

@@ -369,12 +369,10 @@ def unseen(cache: Path, data: Path) -> dict[str, Any]:
     film are cached, so the rest of those two sources are films it never saw."""
     from models.quality import not_upright, unlike_a_chest_film
     from models.registry import build_model
-    from models.training.extract import load, prepare
-    from models.training.sources import index
+    from models.training.extract import not_cached, prepare
 
     model = build_model("orientation")
-    cached = {str(f) for f in load(cache)["files"]}
-    items = [it for it in index(data) if it.file not in cached]
+    items = not_cached(cache, data)
     flagged: dict[str, Any] = {}
     for it in items:
         upright, atypical = model.read(*prepare(data, it))
