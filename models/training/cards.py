@@ -486,7 +486,58 @@ their probabilities instead measured within 0.002 of it. Out of source it is les
 than C (ECE {m["ece_out_of_source"]:.3f}; 3.4.0, C: 0.088). D looks strong on NIH and the NLM sources only
 because LungNet's class head was trained on their labels (not out of source). The variants are
 compared before temperature scaling, so C's row differs from the table above in the third decimal.
-{_in_source(sel.get("in_source_cv") or {}, sel["variants"])}{_low_evidence(sel.get("low_evidence") or {})}"""
+{_grey(sel.get("grey_matching") or {}, sel["variants"])}{_in_source(sel.get("in_source_cv") or {}, sel["variants"])}{_low_evidence(sel.get("low_evidence") or {})}"""
+
+
+def _grey(runs: dict[str, Any], variants: dict[str, Any]) -> str:
+    """What grey matching (variants J, K) does to the classifier, beside the shipped design, and
+    to LungNet's own numbers, plain beside matched."""
+    if not runs:
+        return ""
+
+    def row(name: str, r: dict[str, Any]) -> str:
+        dice = " / ".join(f"{r['lung_dice'][s]:.3f}" for s in ("cxr", "shenzhen", "montgomery"))
+        c94, cv = r["cohen94"], r["cv234"]
+        return (
+            f"| {name} | {dice} | {c94['geographic_extent']['pearson']:.3f} / "
+            f"{c94['geographic_extent']['mae']:.2f} | {c94['opacity']['pearson']:.3f} "
+            f"| {cv['geographic_extent']['pearson']:.3f} / {cv['geographic_extent']['mae']:.2f} |"
+        )
+
+    def worst(v: dict[str, Any]) -> str:
+        return (
+            f"worst COVID-19 vs normal {min(v['covid19_vs_normal']):.3f}, worst abnormal vs normal "
+            f"{min(v['abnormal_vs_normal']):.3f} (Montgomery {v['abnormal_vs_normal'][2]:.3f}, Shenzhen "
+            f"{v['abnormal_vs_normal'][3]:.3f}), probe {v['probe_linear']:.2f}"
+        )
+
+    shipped = next(v for name, v in variants.items() if "shipped since" in name)
+    matched = [f"{name.split(':')[0]}: {worst(v)}" for name, v in variants.items() if "grey-matched" in name]
+    first = next(iter(runs.values()))
+    lines = [row("films as they are (shipped)", first["plain"])]
+    lines += [row(f"grey-matched, strength {k}", r["matched"]) for k, r in runs.items()]
+    return f"""
+**Grey matching** (J, K; `python -m models.training.grey --cache CACHE --out CACHE3 --every
+covid-radiography=4 nih=3 --strength S`). Each film's grey levels inside its content box are
+mapped through their ranks onto one reference, the mean quantile function of LungNet's training
+sources' films, before LungNet reads it (strength 0.5: half way between that and the film as it
+is). A window or gamma changes no rank, so matching undoes it. I: {worst(shipped)}; {"; ".join(matched)}.
+The worst cases rise, NIH's abnormal vs normal most; Montgomery's falls, and the probe rises. What
+it costs is LungNet's own numbers, measured on the same films plain and matched (lung Dice on the
+{first["held_out_images"]} held-out images with reference masks; Cohen's protocols on the
+{first["scored_images"]} scored images, the ridge refitted on the matched films' features):
+
+| LungNet reads | lung Dice, cxr-collection / Shenzhen / Montgomery | Cohen 94: extent r / MAE | opacity r | CV 234: extent r / MAE |
+|---|---|---|---|---|
+{chr(10).join(lines)}
+
+Severity agrees less with the radiologists on matched films: LungNet (and the ridge's intensity
+features) learned the opacity of films as they are, and the scored films are cxr-collection's,
+LungNet's own source. Not shipped: the severity is what transfers best, and strength 1's
+classifier gain is bought with it; strength 0.5 costs the severity less but gains less, and loses
+Montgomery and Shenzhen. A LungNet trained on matched films (a GPU run) is what would tell whether
+matching helps both.
+"""
 
 
 def _in_source(rows: dict[str, Any], variants: dict[str, Any]) -> str:

@@ -234,7 +234,9 @@ def decode_jpeg(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("L"), np.uint8)
 
 
-def _cache_one(args: tuple[str, Record]) -> tuple[bytes, np.ndarray, np.ndarray]:
+def cache_one(args: tuple[str, Record]) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """One record's 256-px square (JPEG), its right and left lung masks and its opacity mask in
+    that square (bit-packed)."""
     data, rec = args
     root = Path(data)
     loaded = load_image(root / rec.file)
@@ -268,7 +270,7 @@ def build_cache(data: Path, cache: Path, workers: int = 2, limit: int | None = N
         records = [records[i] for i in keep]
     jobs = [(str(data), r) for r in records]
     with ProcessPoolExecutor(workers) as pool:
-        results = list(tqdm(pool.map(_cache_one, jobs, chunksize=16), total=len(jobs), desc="cache"))
+        results = list(tqdm(pool.map(cache_one, jobs, chunksize=16), total=len(jobs), desc="cache"))
     offsets = np.cumsum([0] + [len(r[0]) for r in results]).astype(np.int64)
     arrays = {
         "files": np.array([r.file for r in records]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,10 @@ def extract(
     weights_dir: Path | None = None,
     registry: Path | None = None,
     mirror: bool = False,
+    prepare_fn: Callable[[Path, Item], tuple[np.ndarray, tuple[int, int, int, int]]] = prepare,
 ) -> None:
-    """Run the LungNet of ``registry`` (default: the shipped one) over the sources' images."""
+    """Run the LungNet of ``registry`` (default: the shipped one) over the sources' images, each
+    made ready by ``prepare_fn`` (default :func:`prepare`, as the node does)."""
     import torch
 
     from models.registry import build_model, load_registry
@@ -100,7 +103,7 @@ def extract(
         parts: dict[str, list[np.ndarray]] = {}
         jpegs: list[bytes] = []
         for s in range(0, len(chosen), batch):
-            prepared = [prepare(data, it) for it in chosen[s : s + batch]]
+            prepared = [prepare_fn(data, it) for it in chosen[s : s + batch]]
             imgs = np.stack([p[0] for p in prepared])
             res = run(net, imgs, [p[1] for p in prepared], mirror)
             res["box"] = np.array([p[1] for p in prepared], np.int16)

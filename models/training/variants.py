@@ -3,11 +3,13 @@
 Same cache, groups and split rules as :mod:`models.training.round3`; each variant is scored by
 its leave-one-source-out AUCs and a linear source probe on its inputs and outputs.
 
-    python -m models.training.variants --cache CACHE [--mirrored CACHE2] [--weights DIR
-        --registry FILE] [--record]
+    python -m models.training.variants --cache CACHE [--mirrored CACHE2] [--matched CACHE3 ...]
+        [--weights DIR --registry FILE] [--record]
 
 ``--mirrored``: a second cache of the same images made with ``extract --mirror`` (LungNet's
 test-time flip); it adds variant H, C on that cache's features and severity totals.
+``--matched``: caches of the same images made with :mod:`models.training.grey` (each film's grey
+matched to one reference before LungNet); each adds a variant, I on that cache (J, K, ...).
 
 ``--record`` writes the table into the registry's classification entry
 (``metrics.model_selection``), where the classification card reads it.
@@ -186,6 +188,7 @@ def main(
     weights_dir: Path | None = None,
     registry: Path | None = None,
     mirrored: Path | None = None,
+    matched: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
     """Each variant on ``cache`` (made with the LungNet of ``registry``; default: the shipped
     one), and C within each source (:func:`in_source_cv`). The severity totals of C, E, F, G, H
@@ -210,9 +213,15 @@ def main(
         "G: C with group DRO over source x class (eta 0.3)": run(with_sev, y, src, groups, _group_dro(0.3)),
     }
     if mirrored is not None:
-        flipped = _mirrored_inputs(mirrored, data, arrays["files"], groups, weights_dir, registry)
+        flipped = _same_films_inputs(mirrored, data, arrays["files"], groups, weights_dir, registry)
         variants[MIRRORED] = run(flipped, y, src, groups, _lr)
     variants[AVERAGED] = run(with_sev, y, src, groups, _blended)
+    for letter, other in zip("JKLMN", matched, strict=False):
+        strength = json.loads((Path(other) / "grey.json").read_text())["strength"]
+        inputs = _same_films_inputs(other, data, arrays["files"], groups, weights_dir, registry)
+        variants[f"{letter}: I on films grey-matched before LungNet (strength {strength:g})"] = run(
+            inputs, y, src, groups, _blended
+        )
     variants["extent alone, no classifier"] = _scores_only(extent_scores(extent), y, src)
     return {
         "variants": variants,
@@ -225,7 +234,7 @@ AVERAGED = "I: C and E, their logits averaged (shipped since 3.5.0)"
 MIRRORED = "H: C with LungNet's test-time flip (maps and logits averaged with the mirrored film's)"
 
 
-def _mirrored_inputs(
+def _same_films_inputs(
     cache: Path,
     data: Path,
     files: np.ndarray,
@@ -233,9 +242,9 @@ def _mirrored_inputs(
     weights_dir: Path | None = None,
     registry: Path | None = None,
 ) -> np.ndarray:
-    """C's inputs from a cache of the same films made with ``extract --mirror``: its opacity
-    features and its severity totals (a ridge refitted on its features without each image's
-    patient group, the groups of the first cache)."""
+    """C's inputs from another cache of the same films (``extract --mirror``, or
+    :mod:`models.training.grey`): its opacity features and its severity totals (a ridge refitted
+    on its features without each image's patient group, the groups of the first cache)."""
     arrays, recs, _, _, _ = load_grouped(cache, data)
     if not np.array_equal(arrays["files"], files):
         raise ValueError(f"{cache} does not hold the same films in the same order as the first cache")
@@ -305,14 +314,15 @@ def _scores_only(p: np.ndarray, y: np.ndarray, src: np.ndarray) -> dict[str, Any
 
 
 COMMAND = (
-    "python -m models.training.variants --cache CACHE --mirrored CACHE2 (the caches of "
-    "models.training.extract, the second with --mirror)"
+    "python -m models.training.variants --cache CACHE --mirrored CACHE2 --matched CACHE3 CACHE4 (the "
+    "caches of models.training.extract, the second with --mirror, the last two of models.training.grey "
+    "at strength 1 and 0.5)"
 )
 NOTE = (
     "leave-one-source-out, same groups; COVID-19 vs every out-of-source normal (cxr-collection, "
     "covid-radiography, hannover, covid-cxnet) and abnormal vs own normals (covid-radiography, NIH, "
     "Montgomery, Shenzhen); linear source probe on the raw inputs and outputs; the severity totals of "
-    "C, E, F, G, H and I from a ridge refitted without each image's patient group"
+    "C and E-K from a ridge refitted without each image's patient group"
 )
 
 
@@ -322,7 +332,10 @@ def record(result: dict[str, Any], registry: Path | None = None) -> None:
     from models.registry import entry, load_registry, update_registry
 
     classification = entry("classification", load_registry(registry))
-    classification["metrics"]["model_selection"] = {"command": COMMAND, "note": NOTE, **result}
+    kept = {
+        k: v for k, v in classification["metrics"].get("model_selection", {}).items() if k == "grey_matching"
+    }
+    classification["metrics"]["model_selection"] = {"command": COMMAND, "note": NOTE, **result, **kept}
     update_registry({"classification": classification}, registry)
 
 
@@ -334,8 +347,9 @@ def cli() -> None:
     p.add_argument("--registry", type=Path, default=None, help="registry (default: the shipped)")
     p.add_argument("--record", action="store_true", help="write the table into the registry")
     p.add_argument("--mirrored", type=Path, default=None, help="the same films' cache from extract --mirror")
+    p.add_argument("--matched", type=Path, nargs="*", default=[], help="the same films' caches from grey")
     a = p.parse_args()
-    result = main(a.cache, a.data, a.weights, a.registry, a.mirrored)
+    result = main(a.cache, a.data, a.weights, a.registry, a.mirrored, tuple(a.matched))
     print(json.dumps(result, indent=1))
     if a.record:
         record(result, a.registry)
