@@ -273,9 +273,13 @@ def train_lungnet(
     plan: Plan,
     seed: int,
     dev: str,
+    init: LungNet | None = None,
+    lr: float = 2e-3,
 ) -> tuple[LungNet, dict[str, Any]]:
+    """LungNet trained on ``train_idx`` of ``images`` (from scratch or the pretrained encoder;
+    ``init``: fine-tuned from that network instead, at peak learning rate ``lr``)."""
     torch.manual_seed(seed)
-    net, gen = _start(LungNet(), encoder, seed, dev)
+    net, gen = _start(init if init is not None else LungNet(), encoder, seed, dev)
     maps_np, weight_np = lung_targets(arrays, train_idx)
     maps, weight = torch.from_numpy(maps_np).to(dev), torch.from_numpy(weight_np).to(dev)
     labels = torch.from_numpy(arrays["label"][train_idx]).to(dev)
@@ -287,8 +291,8 @@ def train_lungnet(
     draw = np.where(weight_np[:, OPACITY] > 0, 6.0, 1.0) * source_balanced(arrays["source"][train_idx])
     p = torch.from_numpy(draw / draw.sum()).to(dev)
     steps = plan.lung_epochs * math.ceil(len(train_idx) / plan.lung_batch)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     pos_w = torch.tensor([1, 1, 1, 1, 3.0], device=dev)[None, :, None, None]
     t0, losses = time.time(), []
     for _ in range(steps):
@@ -321,7 +325,8 @@ def train_lungnet(
         "final_loss": round(float(np.mean(losses[-20:])), 4),
         "seconds": round(time.time() - t0, 1),
     }
-    logger.info("lungnet (%s): %s", "pretrained" if encoder is not None else "scratch", log)
+    start = "fine-tuned" if init is not None else "pretrained" if encoder is not None else "scratch"
+    logger.info("lungnet (%s): %s", start, log)
     return net.eval(), log
 
 

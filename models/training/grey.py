@@ -68,7 +68,39 @@ def matched_prepare(ref: np.ndarray, strength: float) -> Any:
     return prepare
 
 
-def lungnet_measures(data: Path, ref: np.ndarray, strength: float) -> dict[str, Any]:
+def _square_box(img8: np.ndarray) -> Box:
+    """The content box of a corpus square (the film inside its black padding)."""
+    rows, cols = np.nonzero(img8.any(1))[0], np.nonzero(img8.any(0))[0]
+    if not len(rows):
+        return 0, img8.shape[0], 0, img8.shape[1]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def finetune(data: Path, ref: np.ndarray, strength: float, epochs: int, out: Path, seed: int = 0) -> Any:
+    """The shipped LungNet fine-tuned on matched films: :func:`models.training.fit.train_lungnet`
+    from its weights (batch 8, peak learning rate 5e-4, ``epochs`` over LungNet's training images,
+    the same hold-out), on the CPU. Saved to ``out/lung-net.pt``; returns the network."""
+    import torch
+
+    from models.registry import build_model
+    from models.training.corpus import cached
+    from models.training.fit import Plan, segmentation_holdout, train_lungnet
+
+    torch.set_num_threads(2)
+    arrays = cached(data)
+    images = np.stack([match(im, _square_box(im), ref, strength) for im in arrays["image"]])
+    plan = Plan(quick=True)
+    plan.lung_epochs, plan.lung_batch = epochs, 8
+    train_idx = np.nonzero(~segmentation_holdout(arrays))[0]
+    net = build_model("segmentation", "cpu").train()
+    net, log = train_lungnet(arrays, torch.from_numpy(images), train_idx, None, plan, seed, "cpu", net, 5e-4)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), out / "lung-net.pt")
+    (out / "finetune.json").write_text(json.dumps(log))
+    return net.eval()
+
+
+def lungnet_measures(data: Path, ref: np.ndarray, strength: float, net: Any = None) -> dict[str, Any]:
     """Plain and matched: held-out lung Dice per source (each source's own mask style, as
     :func:`models.training.fit.segmentation_metrics`) and Cohen's protocols (the ridge refitted on
     each training half's features, as :func:`models.training.fit.severity_protocols`)."""
@@ -108,16 +140,18 @@ def lungnet_measures(data: Path, ref: np.ndarray, strength: float) -> dict[str, 
         "has_opac": np.array([recs[i].opacity_masks is not None for i in rows]),
     }
     seg_rows, sev_rows = np.nonzero(held[rows])[0], np.nonzero(scored[rows])[0]
-    net = build_model("segmentation", "cpu")
+    runs = [("plain", 0.0, build_model("segmentation", "cpu")), ("matched", strength, net)]
+    if net is None:
+        runs[1] = ("matched", strength, runs[0][2])
     out: dict[str, Any] = {}
-    for name, s in (("plain", 0.0), ("matched", strength)):
+    for name, s, lungnet in runs:
         x = np.stack(
             [
                 resolution_chain(match(im, b, ref, s) if s else im)
                 for im, b in zip(squares, boxes, strict=True)
             ]
         )
-        pred = run_lungnet(net, torch.from_numpy(x), np.arange(len(x)), "cpu", 16)
+        pred = run_lungnet(lungnet, torch.from_numpy(x), np.arange(len(x)), "cpu", 16)
         seg = segmentation_metrics(arrays, seg_rows, {k: v[seg_rows] for k, v in pred.items()})
         sev_pred = {k: v[sev_rows] for k, v in pred.items()}
         protocols = severity_protocols(
@@ -152,27 +186,58 @@ def lungnet_measures(data: Path, ref: np.ndarray, strength: float) -> dict[str, 
 
 
 def main(
-    cache: Path, out: Path, strength: float, every: dict[str, int], data: Path = DEFAULT_DATA
+    cache: Path,
+    out: Path,
+    strength: float,
+    every: dict[str, int],
+    data: Path = DEFAULT_DATA,
+    finetune_epochs: int = 0,
 ) -> dict[str, Any]:
     """The reference from ``cache``, the matched cache at ``out`` (the films of ``cache``: the same
-    ``every``), and :func:`lungnet_measures`."""
+    ``every``), and :func:`lungnet_measures`; with ``finetune_epochs``, read by the shipped
+    LungNet fine-tuned on matched films (:func:`finetune`) instead."""
+    from models.registry import REGISTRY_PATH, load_registry, sha256_file
     from models.training.extract import extract, load
 
     ref_films = load(cache, REFERENCE_SOURCES, images=True)
     ref = reference(ref_films["image"], ref_films["box"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "grey.json").write_text(json.dumps({"strength": strength, "reference": ref.round(3).tolist()}))
-    extract(data, out, subsample=every, prepare_fn=matched_prepare(ref, strength))
-    return lungnet_measures(data, ref, strength)
+    meta: dict[str, Any] = {"strength": strength, "finetune_epochs": finetune_epochs}
+    (out / "grey.json").write_text(json.dumps({**meta, "reference": ref.round(3).tolist()}))
+    net, weights, registry = None, None, None
+    if finetune_epochs:
+        weights = out / "weights"
+        net = finetune(data, ref, strength, finetune_epochs, weights)
+        reg = load_registry(REGISTRY_PATH)
+        reg["models"]["segmentation"]["sha256"] = sha256_file(weights / "lung-net.pt")
+        registry = weights / "registry.json"
+        registry.write_text(json.dumps(reg, indent=1))
+    extract(
+        data,
+        out,
+        subsample=every,
+        prepare_fn=matched_prepare(ref, strength),
+        weights_dir=weights,
+        registry=registry,
+    )
+    return {**lungnet_measures(data, ref, strength, net), "finetune_epochs": finetune_epochs}
+
+
+def label(meta: dict[str, Any]) -> str:
+    """How a run is named in the registry and the card: its strength, and the fine-tuning."""
+    epochs = meta.get("finetune_epochs") or 0
+    return f"strength {meta['strength']:g}" + (
+        f", LungNet fine-tuned on them {epochs} epochs (CPU)" if epochs else ""
+    )
 
 
 def record(result: dict[str, Any], registry: Path | None = None) -> None:
-    """Write ``result`` into ``metrics.model_selection.grey_matching`` under its strength."""
+    """Write ``result`` into ``metrics.model_selection.grey_matching`` under its :func:`label`."""
     from models.registry import entry, load_registry, update_registry
 
     classification = entry("classification", load_registry(registry))
     selection = classification["metrics"].setdefault("model_selection", {})
-    selection.setdefault("grey_matching", {})[f"{result['strength']:g}"] = result
+    selection.setdefault("grey_matching", {})[label(result)] = result
     update_registry({"classification": classification}, registry)
 
 
@@ -183,11 +248,14 @@ def cli() -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--strength", type=float, default=1.0, help="1: matched; 0.5: half way")
     p.add_argument("--every", nargs="*", default=[], help="SOURCE=K, as the first cache was extracted")
+    p.add_argument(
+        "--finetune", type=int, default=0, help="EPOCHS: LungNet fine-tuned on matched films first"
+    )
     p.add_argument("--record", action="store_true", help="write the measures into the registry")
     a = p.parse_args()
     every = {k: int(v) for k, v in (e.split("=") for e in a.every)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = main(a.cache, a.out, a.strength, every, a.data)
+    result = main(a.cache, a.out, a.strength, every, a.data, a.finetune)
     print(json.dumps(result, indent=1))
     if a.record:
         record(result)

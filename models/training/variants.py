@@ -217,9 +217,11 @@ def main(
         variants[MIRRORED] = run(flipped, y, src, groups, _lr)
     variants[AVERAGED] = run(with_sev, y, src, groups, _blended)
     for letter, other in zip("JKLMN", matched, strict=False):
-        strength = json.loads((Path(other) / "grey.json").read_text())["strength"]
+        from models.training.grey import label
+
+        meta = json.loads((Path(other) / "grey.json").read_text())
         inputs = _same_films_inputs(other, data, arrays["files"], groups, weights_dir, registry)
-        variants[f"{letter}: I on films grey-matched before LungNet (strength {strength:g})"] = run(
+        variants[f"{letter}: I on films grey-matched before LungNet ({label(meta)})"] = run(
             inputs, y, src, groups, _blended
         )
     variants["extent alone, no classifier"] = _scores_only(extent_scores(extent), y, src)
@@ -314,15 +316,15 @@ def _scores_only(p: np.ndarray, y: np.ndarray, src: np.ndarray) -> dict[str, Any
 
 
 COMMAND = (
-    "python -m models.training.variants --cache CACHE --mirrored CACHE2 --matched CACHE3 CACHE4 (the "
-    "caches of models.training.extract, the second with --mirror, the last two of models.training.grey "
-    "at strength 1 and 0.5)"
+    "python -m models.training.variants --cache CACHE --mirrored CACHE2 --matched CACHE3 CACHE4 CACHE5 "
+    "(the caches of models.training.extract, the second with --mirror, the last three of "
+    "models.training.grey: strength 1, 0.5, and 1 with --finetune 4)"
 )
 NOTE = (
     "leave-one-source-out, same groups; COVID-19 vs every out-of-source normal (cxr-collection, "
     "covid-radiography, hannover, covid-cxnet) and abnormal vs own normals (covid-radiography, NIH, "
     "Montgomery, Shenzhen); linear source probe on the raw inputs and outputs; the severity totals of "
-    "C and E-K from a ridge refitted without each image's patient group"
+    "C and E-L from a ridge refitted without each image's patient group"
 )
 
 

@@ -74,12 +74,57 @@ def test_record_keeps_the_rest_and_variants_keeps_it(tmp_path: Path) -> None:
     result = {"strength": 0.5, "plain": {"lung_dice": {"cxr": 0.9}}, "matched": {"lung_dice": {"cxr": 0.8}}}
     grey.record(result, registry)
     selection = load_registry(registry)["models"]["classification"]["metrics"]["model_selection"]
-    assert selection["grey_matching"]["0.5"] == result
+    assert selection["grey_matching"]["strength 0.5"] == result
     variants.record({"variants": {"Z: a variant": {}}, "in_source_cv": {}}, registry)
     after = load_registry(registry)["models"]["classification"]["metrics"]["model_selection"]
-    assert after["grey_matching"]["0.5"] == result and list(after["variants"]) == ["Z: a variant"]
+    assert after["grey_matching"]["strength 0.5"] == result and list(after["variants"]) == ["Z: a variant"]
     shipped = load_registry(REGISTRY_PATH)["models"]
     others = {k: v for k, v in load_registry(registry)["models"].items() if k != "classification"}
     assert json.dumps(others, sort_keys=True) == json.dumps(
         {k: v for k, v in shipped.items() if k != "classification"}, sort_keys=True
     )
+
+
+def test_the_square_box_is_the_film_inside_its_padding() -> None:
+    img = np.zeros((256, 256), np.uint8)
+    img[:, 40:216] = 90
+    img[100, 120] = 0  # a black pixel inside the film is still the film
+    assert grey._square_box(img) == (0, 256, 40, 216)
+    assert grey._square_box(np.zeros((8, 8), np.uint8)) == (0, 8, 0, 8)
+
+
+def test_lungnet_fine_tunes_from_the_network_it_is_given() -> None:
+    """``init`` is the network trained (no fresh one), at the learning rate asked for: at 0,
+    no weight moves."""
+    import torch
+
+    from models.networks import LungNet
+    from models.training.corpus import STYLE_V7
+    from models.training.fit import Plan, train_lungnet
+
+    rng = np.random.default_rng(0)
+    n = 8
+    lungs = np.zeros((n, 2, 256, 256), bool)
+    lungs[:, 0, 60:200, 40:120], lungs[:, 1, 60:200, 136:216] = True, True
+    arrays = {
+        "lungs": lungs,
+        "style": np.full(n, STYLE_V7),
+        "opac": np.zeros((n, 256, 256), bool),
+        "has_opac": np.zeros(n, bool),
+        "label": np.arange(n) % 4,
+        "source": np.array(["cxr"] * n),
+    }
+    images = torch.from_numpy(rng.integers(0, 255, (n, 256, 256), dtype=np.uint8))
+    plan = Plan(quick=True)
+    torch.manual_seed(0)
+    for lr, moved in ((0.0, False), (1e-3, True)):
+        init = LungNet().train()
+        before = {k: v.clone() for k, v in init.state_dict().items()}
+        net, log = train_lungnet(arrays, images, np.arange(n), None, plan, 0, "cpu", init, lr)
+        assert net is init and log["steps"] == 1
+        changed = any(
+            not torch.equal(before[k], v) for k, v in net.state_dict().items() if v.is_floating_point()
+        )
+        weights = [k for k, v in net.state_dict().items() if k.endswith("weight") and v.dim() > 1]
+        assert any(not torch.equal(before[k], net.state_dict()[k]) for k in weights) is moved
+        assert changed  # batch-norm statistics move in any case
