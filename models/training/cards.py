@@ -490,7 +490,7 @@ compared before temperature scaling, so C's row differs from the table above in 
 
 
 def _grey(runs: dict[str, Any], variants: dict[str, Any]) -> str:
-    """What grey matching (variants J, K) does to the classifier, beside the shipped design, and
+    """What grey matching (variants J, K, L) does to the classifier, beside the shipped design, and
     to LungNet's own numbers, plain beside matched."""
     if not runs:
         return ""
@@ -521,8 +521,9 @@ def _grey(runs: dict[str, Any], variants: dict[str, Any]) -> str:
 covid-radiography=4 nih=3 --strength S [--finetune 4]`). Each film's grey levels inside its content box are
 mapped through their ranks onto one reference, the mean quantile function of LungNet's training
 sources' films, before LungNet reads it (strength 0.5: half way between that and the film as it
-is). A window or gamma changes no rank, so matching undoes it. I: {worst(shipped)}; {"; ".join(matched)}.
-The worst cases rise, NIH's abnormal vs normal most; Montgomery's falls, and the probe rises. What
+is). A window or gamma that clips nothing changes no rank, so matching undoes it. I: {worst(shipped)}; {"; ".join(matched)}.
+Full matching (J) barely moves the worst COVID-19 case and raises the worst abnormal (NIH's) most;
+Montgomery's falls, and the probe rises, further from its goal (<= 0.40). What
 it costs is LungNet's own numbers, measured on the same films plain and matched (lung Dice on the
 {first["held_out_images"]} held-out images with reference masks; Cohen's protocols on the
 {first["scored_images"]} scored images, the ridge refitted on the matched films' features):
@@ -534,10 +535,11 @@ it costs is LungNet's own numbers, measured on the same films plain and matched 
 Severity agrees less with the radiologists on matched films: LungNet (and the ridge's intensity
 features) learned the opacity of films as they are, and the scored films are cxr-collection's,
 LungNet's own source. Fine-tuning the shipped LungNet on matched films (L: 4 epochs at batch 8 on
-the CPU, `--finetune 4`, its training images and hold-out as before) wins back a little of the
-severity and the opacity Dice, not all, and its worst COVID-19 case falls below the shipped one.
+the CPU, `--finetune 4`, its training images and hold-out as before) wins back some of the
+severity's agreement, not all, and its worst COVID-19 case falls below the shipped one.
 Not shipped: the severity is what transfers best, and strength 1's classifier gain is bought with
-it; strength 0.5 costs the severity less but gains less, and loses Montgomery and Shenzhen. A
+it; strength 0.5 costs the severity less and has the best worst COVID-19 case here, but barely
+moves NIH's and loses Shenzhen as well as Montgomery. A
 LungNet trained on matched films from the start (60 epochs at batch 48, a GPU run) is what would
 tell whether matching helps both.
 """

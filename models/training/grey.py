@@ -47,7 +47,11 @@ def reference(images8: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def match(img8: np.ndarray, box: Box, ref: np.ndarray, strength: float = 1.0) -> np.ndarray:
     """``img8`` with each grey level mapped to ``ref`` at the mid-rank of that level's pixels
-    inside the content box, blended with the film as it is by ``strength``."""
+    inside the content box, blended with the film as it is by ``strength``. The whole square goes
+    through the map, its black padding too (to the reference's grey at the film's own black)."""
+    r0, r1, c0, c1 = (int(v) for v in box)
+    if not (0 <= r0 < r1 <= img8.shape[0] and 0 <= c0 < c1 <= img8.shape[1]):
+        raise ValueError(f"content box {box} is empty or outside the {img8.shape} square")
     hist = np.bincount(_content(img8, box).ravel(), minlength=256).astype(np.float64)
     share = hist / hist.sum()
     lut = np.interp(np.cumsum(share) - share / 2, LEVELS, ref)
@@ -68,12 +72,12 @@ def matched_prepare(ref: np.ndarray, strength: float) -> Any:
     return prepare
 
 
-def _square_box(img8: np.ndarray) -> Box:
-    """The content box of a corpus square (the film inside its black padding)."""
-    rows, cols = np.nonzero(img8.any(1))[0], np.nonzero(img8.any(0))[0]
-    if not len(rows):
-        return 0, img8.shape[0], 0, img8.shape[1]
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+def content_boxes(data: Path, files: np.ndarray) -> list[Box]:
+    """Each film's content box in its 256-px square, as :func:`models.preprocessing.model_square`
+    finds it (the corpus stores the squares, JPEG-compressed, not the boxes)."""
+    from models.preprocessing import load_image, model_square
+
+    return [model_square(load_image(Path(data) / str(f)).pixels, 256)[1].content_box for f in files]
 
 
 def finetune(data: Path, ref: np.ndarray, strength: float, epochs: int, out: Path, seed: int = 0) -> Any:
@@ -88,7 +92,8 @@ def finetune(data: Path, ref: np.ndarray, strength: float, epochs: int, out: Pat
 
     torch.set_num_threads(2)
     arrays = cached(data)
-    images = np.stack([match(im, _square_box(im), ref, strength) for im in arrays["image"]])
+    boxes = content_boxes(data, arrays["files"])
+    images = np.stack([match(im, b, ref, strength) for im, b in zip(arrays["image"], boxes, strict=True)])
     plan = Plan(quick=True)
     plan.lung_epochs, plan.lung_batch = epochs, 8
     train_idx = np.nonzero(~segmentation_holdout(arrays))[0]

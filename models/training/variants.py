@@ -216,6 +216,8 @@ def main(
         flipped = _same_films_inputs(mirrored, data, arrays["files"], groups, weights_dir, registry)
         variants[MIRRORED] = run(flipped, y, src, groups, _lr)
     variants[AVERAGED] = run(with_sev, y, src, groups, _blended)
+    if len(matched) > 5:
+        raise ValueError("at most five grey-matched caches (variants J-N)")
     for letter, other in zip("JKLMN", matched, strict=False):
         from models.training.grey import label
 

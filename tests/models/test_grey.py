@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from models.preprocessing import load_image, model_square
 from models.registry import REGISTRY_PATH, load_registry
@@ -85,12 +86,31 @@ def test_record_keeps_the_rest_and_variants_keeps_it(tmp_path: Path) -> None:
     )
 
 
-def test_the_square_box_is_the_film_inside_its_padding() -> None:
-    img = np.zeros((256, 256), np.uint8)
-    img[:, 40:216] = 90
-    img[100, 120] = 0  # a black pixel inside the film is still the film
-    assert grey._square_box(img) == (0, 256, 40, 216)
-    assert grey._square_box(np.zeros((8, 8), np.uint8)) == (0, 8, 0, 8)
+def test_an_empty_or_outside_box_is_an_error(jpeg_path: Path) -> None:
+    img8, _ = _film(jpeg_path)
+    for box in ((10, 10, 0, 256), (0, 256, 0, 300), (-5, 256, 0, 256)):
+        with pytest.raises(ValueError, match="content box"):
+            grey.match(img8, box, _reference())
+
+
+def test_only_the_content_box_sets_the_map(jpeg_path: Path) -> None:
+    """A film shrunk into a wide black frame: its content matches the reference; had the frame
+    counted, a third of the pixels black, it would not."""
+    img8, _ = _film(jpeg_path)
+    framed = np.zeros((256, 256), np.uint8)
+    framed[:, 64:192] = img8[:, ::2]
+    box = (0, 256, 64, 192)
+    ref = _reference()
+    got = np.quantile(_inside(grey.match(framed, box, ref), box), grey.LEVELS[8:-8])
+    assert np.abs(got - ref[8:-8]).max() < 6
+    whole = np.quantile(_inside(grey.match(framed, (0, 256, 0, 256), ref), box), grey.LEVELS[8:-8])
+    assert np.abs(whole - ref[8:-8]).max() > 30
+
+
+def test_the_fine_tuning_reads_each_film_in_its_own_content_box(jpeg_path: Path) -> None:
+    """The boxes :func:`grey.finetune` matches the corpus squares in are the node's own."""
+    data = jpeg_path.parent
+    assert grey.content_boxes(data, np.array([jpeg_path.name])) == [_film(jpeg_path)[1]]
 
 
 def test_lungnet_fine_tunes_from_the_network_it_is_given() -> None:
