@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from models.preprocessing import load_image, model_square
+from models.preprocessing import Geometry, load_image, model_square
 from models.result import CLASSES
 
 logger = logging.getLogger(__name__)
@@ -234,11 +234,9 @@ def decode_jpeg(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("L"), np.uint8)
 
 
-def cache_one(args: tuple[str, Record]) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """One record's 256-px square (JPEG), its right and left lung masks and its opacity mask in
-    that square (bit-packed)."""
-    data, rec = args
-    root = Path(data)
+def square_and_masks(root: Path, rec: Record) -> tuple[np.ndarray, Geometry, np.ndarray, np.ndarray]:
+    """One record's 256-px square (uint8), its geometry, its right and left lung masks (2, H, W)
+    and its opacity mask, in that square."""
     loaded = load_image(root / rec.file)
     img8, geom = model_square(loaded.pixels, SIZE)
     lungs = np.zeros((2, SIZE, SIZE), bool)
@@ -255,6 +253,13 @@ def cache_one(args: tuple[str, Record]) -> tuple[bytes, np.ndarray, np.ndarray]:
         for m in rec.opacity_masks:
             union |= read_mask(root / m)
         opac = geom.to_square(union, nearest=True) > 0.5
+    return img8, geom, lungs, opac
+
+
+def _cache_one(args: tuple[str, Record]) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """:func:`square_and_masks` as the cache stores it: the square as JPEG, the masks bit-packed."""
+    data, rec = args
+    img8, _, lungs, opac = square_and_masks(Path(data), rec)
     return encode_jpeg(img8), np.packbits(lungs, axis=-1), np.packbits(opac, axis=-1)
 
 
@@ -270,7 +275,7 @@ def build_cache(data: Path, cache: Path, workers: int = 2, limit: int | None = N
         records = [records[i] for i in keep]
     jobs = [(str(data), r) for r in records]
     with ProcessPoolExecutor(workers) as pool:
-        results = list(tqdm(pool.map(cache_one, jobs, chunksize=16), total=len(jobs), desc="cache"))
+        results = list(tqdm(pool.map(_cache_one, jobs, chunksize=16), total=len(jobs), desc="cache"))
     offsets = np.cumsum([0] + [len(r[0]) for r in results]).astype(np.int64)
     arrays = {
         "files": np.array([r.file for r in records]),

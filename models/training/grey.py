@@ -112,42 +112,33 @@ def lungnet_measures(data: Path, ref: np.ndarray, strength: float, net: Any = No
     import torch
 
     from models.evidence import resolution_chain
-    from models.preprocessing import load_image, model_square
     from models.registry import build_model
     from models.severity import severity_matrix
-    from models.training.corpus import STYLE_NONE, build_index, cache_one
-    from models.training.fit import in_holdout, run_lungnet, segmentation_metrics, severity_protocols
+    from models.training.corpus import STYLE_NONE, build_index, scored, severity_targets, square_and_masks
+    from models.training.fit import (
+        run_lungnet,
+        segmentation_holdout,
+        segmentation_metrics,
+        severity_protocols,
+    )
 
     torch.set_num_threads(2)
     recs = build_index(data)
-    scored = np.array([not np.isnan(r.extent) for r in recs])
-    scored_patients = {r.patient for r, s in zip(recs, scored, strict=True) if s}
-    held = np.array(
-        [
-            r.style != STYLE_NONE and (r.patient in scored_patients or in_holdout(np.array([r.patient]))[0])
-            for r in recs
-        ]
-    )
-    rows = np.nonzero(held | scored)[0]
-    squares, boxes, lungs, opac = [], [], [], []
-    for i in rows:
-        _, lung_bits, opac_bits = cache_one((str(data), recs[i]))
-        lungs.append(np.unpackbits(lung_bits, axis=-1)[..., :256].astype(bool))
-        opac.append(np.unpackbits(opac_bits, axis=-1)[..., :256].astype(bool))
-        img8, geom = model_square(load_image(Path(data) / recs[i].file).pixels, 256)
-        squares.append(img8)
-        boxes.append(geom.content_box)
-    arrays = {
-        "style": np.array([recs[i].style for i in rows]),
-        "source": np.array([recs[i].source for i in rows]),
-        "lungs": np.stack(lungs),
-        "opac": np.stack(opac),
+    fields = ("patient", "extent", "opacity", "in_cohen_2020", "style", "source")
+    every = {k: np.array([getattr(r, k) for r in recs]) for k in fields}
+    held = segmentation_holdout(every) & (every["style"] != STYLE_NONE)
+    rows = np.nonzero(held | scored(every))[0]
+    films = [square_and_masks(Path(data), recs[i]) for i in rows]
+    squares, boxes = [f[0] for f in films], [f[1].content_box for f in films]
+    arrays = {k: v[rows] for k, v in every.items()}
+    arrays |= {
+        "lungs": np.stack([f[2] for f in films]),
+        "opac": np.stack([f[3] for f in films]),
         "has_opac": np.array([recs[i].opacity_masks is not None for i in rows]),
     }
-    seg_rows, sev_rows = np.nonzero(held[rows])[0], np.nonzero(scored[rows])[0]
-    runs = [("plain", 0.0, build_model("segmentation", "cpu")), ("matched", strength, net)]
-    if net is None:
-        runs[1] = ("matched", strength, runs[0][2])
+    seg_rows, sev_rows = np.nonzero(held[rows])[0], np.nonzero(scored(arrays))[0]
+    plain = build_model("segmentation", "cpu")
+    runs = (("plain", 0.0, plain), ("matched", strength, net if net is not None else plain))
     out: dict[str, Any] = {}
     for name, s, lungnet in runs:
         x = np.stack(
@@ -161,12 +152,9 @@ def lungnet_measures(data: Path, ref: np.ndarray, strength: float, net: Any = No
         sev_pred = {k: v[sev_rows] for k, v in pred.items()}
         protocols = severity_protocols(
             severity_matrix(x[sev_rows], sev_pred),
-            {
-                "geographic_extent": np.array([recs[rows[i]].extent for i in sev_rows], float),
-                "opacity": np.array([recs[rows[i]].opacity for i in sev_rows], float),
-            },
-            np.array([recs[rows[i]].patient for i in sev_rows]),
-            np.array([recs[rows[i]].in_cohen_2020 for i in sev_rows]),
+            severity_targets(arrays, sev_rows),
+            arrays["patient"][sev_rows],
+            arrays["in_cohen_2020"][sev_rows],
             50,
         )
         out[name] = {
